@@ -1,0 +1,1 @@
+"""snapreg's Alembic revisions, shipped inside the wheel as ``snapreg.migrations``."""

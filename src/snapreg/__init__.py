@@ -1,0 +1,73 @@
+"""snapreg: a persistent, database-backed snapshot registry for MUSCLE3.
+
+Import the registry with a database URL and use it where MUSCLE3 uses its in-memory
+``SnapshotRegistry``::
+
+    from snapreg import SnapshotRegistry
+    registry = SnapshotRegistry(config, snapshot_folder, database_url="sqlite:///x.db")
+"""
+
+from snapreg.consistency import (
+    Connection,
+    ConnectionInfo,
+    Topology,
+    calc_consistency,
+    calc_consistency_list,
+    safe_get,
+)
+from snapreg.database import upgrade_database
+from snapreg.errors import (
+    ConfigurationError,
+    InvalidInputError,
+    InvalidMetadataError,
+    NotFoundError,
+    RegistryClosedError,
+    SchemaOutOfDateError,
+    SchemaTooNewError,
+    SchemaVersionError,
+    SnapregError,
+    StorageUnavailableError,
+    TopologyMismatchError,
+    TransientDatabaseError,
+    UnknownInstanceError,
+    WorkerError,
+    WriterConflictError,
+)
+from snapreg.metadata import SnapshotMetadata
+from snapreg.registry import SnapshotRegistry
+from snapreg.snapshot import SnapshotNode, WorkflowSnapshot
+
+#: Kept for code written against MUSCLE3's names; snapreg's own is :class:`Topology`.
+TopologyStore = Topology
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigurationError",
+    "Connection",
+    "ConnectionInfo",
+    "InvalidInputError",
+    "InvalidMetadataError",
+    "NotFoundError",
+    "RegistryClosedError",
+    "SchemaOutOfDateError",
+    "SchemaTooNewError",
+    "SchemaVersionError",
+    "SnapregError",
+    "SnapshotMetadata",
+    "SnapshotNode",
+    "SnapshotRegistry",
+    "StorageUnavailableError",
+    "Topology",
+    "TopologyMismatchError",
+    "TopologyStore",
+    "TransientDatabaseError",
+    "UnknownInstanceError",
+    "WorkerError",
+    "WorkflowSnapshot",
+    "WriterConflictError",
+    "calc_consistency",
+    "calc_consistency_list",
+    "safe_get",
+    "upgrade_database",
+]

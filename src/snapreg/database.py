@@ -1,0 +1,407 @@
+"""Engines, schema versions and transactions: everything snapreg asks of SQLAlchemy.
+
+One engine per registry. SQLite gets its pragmas once, on the engine's ``connect``
+event: WAL so that readers never block the writer, a busy timeout, foreign keys,
+and ``synchronous`` set by the chosen durability. Write transactions on SQLite begin
+with ``BEGIN IMMEDIATE`` so that two writers queue for the lock at the start instead
+of deadlocking when both try to upgrade a read lock.
+
+Every database goes through the Alembic revisions (no ``create_all``): a new, empty
+database is migrated to head when a registry opens it, an older one is refused with
+the command that upgrades it, and a newer one is refused outright.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import StaticPool
+
+from snapreg.errors import (
+    ConfigurationError,
+    SchemaOutOfDateError,
+    SchemaTooNewError,
+    StorageUnavailableError,
+    TransientDatabaseError,
+)
+
+_logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+Durability = Literal["normal", "full"]
+
+#: Execution option that marks a connection as a writer (``BEGIN IMMEDIATE``).
+_WRITE_OPTION = "snapreg_write"
+
+# SQLSTATEs that mean "try again": serialization failure, deadlock, lock timeout,
+# and the connection-exception class (08xxx) and admin shutdown (57P01..57P03).
+_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03"}
+
+
+def migrations_directory() -> Path:
+    """The folder with snapreg's Alembic revisions, inside the installed package."""
+    # imported by name: the package maps it to the top-level migrations/ folder
+    migrations = importlib.import_module("snapreg.migrations")
+    return Path(str(migrations.__file__)).parent
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse a database URL; plain ``postgresql://`` means psycopg 3.
+
+    Raises:
+        ConfigurationError: if the text is not a database URL.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as err:
+        raise ConfigurationError(f"not a database URL: {url!r}") from err
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def describe_url(url: str | URL) -> str:
+    """The URL with any password hidden, for messages and logs."""
+    return normalize_url(url).render_as_string(hide_password=True)
+
+
+def is_memory_sqlite(url: URL) -> bool:
+    """Whether the URL names a private in-memory SQLite database."""
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def create_database_engine(
+    url: str | URL, *, durability: Durability = "normal", read_only: bool = False
+) -> Engine:
+    """Create the engine of one registry (or one reader).
+
+    Args:
+        url: A SQLAlchemy URL.
+        durability: ``"normal"`` (SQLite WAL with ``synchronous=NORMAL``: a
+            committed registration survives a crash of the process, the last ones
+            may be lost on power loss) or ``"full"`` (``synchronous=FULL``:
+            survives power loss, at the cost of an fsync per commit).
+        read_only: Open SQLite files with ``mode=ro``.
+
+    Raises:
+        ConfigurationError: for a URL that is not usable.
+        StorageUnavailableError: when the driver is not installed.
+    """
+    parsed = normalize_url(url)
+    backend = parsed.get_backend_name()
+    kwargs: dict[str, Any] = {}
+    if backend == "sqlite":
+        if is_memory_sqlite(parsed):
+            # One connection shared by every thread, or each would see its own
+            # empty database.
+            kwargs.update(
+                poolclass=StaticPool, connect_args={"check_same_thread": False}
+            )
+        else:
+            database = parsed.database or ""
+            if read_only:
+                uri = Path(database).resolve().as_uri() + "?mode=ro"
+                parsed = parsed.set(database=uri, query={"uri": "true"})
+            else:
+                folder = Path(database).resolve().parent
+                if not folder.is_dir():
+                    raise StorageUnavailableError(
+                        f"cannot create SQLite database {database}: folder {folder}"
+                        " does not exist"
+                    )
+                _warn_if_network_filesystem(folder)
+            kwargs["connect_args"] = {"check_same_thread": False}
+    elif backend == "postgresql":
+        kwargs.update(pool_pre_ping=True)
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except (ImportError, ArgumentError) as err:
+        raise StorageUnavailableError(
+            f"cannot use {describe_url(parsed)}: {err}"
+            + (
+                " (install snapreg[postgres] for PostgreSQL)"
+                if backend == "postgresql"
+                else ""
+            )
+        ) from err
+    if backend == "sqlite":
+        _configure_sqlite(engine, durability, is_memory_sqlite(parsed), read_only)
+    return engine
+
+
+def writer(engine: Engine) -> Engine:
+    """The same engine (same pool), marked so its transactions take the write lock."""
+    return engine.execution_options(**{_WRITE_OPTION: True})
+
+
+def _configure_sqlite(
+    engine: Engine, durability: Durability, in_memory: bool, read_only: bool
+) -> None:
+    @event.listens_for(engine, "connect")
+    def _set_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+        # Let SQLAlchemy's begin event below, not the driver, start transactions.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        if not in_memory and not read_only:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        synchronous = "FULL" if durability == "full" else "NORMAL"
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        if connection.get_execution_options().get(_WRITE_OPTION):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.exec_driver_sql("BEGIN")
+
+
+def _warn_if_network_filesystem(folder: Path) -> None:
+    """SQLite's locking is unreliable on network file systems; say so loudly."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return
+    best: tuple[int, str] = (-1, "")
+    resolved = str(folder)
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount_point, fs_type = parts[1], parts[2]
+        if (
+            resolved == mount_point
+            or resolved.startswith(mount_point.rstrip("/") + "/")
+            or mount_point == "/"
+        ) and len(mount_point) > best[0]:
+            best = (len(mount_point), fs_type)
+    if best[1] in {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "9p",
+        "fuse.sshfs",
+        "lustre",
+    }:
+        _logger.warning(
+            "The SQLite database in %s is on a %s network file system; its locks"
+            " are not reliable there and the database may be corrupted. Use a local"
+            " disk or PostgreSQL.",
+            folder,
+            best[1],
+        )
+
+
+def alembic_config(
+    connection: Connection | None = None, url: str | None = None
+) -> Config:
+    """An Alembic configuration built from the package, usable from any directory."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_directory()))
+    if url is not None:
+        # ConfigParser interpolation: a % in a password must be doubled.
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    """The newest schema revision this code knows."""
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    if len(heads) != 1:
+        raise RuntimeError(f"snapreg's migrations have {len(heads)} heads: {heads}")
+    return heads[0]
+
+
+def known_revisions() -> set[str]:
+    """Every schema revision this code knows."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return {revision.revision for revision in script.walk_revisions()}
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision of the database, or None if it has none."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade_engine(engine: Engine, revision: str = "head") -> None:
+    """Migrate the database behind an engine to a revision (default: newest)."""
+    with writer(engine).begin() as connection:
+        command.upgrade(alembic_config(connection), revision)
+
+
+def downgrade_engine(engine: Engine, revision: str) -> None:
+    """Migrate the database behind an engine down to a revision."""
+    with writer(engine).begin() as connection:
+        command.downgrade(alembic_config(connection), revision)
+
+
+def upgrade_database(url: str | URL, revision: str = "head") -> str:
+    """Create or upgrade snapreg's schema in the database at ``url``.
+
+    Works from any working directory, with snapreg installed as a wheel.
+
+    Returns:
+        The revision the database is at afterwards.
+    """
+    engine = create_database_engine(url)
+    try:
+        _translate_connect_errors(engine, lambda: upgrade_engine(engine, revision))
+        return current_revision(engine) or ""
+    finally:
+        engine.dispose()
+
+
+def ensure_schema(engine: Engine, *, upgrade: bool = False) -> None:
+    """Make sure the database has exactly the schema this code expects.
+
+    An empty database is created at the newest revision. An older schema is
+    upgraded only when ``upgrade`` is true, else refused.
+
+    Raises:
+        SchemaOutOfDateError: the schema is older; names the upgrade command.
+        SchemaTooNewError: the schema was written by a newer snapreg.
+        StorageUnavailableError: the database cannot be reached.
+    """
+
+    def check() -> None:
+        revision = current_revision(engine)
+        head = head_revision()
+        if revision == head:
+            return
+        if revision is None:
+            if _has_snapreg_tables(engine):
+                raise SchemaOutOfDateError(
+                    f"{describe_url(engine.url)} holds snapreg tables but no schema"
+                    " revision; it was not made by snapreg's migrations"
+                )
+            upgrade_engine(engine)
+            return
+        if revision not in known_revisions():
+            raise SchemaTooNewError(
+                f"{describe_url(engine.url)} has schema revision {revision}, newer"
+                f" than this snapreg knows (newest: {head}); upgrade snapreg"
+            )
+        if upgrade:
+            _logger.info("Upgrading %s from %s to %s", engine.url, revision, head)
+            upgrade_engine(engine)
+            return
+        raise SchemaOutOfDateError(
+            f"{describe_url(engine.url)} has schema revision {revision}, older than"
+            f" {head}. Upgrade it with: snapreg db upgrade --db"
+            f" '{describe_url(engine.url)}'"
+        )
+
+    _translate_connect_errors(engine, check)
+
+
+def _has_snapreg_tables(engine: Engine) -> bool:
+    return inspect(engine).has_table("snapshot_node")
+
+
+def _translate_connect_errors(engine: Engine, action: Callable[[], _T]) -> _T:
+    try:
+        return action()
+    except OperationalError as err:
+        raise StorageUnavailableError(
+            f"cannot open database {describe_url(engine.url)}: {err.orig}"
+        ) from err
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether a database error is worth retrying: locks, conflicts, lost links."""
+    if not isinstance(err, DBAPIError):
+        return False
+    if err.connection_invalidated:
+        return True
+    sqlstate = getattr(err.orig, "sqlstate", None)
+    if sqlstate is not None:
+        return sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith("08")
+    if isinstance(err, OperationalError):
+        message = str(err.orig).lower()
+        return "locked" in message or "busy" in message
+    return False
+
+
+@contextmanager
+def unit_of_work(engine: Engine) -> Iterator[Session]:
+    """One transaction: commit on success, roll back on error, always close."""
+    session = Session(engine, expire_on_commit=False)
+    try:
+        with session.begin():
+            yield session
+    finally:
+        session.close()
+
+
+def run_transaction(
+    engine: Engine,
+    work: Callable[[Session], _T],
+    *,
+    attempts: int = 5,
+    on_retry: Callable[[], None] | None = None,
+) -> _T:
+    """Run ``work`` in one transaction, retrying transient failures a few times.
+
+    Args:
+        engine: Where to run it.
+        work: Does the work in the session it is given; must be safe to repeat
+            (everything it did is rolled back before a retry).
+        attempts: How many times to try before giving up.
+        on_retry: Called after a failed attempt, before the next one, to reset
+            state that ``work`` built in memory.
+
+    Raises:
+        TransientDatabaseError: the failure persisted through every attempt.
+    """
+    delay = 0.05
+    for attempt in range(1, attempts + 1):
+        try:
+            with unit_of_work(engine) as session:
+                return work(session)
+        except DBAPIError as err:
+            if not is_transient(err):
+                raise
+            if attempt == attempts:
+                raise TransientDatabaseError(
+                    f"database {describe_url(engine.url)} failed {attempts} times in"
+                    f" a row: {err.orig}"
+                ) from err
+            _logger.warning(
+                "Transient database error (attempt %d of %d), retrying: %s",
+                attempt,
+                attempts,
+                err.orig,
+            )
+            if on_retry is not None:
+                on_retry()
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")
+
+
+def host_and_pid() -> tuple[str, int]:
+    """This process's host name and pid, to name a writer."""
+    return os.uname().nodename, os.getpid()

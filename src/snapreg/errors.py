@@ -1,0 +1,68 @@
+"""The exceptions snapreg raises.
+
+Every error snapreg raises on purpose is a :class:`SnapregError`, so that a caller can
+tell snapreg's own refusals from bugs. Bad input (:class:`InvalidInputError` and its
+children) always leaves the database exactly as it was; transient database trouble
+(:class:`TransientDatabaseError`) is a different kind of failure and never reported as
+bad input.
+"""
+
+
+class SnapregError(Exception):
+    """Base class of every error snapreg raises on purpose."""
+
+
+class InvalidInputError(SnapregError, ValueError):
+    """The caller passed something snapreg refuses; nothing was written."""
+
+
+class UnknownInstanceError(InvalidInputError):
+    """An instance that the model does not have."""
+
+
+class InvalidMetadataError(InvalidInputError):
+    """Snapshot metadata that is malformed or contradicts earlier snapshots."""
+
+
+class ConfigurationError(InvalidInputError):
+    """A configuration snapreg cannot work with."""
+
+
+class TopologyMismatchError(ConfigurationError):
+    """Continuing a run with a model whose components or conduits differ."""
+
+
+class NotFoundError(SnapregError, LookupError):
+    """A campaign, run or workflow snapshot that does not exist."""
+
+
+class SchemaVersionError(SnapregError):
+    """The database schema does not match this version of snapreg."""
+
+
+class SchemaOutOfDateError(SchemaVersionError):
+    """The database schema is older than the code; it needs an upgrade."""
+
+
+class SchemaTooNewError(SchemaVersionError):
+    """The database was written by a newer snapreg than this one."""
+
+
+class StorageUnavailableError(SnapregError):
+    """The database cannot be reached or opened."""
+
+
+class TransientDatabaseError(StorageUnavailableError):
+    """A lock, serialization failure or lost connection outlasted the retries."""
+
+
+class WriterConflictError(SnapregError):
+    """Another registry holds the right to write this run."""
+
+
+class RegistryClosedError(SnapregError):
+    """The registry was closed or its worker stopped; it takes no more work."""
+
+
+class WorkerError(SnapregError):
+    """The worker thread failed; raised to the caller at ``shutdown``/``join``."""

@@ -1,0 +1,206 @@
+"""Snapshot metadata: what an instance reports, checked before anything is written.
+
+:class:`SnapshotMetadata` has the fields of ``libmuscle.snapshot.SnapshotMetadata``;
+:func:`coerce_metadata` accepts that class, MUSCLE3's own objects, or a mapping with
+the same keys, and returns a validated, private copy so that a caller mutating its
+object afterwards cannot change what was registered.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from snapreg.errors import InvalidMetadataError
+
+_FIELDS = (
+    "triggers",
+    "wallclock_time",
+    "timestamp",
+    "next_timestamp",
+    "port_message_counts",
+    "is_final_snapshot",
+    "snapshot_filename",
+)
+
+# Counts are stored as JSON and compared in Python; beyond 2**63 PostgreSQL's JSON
+# operators and most clients lose precision, and no simulation sends that many.
+MAX_MESSAGE_COUNT = 2**63 - 1
+MAX_FILENAME_LENGTH = 4096
+
+
+@dataclass
+class SnapshotMetadata:
+    """Metadata of a snapshot, as an instance reports it to the manager.
+
+    Attributes:
+        triggers: Why the snapshot was taken.
+        wallclock_time: Seconds since the instance started.
+        timestamp: Simulation time of the snapshot; NaN for implicit snapshots.
+        next_timestamp: Simulation time of the next step, if known.
+        port_message_counts: Messages sent or received per port and slot.
+        is_final_snapshot: Whether it was taken at the end of a reuse loop.
+        snapshot_filename: Where the instance saved the snapshot.
+    """
+
+    triggers: list[str]
+    wallclock_time: float
+    timestamp: float
+    next_timestamp: float | None
+    port_message_counts: dict[str, list[int]] = field(default_factory=dict)
+    is_final_snapshot: bool = False
+    snapshot_filename: str = ""
+
+
+def restart_metadata() -> SnapshotMetadata:
+    """The metadata of a restart node: start this instance from scratch."""
+    return SnapshotMetadata(["Instance start"], 0.0, 0.0, None, {}, True, "")
+
+
+def coerce_metadata(value: Any) -> SnapshotMetadata:
+    """Validate snapshot metadata and return a private copy.
+
+    Args:
+        value: A :class:`SnapshotMetadata`, ``libmuscle.snapshot.SnapshotMetadata``
+            or a mapping with the same fields.
+
+    Raises:
+        InvalidMetadataError: naming the first field that is wrong.
+    """
+    if isinstance(value, Mapping):
+        missing = [name for name in _FIELDS if name not in value]
+        extra = sorted(str(key) for key in value if key not in _FIELDS)
+        if missing or extra:
+            raise InvalidMetadataError(
+                "snapshot metadata fields are wrong:"
+                + (f" missing {', '.join(missing)}" if missing else "")
+                + (f" unexpected {', '.join(extra)}" if extra else "")
+            )
+
+        def get(name: str) -> Any:
+            return value[name]
+
+    else:
+        missing = [name for name in _FIELDS if not hasattr(value, name)]
+        if missing:
+            raise InvalidMetadataError(
+                f"snapshot metadata of type {type(value).__name__} lacks "
+                + ", ".join(missing)
+            )
+
+        def get(name: str) -> Any:
+            return getattr(value, name)
+
+    return SnapshotMetadata(
+        triggers=_triggers(get("triggers")),
+        wallclock_time=_wallclock(get("wallclock_time")),
+        timestamp=_float("timestamp", get("timestamp"), allow_nan=True),
+        next_timestamp=_optional_float("next_timestamp", get("next_timestamp")),
+        port_message_counts=_counts(get("port_message_counts")),
+        is_final_snapshot=_bool("is_final_snapshot", get("is_final_snapshot")),
+        snapshot_filename=_filename(get("snapshot_filename")),
+    )
+
+
+def check_counts_not_decreasing(
+    instance: str,
+    previous: Mapping[str, list[int]],
+    current: Mapping[str, list[int]],
+) -> None:
+    """Refuse counts lower than the instance's previous snapshot in this run.
+
+    Message counts only grow while an instance runs; a lower count means the
+    metadata belongs to another run or is corrupt, and registering it would make
+    the registry offer restart points that are not.
+
+    Raises:
+        InvalidMetadataError: naming the port and slot.
+    """
+    for port, old_counts in previous.items():
+        new_counts = current.get(port, [])
+        for slot, old in enumerate(old_counts):
+            new = new_counts[slot] if slot < len(new_counts) else 0
+            if new < old:
+                raise InvalidMetadataError(
+                    f"{instance}: message count on port {port} slot {slot} is {new},"
+                    f" lower than {old} in its previous snapshot of this run"
+                )
+
+
+def _triggers(value: Any) -> list[str]:
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(trigger, str) for trigger in value
+    ):
+        raise InvalidMetadataError(f"triggers must be a list of strings, not {value!r}")
+    return list(value)
+
+
+def _float(name: str, value: Any, *, allow_nan: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidMetadataError(f"{name} must be a number, not {value!r}")
+    number = float(value)
+    if math.isnan(number) and not allow_nan:
+        raise InvalidMetadataError(f"{name} must not be NaN")
+    return number
+
+
+def _optional_float(name: str, value: Any) -> float | None:
+    return None if value is None else _float(name, value, allow_nan=True)
+
+
+def _wallclock(value: Any) -> float:
+    number = _float("wallclock_time", value, allow_nan=False)
+    if math.isinf(number):
+        raise InvalidMetadataError("wallclock_time must be finite")
+    return number
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidMetadataError(f"{name} must be True or False, not {value!r}")
+    return value
+
+
+def _counts(value: Any) -> dict[str, list[int]]:
+    if not isinstance(value, Mapping):
+        raise InvalidMetadataError(
+            f"port_message_counts must map port names to lists, not {value!r}"
+        )
+    counts: dict[str, list[int]] = {}
+    for port, slots in value.items():
+        if not isinstance(port, str) or not port.isidentifier():
+            raise InvalidMetadataError(
+                f"port_message_counts: {port!r} is not a port name"
+            )
+        if not isinstance(slots, (list, tuple)):
+            raise InvalidMetadataError(
+                f"port_message_counts[{port}] must be a list of counts, not {slots!r}"
+            )
+        for count in slots:
+            if (
+                isinstance(count, bool)
+                or not isinstance(count, int)
+                or not 0 <= count <= MAX_MESSAGE_COUNT
+            ):
+                raise InvalidMetadataError(
+                    f"port_message_counts[{port}] must hold non-negative integers,"
+                    f" not {count!r}"
+                )
+        counts[port] = [int(count) for count in slots]
+    return counts
+
+
+def _filename(value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidMetadataError(f"snapshot_filename must be a string, not {value!r}")
+    if not value or "\x00" in value or len(value) > MAX_FILENAME_LENGTH:
+        raise InvalidMetadataError(
+            f"snapshot_filename {value[:80]!r} is not a usable file name"
+        )
+    if any(ord(char) < 32 for char in value):
+        raise InvalidMetadataError(
+            f"snapshot_filename {value[:80]!r} contains control characters"
+        )
+    return value
