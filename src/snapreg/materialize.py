@@ -1,0 +1,165 @@
+"""Workflow snapshot files: yMMSL that ``muscle_manager`` resumes from.
+
+A file holds a ``resume:`` mapping from instance to snapshot file for every member
+that is not a restart node, and a description in MUSCLE3's own wording, so that a
+user passes it to ``muscle_manager`` exactly as they pass MUSCLE3's. Files are only
+ever written for committed rows, through a temporary file and an atomic rename, so a
+crash leaves either the whole file or none; a row whose file is missing is written
+again when the registry next opens the run.
+
+Names are ``snapshot_YYYYmmdd_HHMMSS.ymmsl``, then ``_1``, ``_2``, ... when taken.
+Unlike MUSCLE3, which gives up after 100 names in one second, the suffixes never run
+out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import ymmsl
+from ymmsl import v0_1, v0_2
+
+from snapreg.metadata import SnapshotMetadata
+
+_logger = logging.getLogger(__name__)
+
+TEMPORARY_PREFIX = ".snapreg-tmp-"
+
+
+@dataclass(frozen=True)
+class Member:
+    """What a file needs to know of one member node."""
+
+    instance: str
+    metadata: SnapshotMetadata
+    is_restart: bool
+
+
+def _sorted(members: Sequence[Member]) -> list[Member]:
+    # yMMSL's Reference order: names alphabetically, indices numerically.
+    return sorted(members, key=lambda member: v0_1.Reference(member.instance))
+
+
+def resume_mapping(members: Sequence[Member]) -> dict[str, str]:
+    """Instance to snapshot file, for every member that is not a restart node."""
+    return {
+        member.instance: member.metadata.snapshot_filename
+        for member in _sorted(members)
+        if not member.is_restart
+    }
+
+
+def _number(value: float) -> str:
+    return f"{value:<11.6g}"
+
+
+def describe(model_name: str, members: Sequence[Member], taken: datetime) -> str:
+    """The human-readable description MUSCLE3 writes into a workflow snapshot.
+
+    Model name, when it was taken, the triggers with the instances that reported
+    them, and a table of instance, simulation time, wallclock time and type.
+    """
+    ordered = _sorted(members)
+    triggers: dict[str, list[str]] = {}
+    width = len("Instance ")
+    for member in ordered:
+        for trigger in member.metadata.triggers:
+            triggers.setdefault(trigger, []).append(member.instance)
+        width = max(width, len(member.instance))
+    lines = [
+        f"Workflow snapshot for {model_name}"
+        f" taken on {taken.strftime('%Y-%m-%d %H:%M:%S')}.",
+        "Snapshot triggers:",
+    ]
+    lines += [
+        f"- {trigger} ({', '.join(triggers[trigger])})" for trigger in sorted(triggers)
+    ]
+    lines += [
+        "",
+        f"{'Instance'.ljust(width)} t           Wallclock time  Type",
+        "-" * (width + 41),
+    ]
+    for member in ordered:
+        kind = "Final" if member.metadata.is_final_snapshot else "Intermediate"
+        lines.append(
+            f"{member.instance.ljust(width)} {_number(member.metadata.timestamp)}"
+            f" {_number(member.metadata.wallclock_time)}     {kind}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def render(
+    resume: dict[str, str], description: str, *, ymmsl_version: str = "v0.2"
+) -> str:
+    """The yMMSL text of a workflow snapshot file."""
+    mapping: dict[Any, Path] = {
+        v0_1.Reference(instance): Path(filename)
+        for instance, filename in resume.items()
+    }
+    config: Any
+    if ymmsl_version == "v0.1":
+        config = v0_1.PartialConfiguration(resume=mapping, description=description)
+    else:
+        config = v0_2.Configuration(resume=mapping, description=description)
+    return str(ymmsl.dump(config))
+
+
+class NameAllocator:
+    """Hands out unused workflow snapshot file names in one folder.
+
+    Names already given out are remembered for the current second, so a burst of
+    workflow snapshots does not stat a growing list of candidates each time.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._second = ""
+        self._next_suffix = 0
+
+    def allocate(self, taken_at: datetime, reserved: set[str]) -> Path:
+        """A path that no file and no reserved name uses yet."""
+        second = taken_at.strftime("%Y%m%d_%H%M%S")
+        if second != self._second:
+            self._second, self._next_suffix = second, 0
+        while True:
+            suffix = self._next_suffix
+            self._next_suffix += 1
+            name = (
+                f"snapshot_{second}.ymmsl"
+                if suffix == 0
+                else (f"snapshot_{second}_{suffix}.ymmsl")
+            )
+            path = self.folder / name
+            if str(path) not in reserved and not path.exists():
+                return path
+
+
+def write_file(path: Path, text: str, *, sync: bool) -> None:
+    """Write a file atomically: a temporary file in the same folder, then rename."""
+    temporary = path.with_name(f"{TEMPORARY_PREFIX}{path.name}")
+    with open(temporary, "w", encoding="utf-8") as stream:
+        stream.write(text)
+        if sync:
+            stream.flush()
+            os.fsync(stream.fileno())
+    os.replace(temporary, path)
+
+
+def remove_temporary_files(folder: Path) -> int:
+    """Delete half-written files a crash left behind; returns how many."""
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for leftover in folder.glob(f"{TEMPORARY_PREFIX}*"):
+        try:
+            leftover.unlink()
+            removed += 1
+        except OSError as err:  # pragma: no cover - racing cleanup
+            _logger.warning("Could not remove %s: %s", leftover, err)
+    return removed

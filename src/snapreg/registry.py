@@ -1,0 +1,1002 @@
+"""The snapshot registry: the service layer, and the only part of snapreg that writes.
+
+A :class:`SnapshotRegistry` is opened on a database URL and a campaign. It continues
+the campaign's latest run exactly where it stopped, or starts a new run with fresh
+restart nodes. Each registration is one transaction: the node, its edges, any
+workflow snapshots it completes with their members, and the retirement of nodes that
+those workflow snapshots made obsolete. Workflow snapshot files are written after the
+commit (see :mod:`snapreg.materialize`).
+
+Two entry points, as in MUSCLE3:
+
+* :meth:`SnapshotRegistry.add_snapshot` processes a registration synchronously and
+  returns the workflow snapshots it completed.
+* :meth:`SnapshotRegistry.register_snapshot` records the registration durably (a
+  ``submission`` row, committed before it returns) and leaves the processing to the
+  worker thread. Registrations that arrive while a commit is in flight share the
+  next commit. Submissions left unprocessed by a crash are processed when the run is
+  opened again, in order.
+
+Only one registry may write a run at a time; the right to write is a lease on the
+``run`` row (holder's host, pid, token and heartbeat), taken over only when the
+holder's process is gone or its heartbeat is older than ``writer_timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import ymmsl
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from snapreg import models, queries
+from snapreg.consistency import PeerSource, Topology
+from snapreg.database import (
+    Durability,
+    create_database_engine,
+    describe_url,
+    ensure_schema,
+    host_and_pid,
+    is_memory_sqlite,
+    normalize_url,
+    run_transaction,
+    writer,
+)
+from snapreg.errors import (
+    ConfigurationError,
+    NotFoundError,
+    RegistryClosedError,
+    TopologyMismatchError,
+    WorkerError,
+    WriterConflictError,
+)
+from snapreg.graph import ActiveGraph, GraphNode, RetirementPlan
+from snapreg.materialize import (
+    Member,
+    NameAllocator,
+    describe,
+    remove_temporary_files,
+    render,
+    resume_mapping,
+    write_file,
+)
+from snapreg.metadata import (
+    SnapshotMetadata,
+    check_counts_not_decreasing,
+    coerce_metadata,
+    restart_metadata,
+)
+from snapreg.snapshot import SnapshotNode, WorkflowSnapshot
+
+_logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+DEFAULT_DATABASE_NAME = "snapreg.sqlite"
+# SQLite accepts 32766 bound parameters per statement; stay well below.
+_IN_LIST_CHUNK = 10_000
+
+
+def default_database_url(snapshot_folder: Path | None) -> str:
+    """``sqlite:///<snapshot_folder>/snapreg.sqlite``, or in memory without a folder."""
+    if snapshot_folder is None:
+        return "sqlite://"
+    return f"sqlite:///{Path(snapshot_folder).resolve() / DEFAULT_DATABASE_NAME}"
+
+
+@dataclass
+class _Staged:
+    """A registration waiting for the commit that acknowledges it."""
+
+    instance: str
+    metadata: SnapshotMetadata
+    previous_counts: dict[str, list[int]] | None
+    submission_id: int | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class _Pending:
+    """An acknowledged submission waiting for the worker."""
+
+    submission_id: int
+    instance: str
+    metadata: SnapshotMetadata
+
+
+@dataclass
+class _Found:
+    """A workflow snapshot found by one registration, before and after commit."""
+
+    nodes: list[GraphNode]
+    path: Path | None
+    description: str
+    resume: dict[str, str]
+    id: int = 0
+
+
+@dataclass
+class _Outcome:
+    """What one processed registration produced, applied to memory after commit."""
+
+    node: GraphNode
+    found: list[_Found] = field(default_factory=list)
+    retirement: RetirementPlan | None = None
+    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+class SnapshotRegistry(threading.Thread):
+    """Registry of all snapshots taken by instances, persisted in a database.
+
+    A drop-in replacement for ``libmuscle.manager.snapshot_registry.
+    SnapshotRegistry``: same constructor arguments first, same threaded
+    ``register_snapshot`` / ``start`` / ``shutdown`` / ``join``, same workflow
+    snapshot files.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        snapshot_folder: Path | str | None,
+        topology_store: PeerSource | None = None,
+        *,
+        database_url: str | None = None,
+        campaign: str | None = None,
+        new_run: bool = False,
+        resumed_from: int | None = None,
+        durability: Durability = "normal",
+        upgrade: bool = False,
+        writer_timeout: float = 60.0,
+    ) -> None:
+        """Open (or create) a campaign's run in a database.
+
+        Args:
+            config: The simulation's configuration: a ``ymmsl.v0_2.Configuration``
+                or a ``ymmsl.v0_1`` ``PartialConfiguration``/``Configuration``.
+            snapshot_folder: Where workflow snapshot files go; None writes none.
+            topology_store: Optional source of peers (MUSCLE3's TopologyStore).
+            database_url: SQLAlchemy URL. Default: ``snapreg.sqlite`` in the
+                snapshot folder, or an in-memory database without a folder.
+            campaign: Campaign name; default: the model's name.
+            new_run: Start a new run even if the campaign has one to continue.
+            resumed_from: Id of the workflow snapshot a new run resumes from.
+            durability: ``"normal"`` or ``"full"`` (SQLite: survive power loss).
+            upgrade: Upgrade an older schema instead of refusing it.
+            writer_timeout: Seconds without a heartbeat after which another
+                process's right to write the run may be taken over.
+
+        Raises:
+            ConfigurationError: unusable configuration or arguments.
+            TopologyMismatchError: continuing a run with a different model.
+            SchemaVersionError: the database schema does not match the code.
+            StorageUnavailableError: the database cannot be opened.
+            WriterConflictError: another live registry writes this run.
+        """
+        super().__init__(name="SnapshotRegistry")
+        self._topology = Topology.from_configuration(config, topology_store)
+        self._ymmsl_version = "v0.2" if hasattr(config, "root_model") else "v0.1"
+        self._configuration_text = _configuration_text(config)
+        self._folder = None if snapshot_folder is None else Path(snapshot_folder)
+        if self._folder is not None and not self._folder.is_dir():
+            raise ConfigurationError(f"snapshot folder {self._folder} does not exist")
+        if writer_timeout <= 0:
+            raise ConfigurationError("writer_timeout must be positive")
+        url = normalize_url(database_url or default_database_url(self._folder))
+        self._url = url
+        self._durability: Durability = durability
+        self._engine = create_database_engine(url, durability=durability)
+        self._write_engine = writer(self._engine)
+        self._in_memory = is_memory_sqlite(url)
+        self._campaign_name = campaign or self._topology.model_name
+        self._writer_timeout = writer_timeout
+        self._heartbeat_interval = min(writer_timeout / 4, 15.0)
+        self._host, self._pid = host_and_pid()
+        self._token = secrets.token_hex(16)
+        self._allocator = NameAllocator(self._folder) if self._folder else None
+
+        # Guards the database and the graph: one writer at a time in this process.
+        self._lock = threading.RLock()
+        # Guards what register_snapshot stages and what the worker takes.
+        self._queue_lock = threading.Condition()
+        self._staged: list[_Staged] = []
+        self._pending: deque[_Pending] = deque()
+        self._last_counts: dict[str, dict[str, list[int]]] = {}
+        self._stopping = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self._unwritten: list[_Found] = []
+        self._last_heartbeat = 0.0
+
+        try:
+            ensure_schema(self._engine, upgrade=upgrade)
+            self._campaign_id, self._run_id, self._run_number = run_transaction(
+                self._write_engine,
+                lambda session: self._open_run(session, new_run, resumed_from),
+            )
+            self._last_heartbeat = _monotonic()
+            self._graph = self._load_state()
+            if self._folder is not None:
+                remove_temporary_files(self._folder)
+            self._recover_missing_files()
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def campaign(self) -> str:
+        """Name of the campaign this registry writes."""
+        return self._campaign_name
+
+    @property
+    def run_number(self) -> int:
+        """Number of the run within the campaign (1 for the first)."""
+        return self._run_number
+
+    @property
+    def run_id(self) -> int:
+        """Row id of the run."""
+        return self._run_id
+
+    @property
+    def database_url(self) -> str:
+        """The database URL, password hidden."""
+        return describe_url(self._url)
+
+    @property
+    def topology(self) -> Topology:
+        """The model's components and conduits."""
+        return self._topology
+
+    def add_snapshot(self, instance: Any, snapshot: Any) -> list[WorkflowSnapshot]:
+        """Register a snapshot and process it now, in one committed transaction.
+
+        Submissions still waiting for the worker are processed first, so the order
+        of registrations is kept.
+
+        Args:
+            instance: The instance that created the snapshot (Reference or str).
+            snapshot: Its metadata.
+
+        Returns:
+            The workflow snapshots this registration completed.
+
+        Raises:
+            InvalidInputError: bad instance or metadata; nothing was written.
+        """
+        self._check_open()
+        name = self._topology.check_instance(instance)
+        metadata = coerce_metadata(snapshot)
+        with self._lock:
+            self._drain_pending()
+            with self._queue_lock:
+                check_counts_not_decreasing(
+                    name, self._last_counts.get(name, {}), metadata.port_message_counts
+                )
+            outcome = self._process(name, metadata, None)
+            with self._queue_lock:
+                self._last_counts[name] = metadata.port_message_counts
+            return self._publish(outcome)
+
+    def register_snapshot(self, instance: Any, snapshot: Any) -> None:
+        """Register a new snapshot; durable when this returns, processed later.
+
+        Args:
+            instance: The instance that created the snapshot.
+            snapshot: Metadata describing the snapshot.
+
+        Raises:
+            InvalidInputError: bad instance or metadata; nothing was written.
+            TransientDatabaseError: the submission could not be committed.
+        """
+        self._check_open()
+        name = self._topology.check_instance(instance)
+        metadata = coerce_metadata(snapshot)
+        with self._queue_lock:
+            previous = self._last_counts.get(name)
+            check_counts_not_decreasing(
+                name, previous or {}, metadata.port_message_counts
+            )
+            staged = _Staged(name, metadata, previous)
+            self._last_counts[name] = metadata.port_message_counts
+            self._staged.append(staged)
+        with self._lock:
+            if staged.submission_id is None and staged.error is None:
+                self._commit_staged()
+        if staged.error is not None:
+            raise staged.error
+
+    def snapshots(self, instance: Any) -> list[SnapshotNode]:
+        """The instance's active nodes in this run, ascending num, with their edges."""
+        name = self._topology.check_instance(instance)
+        return self._read(
+            lambda session: queries.nodes_with_edges(
+                session,
+                self._run_id,
+                name,
+                self._topology,
+                self._run_number,
+                active_only=True,
+            )
+        )
+
+    def history(self, instance: Any) -> list[SnapshotNode]:
+        """Every node of the instance in this run, retired ones too, with all edges."""
+        name = self._topology.check_instance(instance)
+        return self._read(
+            lambda session: queries.nodes_with_edges(
+                session,
+                self._run_id,
+                name,
+                self._topology,
+                self._run_number,
+                active_only=False,
+            )
+        )
+
+    def workflow_snapshots(self) -> list[WorkflowSnapshot]:
+        """Every workflow snapshot of the campaign, all runs, oldest first."""
+        return self._read(
+            lambda session: queries.workflow_snapshots(
+                session, self._campaign_id, self._campaign_name, self._topology
+            )
+        )
+
+    def pending_count(self) -> int:
+        """How many acknowledged submissions still wait for processing."""
+        with self._queue_lock:
+            return len(self._pending)
+
+    def run(self) -> None:
+        """The worker thread: process acknowledged submissions in order."""
+        try:
+            while True:
+                with self._queue_lock:
+                    while not self._pending and not self._stopping:
+                        if not self._queue_lock.wait(timeout=self._heartbeat_interval):
+                            break
+                    if not self._pending:
+                        if self._stopping:
+                            return
+                        idle = True
+                    else:
+                        idle = False
+                with self._lock:
+                    if idle:
+                        self._heartbeat_if_due(force=True)
+                    else:
+                        self._process_next_pending()
+        except BaseException as err:
+            _logger.exception("The snapshot registry worker stopped on an error")
+            self._error = err
+
+    def shutdown(self) -> None:
+        """Stop the worker once every submission so far has been processed.
+
+        Raises:
+            WorkerError: if the worker had already failed.
+        """
+        with self._queue_lock:
+            self._stopping = True
+            self._queue_lock.notify_all()
+        self._raise_worker_error()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the worker to finish; raise its error if it failed.
+
+        Raises:
+            WorkerError: the worker stopped on an error (its cause attached).
+        """
+        if self.is_alive() or self.ident is not None:
+            super().join(timeout)
+        self._raise_worker_error()
+
+    def close(self) -> None:
+        """Finish pending work, give up the right to write, release the database.
+
+        Raises:
+            WorkerError: if the worker failed (the database is released anyway).
+        """
+        if self._closed:
+            return
+        try:
+            if self.ident is not None:
+                self.shutdown()
+                self.join()
+        finally:
+            self._closed = True
+            try:
+                with self._lock:
+                    self._retry_unwritten()
+                    run_transaction(self._write_engine, self._release_writer)
+            except Exception:  # release is best effort; the lease times out anyway
+                _logger.warning(
+                    "Could not release the run's writer lease", exc_info=True
+                )
+            self._engine.dispose()
+
+    def __enter__(self) -> SnapshotRegistry:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ opening a run
+
+    def _open_run(
+        self, session: Session, new_run: bool, resumed_from: int | None
+    ) -> tuple[int, int, int]:
+        campaign = session.scalars(
+            select(models.Campaign).where(models.Campaign.name == self._campaign_name)
+        ).one_or_none()
+        if campaign is None:
+            campaign = models.Campaign(name=self._campaign_name)
+            session.add(campaign)
+            session.flush()
+        run = queries.latest_run(session, campaign.id)
+        signature = self._topology.signature()
+        if run is None or new_run:
+            if resumed_from is not None:
+                self._check_resumed_from(session, campaign.id, resumed_from)
+            run = self._create_run(
+                session,
+                campaign.id,
+                1 if run is None else run.number + 1,
+                signature,
+                resumed_from,
+            )
+        else:
+            if resumed_from is not None and resumed_from != (
+                run.resumed_from_workflow_snapshot_id
+            ):
+                raise ConfigurationError(
+                    "resumed_from is only for a new run; pass new_run=True"
+                )
+            if run.topology != signature:
+                raise TopologyMismatchError(
+                    f"campaign {self._campaign_name!r} run {run.number} was made with"
+                    " a model whose components or conduits differ from this"
+                    " configuration; start a new run (new_run=True) or use another"
+                    " campaign"
+                )
+            self._acquire_writer(session, run)
+            if self._folder is not None and run.snapshot_folder != str(
+                self._folder.resolve()
+            ):
+                run.snapshot_folder = str(self._folder.resolve())
+        return campaign.id, run.id, run.number
+
+    def _check_resumed_from(
+        self, session: Session, campaign_id: int, workflow_snapshot_id: int
+    ) -> None:
+        found = session.execute(
+            select(models.WorkflowSnapshot.id)
+            .join(models.Run, models.Run.id == models.WorkflowSnapshot.run_id)
+            .where(
+                models.WorkflowSnapshot.id == workflow_snapshot_id,
+                models.Run.campaign_id == campaign_id,
+            )
+        ).first()
+        if found is None:
+            raise NotFoundError(
+                f"campaign {self._campaign_name!r} has no workflow snapshot"
+                f" {workflow_snapshot_id} to resume from"
+            )
+
+    def _create_run(
+        self,
+        session: Session,
+        campaign_id: int,
+        number: int,
+        signature: str,
+        resumed_from: int | None,
+    ) -> models.Run:
+        now = datetime.now(timezone.utc)
+        run = models.Run(
+            campaign_id=campaign_id,
+            number=number,
+            model_name=self._topology.model_name,
+            topology=signature,
+            configuration=self._configuration_text,
+            snapshot_folder=str(self._folder.resolve()) if self._folder else None,
+            started_at=now,
+            resumed_from_workflow_snapshot_id=resumed_from,
+            writer_host=self._host,
+            writer_pid=self._pid,
+            writer_token=self._token,
+            writer_since=now,
+            writer_heartbeat_at=now,
+        )
+        session.add(run)
+        session.flush()
+        # Restart nodes first, as MUSCLE3 does: every instance may start afresh.
+        graph = ActiveGraph(self._topology)
+        restart = restart_metadata()
+        values = queries.node_row_values(restart)
+        rows = [
+            {
+                "run_id": run.id,
+                "instance": instance,
+                "num": 1,
+                "is_restart": True,
+                "registered_at": now,
+                **values,
+            }
+            for instance in self._topology.instances
+        ]
+        ids = session.scalars(
+            insert(models.SnapshotNode).returning(
+                models.SnapshotNode.id, sort_by_parameter_order=True
+            ),
+            rows,
+        ).all()
+        edges: list[dict[str, int]] = []
+        for node_id, instance in zip(ids, self._topology.instances, strict=True):
+            node = graph.new_node(node_id, instance, restart, True)
+            edges.extend(_edge_rows(node, graph.add(node)))
+        if edges:
+            session.execute(insert(models.ConsistentPair), edges)
+        return run
+
+    def _acquire_writer(self, session: Session, run: models.Run) -> None:
+        now = datetime.now(timezone.utc)
+        if run.writer_token is not None and run.writer_token != self._token:
+            heartbeat = run.writer_heartbeat_at or run.writer_since or now
+            stale = now - heartbeat > timedelta(seconds=self._writer_timeout)
+            dead = run.writer_host == self._host and not _process_alive(run.writer_pid)
+            if not (stale or dead):
+                raise WriterConflictError(
+                    f"run {run.number} of campaign {self._campaign_name!r} is being"
+                    f" written by pid {run.writer_pid} on {run.writer_host} since"
+                    f" {_format_time(run.writer_since)} (last heartbeat"
+                    f" {_format_time(run.writer_heartbeat_at)}); only one registry"
+                    " may write a run. It is taken over"
+                    f" {self._writer_timeout:g} s after its last heartbeat."
+                )
+            _logger.warning(
+                "Taking over run %d of campaign %r from pid %s on %s (%s)",
+                run.number,
+                self._campaign_name,
+                run.writer_pid,
+                run.writer_host,
+                "process gone" if dead else "heartbeat too old",
+            )
+        run.writer_host = self._host
+        run.writer_pid = self._pid
+        run.writer_token = self._token
+        run.writer_since = now
+        run.writer_heartbeat_at = now
+
+    def _release_writer(self, session: Session) -> None:
+        session.execute(
+            update(models.Run)
+            .where(
+                models.Run.id == self._run_id, models.Run.writer_token == self._token
+            )
+            .values(
+                writer_token=None,
+                writer_host=None,
+                writer_pid=None,
+                writer_since=None,
+                writer_heartbeat_at=None,
+            )
+        )
+
+    def _load_state(self) -> ActiveGraph:
+        """Load the active graph, pending submissions and latest counts."""
+
+        def load(session: Session) -> ActiveGraph:
+            graph = self._load_graph(session)
+            pending = [
+                _Pending(
+                    row.id,
+                    row.instance,
+                    queries.metadata_from_json(row.snapshot_metadata),
+                )
+                for row in queries.pending_submissions(session, self._run_id)
+            ]
+            with self._queue_lock:
+                self._last_counts = {
+                    instance: nodes[-1].metadata.port_message_counts
+                    for instance, nodes in graph.nodes.items()
+                    if nodes and not nodes[-1].is_restart
+                }
+                for item in pending:
+                    self._last_counts[item.instance] = item.metadata.port_message_counts
+                self._pending = deque(pending)
+            return graph
+
+        graph = run_transaction(self._engine, load)
+        if self._pending:
+            _logger.info(
+                "Run %d of campaign %r has %d acknowledged submissions to process",
+                self._run_number,
+                self._campaign_name,
+                len(self._pending),
+            )
+        return graph
+
+    def _load_graph(self, session: Session) -> ActiveGraph:
+        node_rows, edge_rows = queries.active_graph_rows(session, self._run_id)
+        graph = ActiveGraph(self._topology)
+        graph.load(
+            (
+                GraphNode(
+                    row.id,
+                    row.instance,
+                    row.num,
+                    queries.metadata_from_row(row),
+                    row.is_restart,
+                    self._topology.peers(row.instance),
+                )
+                for row in node_rows
+                if row.instance in self._topology.instance_set
+            ),
+            edge_rows,
+        )
+        return graph
+
+    def _recover_missing_files(self) -> None:
+        """Write the file of every workflow snapshot row that lacks it."""
+
+        def missing(session: Session) -> list[WorkflowSnapshot]:
+            rows = session.execute(
+                select(models.WorkflowSnapshot.id, models.WorkflowSnapshot.path)
+                .join(models.Run, models.Run.id == models.WorkflowSnapshot.run_id)
+                .where(models.Run.campaign_id == self._campaign_id)
+            ).all()
+            lost = [
+                row.id
+                for row in rows
+                if not os.path.exists(row.path)
+                and os.path.isdir(os.path.dirname(row.path))
+            ]
+            if not lost:
+                return []
+            found: list[WorkflowSnapshot] = []
+            for chunk in queries.chunks(lost, _IN_LIST_CHUNK):
+                found.extend(
+                    queries.workflow_snapshots(
+                        session, self._campaign_id, self._campaign_name, ids=chunk
+                    )
+                )
+            return found
+
+        for snapshot in self._read(missing):
+            assert snapshot.path is not None
+            resume = {
+                str(node.instance): node.snapshot.snapshot_filename
+                for node in snapshot.nodes
+                if not node.is_restart
+            }
+            _logger.warning(
+                "Rewriting missing workflow snapshot file %s", snapshot.path
+            )
+            write_file(
+                snapshot.path,
+                render(resume, snapshot.description, ymmsl_version=self._ymmsl_version),
+                sync=self._durability == "full",
+            )
+
+    # ------------------------------------------------------------- registration
+
+    def _commit_staged(self) -> None:
+        """Commit every staged registration in one transaction (group commit)."""
+        with self._queue_lock:
+            batch, self._staged = self._staged, []
+        if not batch:
+            return
+        now = datetime.now(timezone.utc)
+
+        def work(session: Session) -> Sequence[int]:
+            self._heartbeat_if_due(session)
+            return session.scalars(
+                insert(models.Submission).returning(
+                    models.Submission.id, sort_by_parameter_order=True
+                ),
+                [
+                    {
+                        "run_id": self._run_id,
+                        "instance": item.instance,
+                        "snapshot_metadata": queries.metadata_to_json(item.metadata),
+                        "submitted_at": now,
+                    }
+                    for item in batch
+                ],
+            ).all()
+
+        try:
+            ids = run_transaction(self._write_engine, work)
+        except BaseException as err:
+            with self._queue_lock:
+                for item in reversed(batch):
+                    item.error = err
+                    if self._last_counts.get(item.instance) is (
+                        item.metadata.port_message_counts
+                    ):
+                        if item.previous_counts is None:
+                            del self._last_counts[item.instance]
+                        else:
+                            self._last_counts[item.instance] = item.previous_counts
+            return
+        with self._queue_lock:
+            for item, submission_id in zip(batch, ids, strict=True):
+                item.submission_id = submission_id
+                self._pending.append(
+                    _Pending(submission_id, item.instance, item.metadata)
+                )
+            self._queue_lock.notify_all()
+
+    def _drain_pending(self) -> None:
+        while True:
+            with self._queue_lock:
+                if not self._pending:
+                    return
+            self._process_next_pending()
+
+    def _process_next_pending(self) -> None:
+        with self._queue_lock:
+            item = self._pending[0]
+        outcome = self._process(item.instance, item.metadata, item.submission_id)
+        with self._queue_lock:
+            self._pending.popleft()
+        self._publish(outcome)
+
+    def _process(
+        self, instance: str, metadata: SnapshotMetadata, submission_id: int | None
+    ) -> _Outcome:
+        """Process one registration in one transaction; apply it to memory after."""
+
+        def work(session: Session) -> _Outcome:
+            return self._register(session, instance, metadata, submission_id)
+
+        def reload() -> None:
+            self._graph = run_transaction(self._engine, self._load_graph)
+
+        try:
+            outcome = run_transaction(self._write_engine, work, on_retry=reload)
+        except BaseException:
+            reload()
+            raise
+        if outcome.retirement is not None:
+            self._graph.retire(outcome.retirement)
+        self._write_files(outcome.found)
+        return outcome
+
+    def _register(
+        self,
+        session: Session,
+        instance: str,
+        metadata: SnapshotMetadata,
+        submission_id: int | None,
+    ) -> _Outcome:
+        self._heartbeat_if_due(session)
+        now = datetime.now(timezone.utc)
+        node = self._graph.new_node(0, instance, metadata, False)
+        node.id = session.scalars(
+            insert(models.SnapshotNode).returning(models.SnapshotNode.id),
+            [
+                {
+                    "run_id": self._run_id,
+                    "instance": instance,
+                    "num": node.num,
+                    "is_restart": False,
+                    "submission_id": submission_id,
+                    "registered_at": now,
+                    **queries.node_row_values(metadata),
+                }
+            ],
+        ).one()
+        edges = _edge_rows(node, self._graph.add(node))
+        if edges:
+            session.execute(insert(models.ConsistentPair), edges)
+        outcome = _Outcome(node, created_at=now)
+        found = self._graph.find_workflow_snapshots(node)
+        if not found:
+            return outcome
+        taken = datetime.now()
+        reserved: set[str] = set()
+        for nodes in found:
+            members = [Member(n.instance, n.metadata, n.is_restart) for n in nodes]
+            path = None
+            if self._allocator is not None:
+                path = self._allocator.allocate(taken, reserved)
+                reserved.add(str(path))
+            outcome.found.append(
+                _Found(
+                    nodes,
+                    path,
+                    describe(self._topology.model_name, members, taken),
+                    resume_mapping(members),
+                )
+            )
+        ids = session.scalars(
+            insert(models.WorkflowSnapshot).returning(
+                models.WorkflowSnapshot.id, sort_by_parameter_order=True
+            ),
+            [
+                {
+                    "run_id": self._run_id,
+                    # without a folder there is no file; the id keeps paths unique
+                    "path": str(item.path.resolve())
+                    if item.path is not None
+                    else f"(no file) run {self._run_id} #{node.id}.{index}",
+                    "description": item.description,
+                    "created_at": now,
+                }
+                for index, item in enumerate(outcome.found)
+            ],
+        ).all()
+        member_rows: list[dict[str, int]] = []
+        for item, snapshot_id in zip(outcome.found, ids, strict=True):
+            item.id = snapshot_id
+            member_rows.extend(
+                {"workflow_snapshot_id": snapshot_id, "snapshot_node_id": member.id}
+                for member in item.nodes
+            )
+        session.execute(insert(models.WorkflowSnapshotMember), member_rows)
+        outcome.retirement = self._graph.plan_retirement(found)
+        retired_ids = [retired.id for retired in outcome.retirement.retired]
+        for chunk in queries.chunks(retired_ids, _IN_LIST_CHUNK):
+            session.execute(
+                update(models.SnapshotNode)
+                .where(models.SnapshotNode.id.in_(chunk))
+                .values(retired_at=now)
+            )
+        return outcome
+
+    def _write_files(self, found: list[_Found]) -> None:
+        self._retry_unwritten()
+        for item in found:
+            if item.path is None:
+                continue
+            try:
+                write_file(
+                    item.path,
+                    render(
+                        item.resume, item.description, ymmsl_version=self._ymmsl_version
+                    ),
+                    sync=self._durability == "full",
+                )
+            except OSError:
+                _logger.exception(
+                    "Could not write workflow snapshot file %s; will retry", item.path
+                )
+                self._unwritten.append(item)
+
+    def _retry_unwritten(self) -> None:
+        if not self._unwritten:
+            return
+        waiting, self._unwritten = self._unwritten, []
+        self._write_files(waiting)
+
+    def _publish(self, outcome: _Outcome) -> list[WorkflowSnapshot]:
+        result = []
+        for item in outcome.found:
+            nodes = tuple(
+                sorted(
+                    (self._public_node(node) for node in item.nodes),
+                    key=lambda public: public.instance,
+                )
+            )
+            result.append(
+                WorkflowSnapshot(
+                    id=item.id,
+                    campaign=self._campaign_name,
+                    run=self._run_number,
+                    nodes=nodes,
+                    path=item.path.resolve() if item.path is not None else None,
+                    created_at=outcome.created_at,
+                    description=item.description,
+                )
+            )
+        return result
+
+    def _public_node(self, node: GraphNode) -> SnapshotNode:
+        return SnapshotNode(
+            num=node.num,
+            instance=queries.reference(node.instance),
+            snapshot=node.metadata,
+            peers=frozenset(queries.reference(peer) for peer in node.peers),
+            id=node.id,
+            is_restart=node.is_restart,
+            run=self._run_number,
+        )
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _heartbeat_if_due(
+        self, session: Session | None = None, *, force: bool = False
+    ) -> None:
+        """Renew the writer lease; fail if another process took the run over."""
+        if not force and _monotonic() - self._last_heartbeat < self._heartbeat_interval:
+            return
+
+        def beat(work_session: Session) -> None:
+            renewed = work_session.execute(
+                update(models.Run)
+                .where(
+                    models.Run.id == self._run_id,
+                    models.Run.writer_token == self._token,
+                )
+                .values(writer_heartbeat_at=datetime.now(timezone.utc))
+            )
+            if renewed.rowcount != 1:  # type: ignore[attr-defined]
+                raise WriterConflictError(
+                    f"run {self._run_number} of campaign {self._campaign_name!r} was"
+                    " taken over by another registry; this one stops writing"
+                )
+
+        if session is None:
+            run_transaction(self._write_engine, beat)
+        else:
+            beat(session)
+        self._last_heartbeat = _monotonic()
+
+    def _read(self, work: Callable[[Session], _T]) -> _T:
+        if self._in_memory:
+            with self._lock:
+                return run_transaction(self._engine, work)
+        return run_transaction(self._engine, work)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RegistryClosedError("this snapshot registry is closed")
+
+    def _raise_worker_error(self) -> None:
+        if self._error is not None:
+            raise WorkerError(
+                f"the snapshot registry worker failed: {self._error}"
+            ) from self._error
+
+
+def _edge_rows(node: GraphNode, peers: list[GraphNode]) -> list[dict[str, int]]:
+    return [
+        {
+            "lower_node_id": min(node.id, peer.id),
+            "higher_node_id": max(node.id, peer.id),
+        }
+        for peer in peers
+        if peer is not node
+    ]
+
+
+def _configuration_text(config: Any) -> str:
+    try:
+        return str(ymmsl.dump(config))
+    except Exception:  # a partial or hand-made configuration: keep what we can
+        return repr(config)
+
+
+def _process_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _format_time(moment: datetime | None) -> str:
+    if moment is None:
+        return "an unknown time"
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _monotonic() -> float:
+    return time.monotonic()
