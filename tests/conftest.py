@@ -1,0 +1,131 @@
+"""Shared fixtures: one database URL fixture over SQLite (memory, file) and PostgreSQL.
+
+PostgreSQL tests run against the server named by ``SNAPREG_TEST_POSTGRES_URL``
+(default: the local server on 127.0.0.1:5432, database ``test``, user ``postgres``).
+Each test gets a database of its own, copied from a template migrated once per
+session, and dropped afterwards, so no test ever sees another's rows. Without a
+reachable server the PostgreSQL tests are skipped with the reason, except when
+``CI`` is ``true`` or ``SNAPREG_REQUIRE_POSTGRES`` is set: then they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from snapreg.database import create_database_engine, upgrade_engine
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "SNAPREG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def _postgres_required() -> bool:
+    return os.environ.get("CI", "").lower() == "true" or bool(
+        os.environ.get("SNAPREG_REQUIRE_POSTGRES")
+    )
+
+
+@dataclass
+class PostgresServer:
+    """The test server: an admin engine and a migrated template database."""
+
+    admin: Engine
+    template: str
+
+    def url_for(self, database: str) -> str:
+        return make_url(POSTGRES_ADMIN_URL).set(database=database).render_as_string(
+            hide_password=False
+        )
+
+    def create_database(self, *, migrated: bool = True) -> str:
+        name = f"snapreg_test_{uuid.uuid4().hex[:12]}"
+        template = self.template if migrated else "template0"
+        with self.admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+        return name
+
+    def drop_database(self, name: str) -> None:
+        with self.admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """The PostgreSQL server, or a skip (a failure in CI) when unreachable."""
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as err:  # noqa: BLE001 - any failure means "no server"
+        admin.dispose()
+        message = f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable: {err}"
+        if _postgres_required():
+            pytest.fail(message + " (CI requires it)")
+        pytest.skip(message)
+    server = PostgresServer(admin, f"snapreg_template_{uuid.uuid4().hex[:12]}")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{server.template}"'))
+    engine = create_database_engine(server.url_for(server.template))
+    upgrade_engine(engine)
+    engine.dispose()
+    try:
+        yield server
+    finally:
+        server.drop_database(server.template)
+        admin.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for one test."""
+    name = postgres_server.create_database()
+    try:
+        yield postgres_server.url_for(name)
+    finally:
+        postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def empty_postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh PostgreSQL database without any schema."""
+    name = postgres_server.create_database(migrated=False)
+    try:
+        yield postgres_server.url_for(name)
+    finally:
+        postgres_server.drop_database(name)
+
+
+BACKENDS = [
+    pytest.param("sqlite-memory", id="sqlite-memory"),
+    pytest.param("sqlite-file", id="sqlite-file"),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+]
+PERSISTENT_BACKENDS = BACKENDS[1:]
+
+
+def _url_for(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend == "sqlite-memory":
+        return "sqlite://"
+    if backend == "sqlite-file":
+        return f"sqlite:///{tmp_path / 'registry.sqlite'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL on each backend, SQLite in memory included."""
+    return _url_for(request.param, tmp_path, request)
+
+
+@pytest.fixture(params=PERSISTENT_BACKENDS)
+def persistent_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL that outlives the registry: SQLite file and PostgreSQL."""
+    return _url_for(request.param, tmp_path, request)
