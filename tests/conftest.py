@@ -41,8 +41,10 @@ class PostgresServer:
     template: str
 
     def url_for(self, database: str) -> str:
-        return make_url(POSTGRES_ADMIN_URL).set(database=database).render_as_string(
-            hide_password=False
+        return (
+            make_url(POSTGRES_ADMIN_URL)
+            .set(database=database)
+            .render_as_string(hide_password=False)
         )
 
     def create_database(self, *, migrated: bool = True) -> str:

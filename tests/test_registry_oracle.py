@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import ymmsl
-from support.oracle import OracleStep, run_oracle
-from support.streams import Stream, all_streams, macro_micro
 
 from snapreg import SnapshotRegistry, WorkflowSnapshot
+from support.oracle import OracleStep, run_oracle
+from support.streams import Stream, all_streams, macro_micro
 
 STREAMS = all_streams(0)
 
@@ -41,13 +41,16 @@ def _check_step(
     where = f"{stream.name}, registration {index} ({step.instance})"
     assert _members(found) == Counter(step.workflow_snapshots), where
     assert sorted(
-        sorted((str(k), str(v)) for k, v in snapshot.resume.items()) for snapshot in found
+        sorted((str(k), str(v)) for k, v in snapshot.resume.items())
+        for snapshot in found
     ) == sorted(sorted(resume.items()) for resume in step.resume), where
     assert _active(registry, stream) == step.active, where
 
 
 @pytest.mark.parametrize("stream", STREAMS, ids=[stream.name for stream in STREAMS])
-def test_same_results_as_muscle3(stream: Stream, database_url: str, tmp_path: Path) -> None:
+def test_same_results_as_muscle3(
+    stream: Stream, database_url: str, tmp_path: Path
+) -> None:
     steps = run_oracle(stream)
     folder = tmp_path / "snapshots"
     folder.mkdir()
@@ -72,7 +75,9 @@ def test_reopening_between_registrations_changes_nothing(
     stream: Stream, persistent_database_url: str, tmp_path: Path
 ) -> None:
     steps = run_oracle(stream)
-    registry = SnapshotRegistry(stream.config, tmp_path, database_url=persistent_database_url)
+    registry = SnapshotRegistry(
+        stream.config, tmp_path, database_url=persistent_database_url
+    )
     try:
         for index, ((instance, metadata), step) in enumerate(
             zip(stream.registrations, steps, strict=True)

@@ -229,7 +229,15 @@ class SnapshotRegistry(threading.Thread):
             if self._folder is not None:
                 remove_temporary_files(self._folder)
             self._recover_missing_files()
+            # Acknowledged before a crash, never processed: process them now, in order.
+            with self._lock:
+                self._drain_pending()
         except BaseException:
+            if hasattr(self, "_run_id"):
+                try:
+                    run_transaction(self._write_engine, self._release_writer)
+                except Exception:  # the original error matters more
+                    _logger.warning("Could not release the writer lease", exc_info=True)
             self._engine.dispose()
             raise
 

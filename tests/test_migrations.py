@@ -1,0 +1,219 @@
+"""Schema migrations: no drift, one head, up and down, refusals, and the wheel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+
+from snapreg import (
+    SchemaOutOfDateError,
+    SchemaTooNewError,
+    SnapshotRegistry,
+    StorageUnavailableError,
+    upgrade_database,
+)
+from snapreg.database import (
+    create_database_engine,
+    current_revision,
+    downgrade_engine,
+    head_revision,
+    migrations_directory,
+    upgrade_engine,
+)
+from snapreg.models import Base
+from support.streams import macro_micro
+
+ROOT = Path(__file__).resolve().parent.parent
+STREAM = macro_micro(5, num_micro=2, num_steps=2)
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'empty.sqlite'}"
+    return str(request.getfixturevalue("empty_postgres_url"))
+
+
+def test_models_and_migrations_do_not_drift(empty_url: str) -> None:
+    engine = create_database_engine(empty_url)
+    upgrade_engine(engine)
+    with engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "compare_server_default": True}
+        )
+        differences = compare_metadata(context, Base.metadata)
+    engine.dispose()
+    assert differences == []
+
+
+def test_there_is_one_head_and_it_is_readable() -> None:
+    head = head_revision()
+    assert head[:4].isdigit() and "_" in head
+    versions = sorted(p.name for p in (ROOT / "migrations" / "versions").glob("0*.py"))
+    assert versions[-1].startswith(head)
+
+
+def test_upgrade_and_downgrade_round_trip(empty_url: str) -> None:
+    engine = create_database_engine(empty_url)
+    upgrade_engine(engine)
+    assert current_revision(engine) == head_revision()
+    assert "snapshot_node" in inspect(engine).get_table_names()
+    downgrade_engine(engine, "base")
+    assert current_revision(engine) is None
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    upgrade_engine(engine)
+    assert current_revision(engine) == head_revision()
+    engine.dispose()
+
+
+def test_alembic_command_line_from_the_checkout(tmp_path: Path) -> None:
+    database = tmp_path / "cli.sqlite"
+    alembic = Path(sys.executable).parent / "alembic"
+    result = subprocess.run(
+        [str(alembic), "-x", f"url=sqlite:///{database}", "upgrade", "head"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    engine = create_engine(f"sqlite:///{database}")
+    assert current_revision(engine) == head_revision()
+    engine.dispose()
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'newer.sqlite'}"
+    upgrade_database(url)
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE alembic_version SET version_num = '9999_future'")
+        )
+    engine.dispose()
+    with pytest.raises(SchemaTooNewError, match="9999_future, newer than this snapreg"):
+        SnapshotRegistry(STREAM.config, tmp_path, database_url=url)
+
+
+def test_an_older_schema_names_the_upgrade_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'older.sqlite'}"
+    upgrade_database(url)
+    # the code of a later release: one more revision than the database has
+    import snapreg.database as database
+
+    known = database.known_revisions() | {"9999_next"}
+    monkeypatch.setattr(database, "head_revision", lambda: "9999_next")
+    monkeypatch.setattr(database, "known_revisions", lambda: known)
+    with pytest.raises(SchemaOutOfDateError, match="snapreg db upgrade --db"):
+        SnapshotRegistry(STREAM.config, tmp_path, database_url=url)
+
+
+def test_tables_without_a_revision_are_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'foreign.sqlite'}"
+    engine = create_engine(url)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    with pytest.raises(SchemaOutOfDateError, match="not made by snapreg's migrations"):
+        SnapshotRegistry(STREAM.config, tmp_path, database_url=url)
+
+
+def test_unreachable_databases_are_reported(tmp_path: Path) -> None:
+    with pytest.raises(StorageUnavailableError, match="does not exist"):
+        SnapshotRegistry(
+            STREAM.config,
+            tmp_path,
+            database_url=f"sqlite:///{tmp_path}/no/such/dir/x.db",
+        )
+    with pytest.raises(StorageUnavailableError):
+        SnapshotRegistry(
+            STREAM.config,
+            tmp_path,
+            database_url="postgresql://postgres@127.0.0.1:1/none?connect_timeout=2",
+        )
+
+
+def test_migrations_ship_inside_the_package() -> None:
+    folder = migrations_directory()
+    assert (folder / "env.py").exists()
+    assert (folder / "script.py.mako").exists()
+    assert any(folder.joinpath("versions").glob("0001_initial.py"))
+
+
+@pytest.mark.slow
+def test_installed_wheel_migrates_from_any_directory(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(wheels),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = wheels.glob("snapreg-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "snapreg/migrations/env.py" in names
+    assert "snapreg/migrations/script.py.mako" in names
+    assert "snapreg/migrations/versions/0001_initial.py" in names
+    target = tmp_path / "installed"
+    install = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert install.returncode == 0, install.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    database = elsewhere / "installed.sqlite"
+    script = (
+        "import snapreg, sys; "
+        "assert 'installed' in snapreg.__file__, snapreg.__file__; "
+        f"print(snapreg.upgrade_database('sqlite:///{database}'))"
+    )
+    # -S keeps the editable checkout off the path; dependencies come from the venv
+    import sqlalchemy
+
+    site = str(Path(sqlalchemy.__file__).parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), site])}
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", script],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == head_revision()

@@ -1,0 +1,511 @@
+"""Behaviour of the registry a user sees beyond MUSCLE3 parity.
+
+Bad input, runs and campaigns, the writer lease, durability of acknowledged
+registrations across a crash, the worker's errors, and file naming.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ymmsl
+from libmuscle.manager.topology_store import TopologyStore
+from libmuscle.snapshot import SnapshotMetadata as Muscle3Metadata
+from sqlalchemy import MetaData, create_engine, func, select, text
+from ymmsl import v0_1
+
+from snapreg import (
+    ConfigurationError,
+    InvalidInputError,
+    InvalidMetadataError,
+    NotFoundError,
+    SnapshotMetadata,
+    SnapshotRegistry,
+    TopologyMismatchError,
+    UnknownInstanceError,
+    WorkerError,
+    WriterConflictError,
+)
+from snapreg.materialize import NameAllocator
+from support.oracle import run_oracle
+from support.streams import macro_micro
+
+STREAM = macro_micro(11, num_micro=3, num_steps=3)
+
+
+def metadata(
+    counts: dict[str, list[int]],
+    *,
+    timestamp: float = 1.0,
+    final: bool = False,
+    filename: str = "/snapshots/s.pack",
+) -> dict[str, Any]:
+    """Metadata as MUSCLE3 reports it, with sensible defaults."""
+    return {
+        "triggers": ["simulation_time >= 1"],
+        "wallclock_time": 2.5,
+        "timestamp": timestamp,
+        "next_timestamp": None,
+        "port_message_counts": counts,
+        "is_final_snapshot": final,
+        "snapshot_filename": filename,
+    }
+
+
+def database_state(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, to check that nothing changed."""
+    engine = create_engine(url)
+    try:
+        tables = MetaData()
+        tables.reflect(engine)
+        with engine.connect() as connection:
+            return {
+                name: sorted(
+                    (
+                        tuple(map(repr, row))
+                        for row in connection.execute(table.select())
+                    ),
+                )
+                for name, table in tables.tables.items()
+            }
+    finally:
+        engine.dispose()
+
+
+BAD_INPUTS: list[tuple[str, Any, Any, type[Exception]]] = [
+    ("unknown component", "nope", metadata({}), UnknownInstanceError),
+    ("index out of range", "micro[9]", metadata({}), UnknownInstanceError),
+    ("missing index", "micro", metadata({}), UnknownInstanceError),
+    ("not an instance", "micro[", metadata({}), UnknownInstanceError),
+    ("negative count", "macro", metadata({"o_i": [-1]}), InvalidMetadataError),
+    ("float count", "macro", metadata({"o_i": [1.5]}), InvalidMetadataError),
+    ("bool count", "macro", metadata({"o_i": [True]}), InvalidMetadataError),
+    ("counts not a list", "macro", metadata({"o_i": 3}), InvalidMetadataError),
+    ("counts not a dict", "macro", metadata([1, 2]), InvalidMetadataError),  # type: ignore[arg-type]
+    ("port not a name", "macro", metadata({"o i": [1]}), InvalidMetadataError),
+    ("huge count", "macro", metadata({"o_i": [2**64]}), InvalidMetadataError),
+    (
+        "NaN wallclock",
+        "macro",
+        {**metadata({}), "wallclock_time": math.nan},
+        InvalidMetadataError,
+    ),
+    (
+        "inf wallclock",
+        "macro",
+        {**metadata({}), "wallclock_time": math.inf},
+        InvalidMetadataError,
+    ),
+    ("string time", "macro", {**metadata({}), "timestamp": "1"}, InvalidMetadataError),
+    ("empty filename", "macro", metadata({}, filename=""), InvalidMetadataError),
+    ("NUL in filename", "macro", metadata({}, filename="a\x00b"), InvalidMetadataError),
+    (
+        "final not bool",
+        "macro",
+        {**metadata({}), "is_final_snapshot": 1},
+        InvalidMetadataError,
+    ),
+    (
+        "triggers not strings",
+        "macro",
+        {**metadata({}), "triggers": [1]},
+        InvalidMetadataError,
+    ),
+    ("missing field", "macro", {"triggers": []}, InvalidMetadataError),
+    ("extra field", "macro", {**metadata({}), "colour": "red"}, InvalidMetadataError),
+    ("not metadata", "macro", 42, InvalidMetadataError),
+]
+
+
+@pytest.mark.parametrize(
+    ("instance", "bad", "error"),
+    [case[1:] for case in BAD_INPUTS],
+    ids=[case[0] for case in BAD_INPUTS],
+)
+@pytest.mark.parametrize("entry", ["add_snapshot", "register_snapshot"])
+def test_bad_input_is_refused_and_changes_nothing(
+    persistent_database_url: str,
+    tmp_path: Path,
+    instance: str,
+    bad: Any,
+    error: type[Exception],
+    entry: str,
+) -> None:
+    steps = run_oracle(STREAM)
+    half = len(STREAM.registrations) // 2
+    with SnapshotRegistry(
+        STREAM.config, tmp_path, database_url=persistent_database_url
+    ) as registry:
+        for name, good in STREAM.registrations[:half]:
+            registry.add_snapshot(name, good)
+        before = database_state(persistent_database_url)
+        files_before = sorted(tmp_path.iterdir())
+        with pytest.raises(error) as raised:
+            getattr(registry, entry)(instance, bad)
+        assert isinstance(raised.value, InvalidInputError)
+        assert str(raised.value)
+        assert database_state(persistent_database_url) == before
+        assert sorted(tmp_path.iterdir()) == files_before
+        # and it goes on exactly as if the bad input had never come
+        for index in range(half, len(STREAM.registrations)):
+            name, good = STREAM.registrations[index]
+            found = registry.add_snapshot(name, good)
+            assert sorted(map(sorted, (w.members for w in found))) == sorted(
+                map(sorted, steps[index].workflow_snapshots)
+            )
+
+
+def test_counts_lower_than_before_are_refused(database_url: str) -> None:
+    with SnapshotRegistry(STREAM.config, None, database_url=database_url) as registry:
+        registry.add_snapshot("macro", metadata({"o_i": [2, 2, 2], "s": [1, 1, 1]}))
+        with pytest.raises(InvalidMetadataError, match="port o_i slot 1 is 1, lower"):
+            registry.add_snapshot("macro", metadata({"o_i": [2, 1, 2], "s": [1, 1, 1]}))
+        with pytest.raises(InvalidMetadataError, match="port s slot 0 is 0"):
+            registry.register_snapshot("macro", metadata({"o_i": [2, 2, 2]}))
+        registry.add_snapshot("macro", metadata({"o_i": [2, 2, 2], "s": [1, 1, 1]}))
+        assert [node.num for node in registry.history("macro")] == [1, 2, 3]
+
+
+def test_nan_and_infinite_times_are_kept(database_url: str) -> None:
+    with SnapshotRegistry(STREAM.config, None, database_url=database_url) as registry:
+        registry.add_snapshot("micro[0]", metadata({}, timestamp=math.nan))
+        registry.register_snapshot(
+            "micro[1]", {**metadata({}, timestamp=math.nan), "next_timestamp": math.inf}
+        )
+        registry.add_snapshot("micro[2]", {**metadata({}), "timestamp": math.inf})
+        first = registry.history("micro[0]")[-1].snapshot
+        second = registry.history("micro[1]")[-1].snapshot
+        third = registry.history("micro[2]")[-1].snapshot
+    assert math.isnan(first.timestamp)
+    assert math.isnan(second.timestamp) and second.next_timestamp == math.inf
+    assert third.timestamp == math.inf
+
+
+def test_accepts_muscle3_objects_and_ymmsl_v0_1(tmp_path: Path) -> None:
+    legacy = v0_1.PartialConfiguration(
+        model=v0_1.Model(
+            "legacy",
+            [v0_1.Component("macro", "m"), v0_1.Component("micro", "u", [2])],
+            [
+                v0_1.Conduit("macro.o_i", "micro.f_i"),
+                v0_1.Conduit("micro.o_f", "macro.s"),
+            ],
+        )
+    )
+    with SnapshotRegistry(legacy, tmp_path) as registry:
+        assert registry.campaign == "legacy"
+        registry.add_snapshot(
+            v0_1.Reference("macro"),
+            Muscle3Metadata(
+                ["t"], 1.0, 1.0, None, {"o_i": [1, 1], "s": [1, 1]}, False, "m"
+            ),
+        )
+        for index in range(2):
+            found = registry.add_snapshot(
+                f"micro[{index}]",
+                Muscle3Metadata(
+                    ["t"], 1.0, 1.0, None, {"f_i": [1], "o_f": [1]}, True, "u"
+                ),
+            )
+        assert [snapshot.members for snapshot in found] == [
+            frozenset({("macro", 2), ("micro[0]", 2), ("micro[1]", 2)})
+        ]
+        assert found[0].path is not None
+        loaded = ymmsl.load(found[0].path)
+        assert loaded.__class__.__module__.startswith("ymmsl.v0_1")
+        assert {str(k): str(v) for k, v in loaded.resume.items()} == {
+            "macro": "m",
+            "micro[0]": "u",
+            "micro[1]": "u",
+        }
+
+
+def test_muscle3_topology_store_is_used(tmp_path: Path) -> None:
+    steps = run_oracle(STREAM)
+    with SnapshotRegistry(
+        STREAM.config, tmp_path, TopologyStore(STREAM.config)
+    ) as registry:
+        for (name, good), step in zip(STREAM.registrations, steps, strict=True):
+            found = registry.add_snapshot(name, good)
+            assert sorted(map(sorted, (w.members for w in found))) == sorted(
+                map(sorted, step.workflow_snapshots)
+            )
+
+
+def test_without_a_folder_nothing_is_written(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    with SnapshotRegistry(STREAM.config, None) as registry:
+        found = [
+            w
+            for name, good in STREAM.registrations
+            for w in registry.add_snapshot(name, good)
+        ]
+        assert found and all(snapshot.path is None for snapshot in found)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_default_database_lives_in_the_snapshot_folder(tmp_path: Path) -> None:
+    with SnapshotRegistry(STREAM.config, tmp_path) as registry:
+        registry.add_snapshot(*STREAM.registrations[0])
+    assert (tmp_path / "snapreg.sqlite").exists()
+    with SnapshotRegistry(STREAM.config, tmp_path) as registry:
+        assert registry.run_number == 1
+        name = STREAM.registrations[0][0]
+        assert [node.num for node in registry.history(name)] == [1, 2]
+
+
+def test_runs_and_campaigns(persistent_database_url: str, tmp_path: Path) -> None:
+    url = persistent_database_url
+    with SnapshotRegistry(STREAM.config, tmp_path, database_url=url) as first:
+        for name, good in STREAM.registrations:
+            first.add_snapshot(name, good)
+        first_snapshots = first.workflow_snapshots()
+        assert first.campaign == STREAM.config.root_model().name
+    resume_point = first_snapshots[-1]
+    with SnapshotRegistry(
+        STREAM.config,
+        tmp_path,
+        database_url=url,
+        new_run=True,
+        resumed_from=resume_point.id,
+    ) as second:
+        assert second.run_number == 2
+        # fresh restart nodes, nums start again
+        assert [node.num for node in second.snapshots("macro")] == [1]
+        name, good = STREAM.registrations[0]
+        second.add_snapshot(name, good)
+        assert [node.num for node in second.history(name)] == [1, 2]
+        assert len(second.workflow_snapshots()) == len(first_snapshots)
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        lineage = connection.execute(
+            text(
+                "SELECT number, resumed_from_workflow_snapshot_id"
+                " FROM run ORDER BY number"
+            )
+        ).all()
+    engine.dispose()
+    assert [tuple(row) for row in lineage] == [(1, None), (2, resume_point.id)]
+    with SnapshotRegistry(
+        STREAM.config, tmp_path, database_url=url, campaign="other"
+    ) as other:
+        assert other.run_number == 1
+        assert other.workflow_snapshots() == []
+
+
+def test_resuming_from_an_unknown_workflow_snapshot(database_url: str) -> None:
+    with pytest.raises(NotFoundError, match="no workflow snapshot 999"):
+        SnapshotRegistry(
+            STREAM.config, None, database_url=database_url, resumed_from=999
+        )
+
+
+def test_continuing_with_another_topology_is_refused(
+    persistent_database_url: str, tmp_path: Path
+) -> None:
+    with SnapshotRegistry(
+        STREAM.config, tmp_path, database_url=persistent_database_url
+    ):
+        pass
+    bigger = macro_micro(11, num_micro=4, num_steps=3)
+    with pytest.raises(TopologyMismatchError, match="differ"):
+        SnapshotRegistry(bigger.config, tmp_path, database_url=persistent_database_url)
+    with SnapshotRegistry(
+        bigger.config, tmp_path, database_url=persistent_database_url, new_run=True
+    ) as registry:
+        assert registry.run_number == 2
+
+
+def test_configuration_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        SnapshotRegistry(STREAM.config, tmp_path / "missing")
+    with pytest.raises(ConfigurationError, match="no model"):
+        SnapshotRegistry(v0_1.PartialConfiguration(), tmp_path)
+    with pytest.raises(ConfigurationError, match="not a database URL"):
+        SnapshotRegistry(STREAM.config, tmp_path, database_url="::nonsense::")
+
+
+def test_a_second_writer_is_refused_with_the_holder_named(
+    persistent_database_url: str, tmp_path: Path
+) -> None:
+    with SnapshotRegistry(
+        STREAM.config, tmp_path, database_url=persistent_database_url
+    ):
+        with pytest.raises(WriterConflictError) as refused:
+            SnapshotRegistry(
+                STREAM.config, tmp_path, database_url=persistent_database_url
+            )
+        message = str(refused.value)
+        assert f"pid {os.getpid()} on {os.uname().nodename}" in message
+        assert "since" in message
+    # released on close
+    with SnapshotRegistry(
+        STREAM.config, tmp_path, database_url=persistent_database_url
+    ):
+        pass
+
+
+CHILD = textwrap.dedent(
+    """
+    import pickle, sys
+    from snapreg import SnapshotRegistry
+    stream = pickle.loads(sys.stdin.buffer.read())
+    registry = SnapshotRegistry(stream.config, sys.argv[2], database_url=sys.argv[1])
+    print("open", flush=True)
+    for index, (instance, metadata) in enumerate(stream.registrations):
+        registry.register_snapshot(instance, metadata)
+        print("ack", index, flush=True)
+    print("done", flush=True)
+    sys.stdin.close()
+    import time
+    time.sleep(60)
+    """
+)
+
+
+def _run_child_and_kill(url: str, folder: Path, kill_after: int) -> int:
+    """Register in a child process, SIGKILL it after some acks; return how many."""
+    import pickle
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, url, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+    )
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write(pickle.dumps(STREAM))
+    child.stdin.close()
+    acknowledged = 0
+    try:
+        for line in child.stdout:
+            if line.startswith(b"ack"):
+                acknowledged = int(line.split()[1]) + 1
+                if acknowledged >= kill_after:
+                    break
+            if line.startswith(b"done"):
+                break
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    return acknowledged
+
+
+def test_acknowledged_registrations_survive_a_crash(
+    persistent_database_url: str, tmp_path: Path
+) -> None:
+    kill_after = len(STREAM.registrations) // 2
+    acknowledged = _run_child_and_kill(persistent_database_url, tmp_path, kill_after)
+    assert acknowledged == kill_after
+    steps = run_oracle(STREAM)
+    # the dead writer's lease is taken over at once: same host, process gone
+    with SnapshotRegistry(
+        STREAM.config, tmp_path, database_url=persistent_database_url
+    ) as registry:
+        assert registry.pending_count() == 0
+        for name, good in STREAM.registrations[acknowledged:]:
+            registry.add_snapshot(name, good)
+        expected = sorted(
+            sorted(members) for step in steps for members in step.workflow_snapshots
+        )
+        assert (
+            sorted(sorted(w.members) for w in registry.workflow_snapshots()) == expected
+        )
+        for instance in STREAM.instances():
+            assert [n.num for n in registry.snapshots(instance)] == steps[-1].active[
+                instance
+            ]
+    engine = create_engine(persistent_database_url)
+    with engine.connect() as connection:
+        submissions = connection.execute(
+            select(func.count()).select_from(text("submission"))
+        ).scalar()
+        orphans = connection.execute(
+            text(
+                "SELECT count(*) FROM submission s WHERE NOT EXISTS "
+                "(SELECT 1 FROM snapshot_node n WHERE n.submission_id = s.id)"
+            )
+        ).scalar()
+    engine.dispose()
+    assert submissions == acknowledged
+    assert orphans == 0
+    files = sorted(path.name for path in tmp_path.glob("snapshot_*.ymmsl"))
+    assert len(files) == len(expected)
+
+
+def test_worker_errors_reach_the_caller_and_nothing_is_lost(
+    persistent_database_url: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    registry = SnapshotRegistry(
+        STREAM.config, tmp_path, database_url=persistent_database_url
+    )
+
+    def broken(self: Any, node: Any) -> Any:
+        raise RuntimeError("search exploded")
+
+    monkeypatch.setattr("snapreg.graph.ActiveGraph.find_workflow_snapshots", broken)
+    registry.start()
+    name, good = STREAM.registrations[0]
+    registry.register_snapshot(name, good)
+    registry.shutdown()
+    with pytest.raises(WorkerError, match="search exploded"):
+        registry.join()
+    with pytest.raises(WorkerError):
+        registry.close()
+    monkeypatch.undo()
+    with SnapshotRegistry(
+        STREAM.config, tmp_path, database_url=persistent_database_url
+    ) as reopened:
+        assert [node.num for node in reopened.history(name)] == [1, 2]
+
+
+def test_names_never_run_out(tmp_path: Path) -> None:
+    from datetime import datetime
+
+    allocator = NameAllocator(tmp_path)
+    moment = datetime(2026, 1, 2, 3, 4, 5)
+    (tmp_path / "snapshot_20260102_030405_7.ymmsl").write_text("taken")
+    reserved: set[str] = set()
+    for _ in range(250):
+        path = allocator.allocate(moment, reserved)
+        reserved.add(str(path))
+        path.write_text("x")
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert len(names) == 251
+    assert "snapshot_20260102_030405.ymmsl" in names
+    assert "snapshot_20260102_030405_250.ymmsl" in names
+
+
+def test_more_than_a_hundred_files_in_a_second(tmp_path: Path) -> None:
+    # ten micro instances with intermediate snapshots: thousands of combinations
+    stream = macro_micro(0, num_micro=10)
+    with SnapshotRegistry(stream.config, tmp_path) as registry:
+        count = sum(
+            len(registry.add_snapshot(*registration))
+            for registration in stream.registrations
+        )
+        stored = len(registry.workflow_snapshots())
+    assert count > 1000
+    assert stored == count
+    assert len(list(tmp_path.glob("snapshot_*.ymmsl"))) == count
+
+
+def test_snapshot_metadata_class_is_accepted(database_url: str) -> None:
+    with SnapshotRegistry(STREAM.config, None, database_url=database_url) as registry:
+        registry.add_snapshot(
+            "micro[0]", SnapshotMetadata(["x"], 1.0, 2.0, 3.0, {"f_i": [0]}, True, "f")
+        )
+        node = registry.snapshots("micro[0]")[-1]
+        assert node.snapshot == SnapshotMetadata(
+            ["x"], 1.0, 2.0, 3.0, {"f_i": [0]}, True, "f"
+        )
+        assert node.num == 2 and not node.is_restart and node.active
