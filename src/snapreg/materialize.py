@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -97,7 +98,18 @@ def describe(model_name: str, members: Sequence[Member], taken: datetime) -> str
 def render(
     resume: dict[str, str], description: str, *, ymmsl_version: str = "v0.2"
 ) -> str:
-    """The yMMSL text of a workflow snapshot file."""
+    """The yMMSL text of a workflow snapshot file.
+
+    Byte for byte what ``ymmsl.dump`` writes. The common case (instance names,
+    absolute paths, snapreg's own description) is formatted directly, because
+    ymmsl's pure-Python YAML emitter costs milliseconds per file and a campaign
+    can produce thousands of files a second; anything unusual goes through
+    ``ymmsl.dump`` itself. A property test checks that both agree.
+    """
+    if ymmsl_version == "v0.2":
+        fast = _render_fast(resume, description)
+        if fast is not None:
+            return fast
     mapping: dict[Any, Path] = {
         v0_1.Reference(instance): Path(filename)
         for instance, filename in resume.items()
@@ -108,6 +120,43 @@ def render(
     else:
         config = v0_2.Configuration(resume=mapping, description=description)
     return str(ymmsl.dump(config))
+
+
+# YAML 1.1 words that a plain scalar would turn into booleans or null.
+_YAML_WORDS = {"yes", "no", "true", "false", "on", "off", "null", "y", "n"}
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[[0-9]+\])*")
+# Contains a slash (so it cannot read as a number, date or boolean) and only
+# characters that need no quoting in a block mapping value.
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9_/][A-Za-z0-9_./\-\[\]]*")
+_PRINTABLE_LINE = re.compile(r"(?:[!-~](?:[ -~]*[!-~])?)?")
+
+
+def _render_fast(resume: dict[str, str], description: str) -> str | None:
+    """Format a v0.2 workflow snapshot directly, or None if it needs ymmsl."""
+    if not resume or not description.endswith("\n") or description.endswith("\n\n"):
+        return None
+    lines = description[:-1].split("\n")
+    if lines[0] == "" or any(_PRINTABLE_LINE.fullmatch(line) is None for line in lines):
+        return None
+    for instance, filename in resume.items():
+        if (
+            len(instance) >= 128
+            or _PLAIN_KEY.fullmatch(instance) is None
+            or instance.lower() in _YAML_WORDS
+            or "/" not in filename
+            or _PLAIN_PATH.fullmatch(filename) is None
+            # ymmsl writes Path(filename), which drops "//", "/./" and a final "/"
+            or "//" in filename
+            or "/./" in filename
+            or filename.endswith(("/", "/."))
+            or filename.startswith("./")
+        ):
+            return None
+    parts = ["ymmsl_version: v0.2\ndescription: |+\n"]
+    parts.extend(f"  {line}\n" if line else "\n" for line in lines)
+    parts.append("\nresume:\n")
+    parts.extend(f"  {instance}: {filename}\n" for instance, filename in resume.items())
+    return "".join(parts)
 
 
 class NameAllocator:
