@@ -1,0 +1,621 @@
+"""Read-only access to a snapreg database: what the command line shows.
+
+A :class:`DatabaseReader` opens a database the way a reader should: SQLite files
+read-only, nothing created, nothing migrated. A missing SQLite file, a database
+without snapreg's schema and a schema that does not match the code are refused with
+a :class:`~snapreg.errors.SnapregError` that says what to do, so that looking at a
+campaign can never change it. Readers never block the registry that writes the same
+database (SQLite runs in WAL mode).
+
+Every method runs one short transaction and issues a constant number of queries
+(per run, for the instance history), reusing :mod:`snapreg.queries` where it fits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import ymmsl
+from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, aliased
+
+from snapreg import models, queries
+from snapreg.consistency import ConduitInfo, Topology
+from snapreg.database import (
+    create_database_engine,
+    current_revision,
+    describe_url,
+    head_revision,
+    host_and_pid,
+    is_memory_sqlite,
+    known_revisions,
+    normalize_url,
+    run_transaction,
+)
+from snapreg.errors import (
+    ConfigurationError,
+    NotFoundError,
+    SchemaOutOfDateError,
+    SchemaTooNewError,
+    StorageUnavailableError,
+    UnknownInstanceError,
+)
+from snapreg.materialize import render
+from snapreg.snapshot import SnapshotNode, WorkflowSnapshot
+
+_T = TypeVar("_T")
+
+#: A run whose writer has not shown a sign of life for this long is not running.
+STALE_WRITER_AFTER = timedelta(seconds=60)
+
+RunStatus = Literal["running", "interrupted", "ended"]
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """Where a database is and which schema revision it has.
+
+    Attributes:
+        location: The database URL, password hidden.
+        revision: Its schema revision; None when it has no snapreg schema.
+        head: The newest revision this snapreg knows.
+    """
+
+    location: str
+    revision: str | None
+    head: str
+
+    @property
+    def up_to_date(self) -> bool:
+        """Whether the schema is the one this snapreg writes."""
+        return self.revision == self.head
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run of a campaign, with its lineage and counts.
+
+    Attributes:
+        number: 1 for the campaign's first run, then 2, 3, ...
+        model_name: Name of the model the run simulated.
+        started_at: When the run was created (UTC).
+        snapshot_folder: Where its workflow snapshot files were written.
+        resumed_from: Id of the workflow snapshot it resumed from, if any.
+        resumed_from_run: Number of the run that workflow snapshot belongs to.
+        snapshot_count: Snapshots registered by its instances (restart nodes are
+            not counted).
+        workflow_snapshot_count: Workflow snapshots found in the run.
+        last_activity: Its newest registration, workflow snapshot or writer
+            heartbeat (UTC).
+        status: ``running`` while a live registry writes it, ``interrupted`` when
+            its writer died without closing it (a crashed or killed manager),
+            ``ended`` when its registry was closed.
+        writer: Which process holds (or held, when interrupted) the right to write.
+    """
+
+    number: int
+    model_name: str
+    started_at: datetime
+    snapshot_folder: str | None
+    resumed_from: int | None
+    resumed_from_run: int | None
+    snapshot_count: int
+    workflow_snapshot_count: int
+    last_activity: datetime
+    status: RunStatus
+    writer: str | None
+
+
+@dataclass(frozen=True)
+class CampaignSummary:
+    """A campaign and its runs, oldest first.
+
+    Attributes:
+        name: The campaign's name.
+        created_at: When it was created (UTC).
+        runs: Its runs.
+    """
+
+    name: str
+    created_at: datetime
+    runs: tuple[RunSummary, ...]
+
+    @property
+    def snapshot_count(self) -> int:
+        """Snapshots registered over all runs."""
+        return sum(run.snapshot_count for run in self.runs)
+
+    @property
+    def workflow_snapshot_count(self) -> int:
+        """Workflow snapshots over all runs."""
+        return sum(run.workflow_snapshot_count for run in self.runs)
+
+    @property
+    def last_activity(self) -> datetime:
+        """The newest activity of any run, or the creation time without runs."""
+        return max((run.last_activity for run in self.runs), default=self.created_at)
+
+
+@dataclass(frozen=True)
+class InstanceHistory:
+    """Every snapshot node of one instance in one run, retired ones included.
+
+    Attributes:
+        run: Number of the run.
+        nodes: The nodes, ascending num, each with the peer nodes it was
+            consistent with (in :attr:`SnapshotNode.consistent_peers`).
+    """
+
+    run: int
+    nodes: tuple[SnapshotNode, ...]
+
+
+class DatabaseReader:
+    """A read-only view of a snapreg database.
+
+    Use it as a context manager, or call :meth:`close`, to release the
+    connections.
+    """
+
+    def __init__(self, database_url: str, *, check_schema: bool = True) -> None:
+        """Open a database for reading; never create or migrate it.
+
+        Args:
+            database_url: SQLAlchemy URL of the database.
+            check_schema: Refuse a database whose schema is missing or does not
+                match this snapreg (off only to report the revision).
+
+        Raises:
+            ConfigurationError: a URL that is not usable for reading.
+            NotFoundError: no database (or no snapreg schema) there.
+            SchemaOutOfDateError: an older schema; the message names the command
+                that upgrades it.
+            SchemaTooNewError: a schema written by a newer snapreg.
+            StorageUnavailableError: the database cannot be reached.
+        """
+        url = normalize_url(database_url)
+        self.location = describe_url(url)
+        if is_memory_sqlite(url):
+            raise ConfigurationError(
+                "an in-memory SQLite database has nothing to read; pass the URL of"
+                " a database file or server with --db"
+            )
+        if url.get_backend_name() == "sqlite":
+            path = Path(url.database or "").resolve()
+            if not path.is_file():
+                raise NotFoundError(
+                    f"no database at {path} (snapreg manage creates it on its first"
+                    " run; choose another one with --db or $SNAPREG_DATABASE_URL)"
+                )
+        self._engine: Engine = create_database_engine(url, read_only=True)
+        try:
+            if check_schema:
+                self._check_schema()
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self._engine.dispose()
+
+    def __enter__(self) -> DatabaseReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ schema
+
+    def schema_status(self) -> SchemaStatus:
+        """The database's schema revision next to the newest one.
+
+        Raises:
+            StorageUnavailableError: the database cannot be reached.
+        """
+        revision = self._connecting(lambda: current_revision(self._engine))
+        return SchemaStatus(self.location, revision, head_revision())
+
+    def _check_schema(self) -> None:
+        status = self.schema_status()
+        if status.up_to_date:
+            return
+        upgrade = f"snapreg db upgrade --db '{self.location}'"
+        if status.revision is None:
+            has_tables = self._connecting(
+                lambda: inspect(self._engine).has_table("snapshot_node")
+            )
+            if has_tables:
+                raise SchemaOutOfDateError(
+                    f"{self.location} holds snapreg tables without a schema revision;"
+                    " they were not made by snapreg's migrations"
+                )
+            raise NotFoundError(
+                f"{self.location} holds no snapreg data yet (create the schema"
+                f" with: {upgrade})"
+            )
+        if status.revision not in known_revisions():
+            raise SchemaTooNewError(
+                f"{self.location} has schema revision {status.revision}, newer than"
+                f" this snapreg knows (newest: {status.head}); upgrade snapreg"
+            )
+        raise SchemaOutOfDateError(
+            f"{self.location} has schema revision {status.revision}, older than"
+            f" {status.head}; upgrade it with: {upgrade}"
+        )
+
+    # --------------------------------------------------------------- campaigns
+
+    def campaigns(self) -> list[CampaignSummary]:
+        """Every campaign with its runs, lineage and counts, by name (4 queries)."""
+        return self._read(_campaign_summaries)
+
+    def campaign_name(self, requested: str | None) -> str:
+        """The campaign a command works on.
+
+        Args:
+            requested: The name the user gave, or None for the only one there is.
+
+        Raises:
+            NotFoundError: no such campaign, no campaign at all, or several to
+                choose from (listing them).
+        """
+
+        def resolve(session: Session) -> str:
+            if requested is not None:
+                return queries.campaign_row(session, requested).name
+            names = session.scalars(
+                select(models.Campaign.name).order_by(models.Campaign.name)
+            ).all()
+            if len(names) == 1:
+                return names[0]
+            if not names:
+                raise NotFoundError(f"{self.location} has no campaigns yet")
+            raise NotFoundError(
+                f"{self.location} has {len(names)} campaigns; choose one with"
+                f" --campaign ({', '.join(names)})"
+            )
+
+        return self._read(resolve)
+
+    # ------------------------------------------------------- workflow snapshots
+
+    def workflow_snapshots(
+        self, campaign: str, *, run: int | None = None
+    ) -> list[WorkflowSnapshot]:
+        """A campaign's workflow snapshots, oldest first (optionally of one run).
+
+        Raises:
+            NotFoundError: no such campaign, or no such run in it.
+        """
+
+        def load(session: Session) -> list[WorkflowSnapshot]:
+            row = queries.campaign_row(session, campaign)
+            ids = None
+            if run is not None:
+                run_id = _run_row(session, row, run).id
+                ids = session.scalars(
+                    select(models.WorkflowSnapshot.id).where(
+                        models.WorkflowSnapshot.run_id == run_id
+                    )
+                ).all()
+            return queries.workflow_snapshots(session, row.id, row.name, ids=ids)
+
+        return self._read(load)
+
+    def workflow_snapshot(
+        self, workflow_snapshot_id: int, *, campaign: str | None = None
+    ) -> WorkflowSnapshot:
+        """One workflow snapshot by id, with its members.
+
+        Args:
+            workflow_snapshot_id: Its id (unique in the database).
+            campaign: If given, the campaign it must belong to.
+
+        Raises:
+            NotFoundError: no such workflow snapshot (in that campaign).
+        """
+
+        def load(session: Session) -> WorkflowSnapshot:
+            found = session.execute(
+                select(models.Campaign.id, models.Campaign.name)
+                .join(models.Run, models.Run.campaign_id == models.Campaign.id)
+                .join(
+                    models.WorkflowSnapshot,
+                    models.WorkflowSnapshot.run_id == models.Run.id,
+                )
+                .where(models.WorkflowSnapshot.id == workflow_snapshot_id)
+            ).first()
+            if campaign is not None:
+                queries.campaign_row(session, campaign)
+            if found is None or (campaign is not None and found.name != campaign):
+                where = f"campaign {campaign!r}" if campaign else self.location
+                raise NotFoundError(
+                    f"no workflow snapshot {workflow_snapshot_id} in {where}"
+                    " (snapreg workflows lists them)"
+                )
+            return queries.workflow_snapshots(
+                session, found.id, found.name, ids=[workflow_snapshot_id]
+            )[0]
+
+        return self._read(load)
+
+    def latest_workflow_snapshot(self, campaign: str) -> WorkflowSnapshot | None:
+        """The campaign's newest workflow snapshot, or None if it has none.
+
+        Raises:
+            NotFoundError: no such campaign.
+        """
+
+        def load(session: Session) -> WorkflowSnapshot | None:
+            row = queries.campaign_row(session, campaign)
+            newest = session.scalar(
+                select(func.max(models.WorkflowSnapshot.id))
+                .join(models.Run, models.Run.id == models.WorkflowSnapshot.run_id)
+                .where(models.Run.campaign_id == row.id)
+            )
+            if newest is None:
+                return None
+            return queries.workflow_snapshots(session, row.id, row.name, ids=[newest])[
+                0
+            ]
+
+        return self._read(load)
+
+    def resume_text(self, snapshot: WorkflowSnapshot, *, with_config: bool) -> str:
+        """The yMMSL that resumes a simulation from a workflow snapshot.
+
+        Args:
+            snapshot: The workflow snapshot.
+            with_config: Merge the ``resume`` section into the configuration its run
+                was started with, giving a complete configuration that
+                ``muscle_manager`` runs as is; otherwise only the ``resume``
+                section and description, like the workflow snapshot's own file.
+
+        Raises:
+            NotFoundError: its run is gone.
+            ConfigurationError: the stored configuration cannot be read back.
+        """
+        configuration = self._read(
+            lambda session: (
+                _run_row(
+                    session,
+                    queries.campaign_row(session, snapshot.campaign),
+                    snapshot.run,
+                ).configuration
+            )
+        )
+        resume = {
+            str(node.instance): node.snapshot.snapshot_filename
+            for node in snapshot.nodes
+            if not node.is_restart
+        }
+        version = "v0.1" if configuration.startswith("ymmsl_version: v0.1") else "v0.2"
+        if not with_config:
+            return render(resume, snapshot.description, ymmsl_version=version)
+        try:
+            document: Any = ymmsl.load(configuration)
+        except Exception as err:  # yatiml raises many kinds; all mean unreadable
+            raise ConfigurationError(
+                f"the configuration stored for run {snapshot.run} of campaign"
+                f" {snapshot.campaign!r} cannot be read back: {err}"
+            ) from err
+        # Replaced, not merged: an instance missing from the mapping must start
+        # from scratch even if the run itself had resumed it.
+        resume_only: Any = ymmsl.load(
+            render(resume, snapshot.description, ymmsl_version=version)
+        )
+        document.resume = resume_only.resume
+        document.description = snapshot.description
+        return str(ymmsl.dump(document))
+
+    # ------------------------------------------------------------------ history
+
+    def instance_history(
+        self, campaign: str, instance: str, *, run: int | None = None
+    ) -> list[InstanceHistory]:
+        """An instance's snapshot nodes, active and retired, per run.
+
+        Args:
+            campaign: The campaign.
+            instance: The instance, e.g. ``macro`` or ``micro[2]``.
+            run: Only this run; default: every run of the campaign.
+
+        Raises:
+            NotFoundError: no such campaign or run.
+            UnknownInstanceError: no run of the campaign has that instance.
+        """
+
+        def load(session: Session) -> list[InstanceHistory]:
+            campaign_row = queries.campaign_row(session, campaign)
+            if run is not None:
+                runs = [_run_row(session, campaign_row, run)]
+            else:
+                runs = list(
+                    session.scalars(
+                        select(models.Run)
+                        .where(models.Run.campaign_id == campaign_row.id)
+                        .order_by(models.Run.number)
+                    )
+                )
+            topologies = [topology_from_signature(row.topology) for row in runs]
+            name = str(instance).replace(" ", "")
+            if not any(name in topology.instance_set for topology in topologies):
+                if not topologies:
+                    raise UnknownInstanceError(
+                        f"campaign {campaign!r} has no runs, so no instance {name!r}"
+                    )
+                topologies[-1].check_instance(name)
+            return [
+                InstanceHistory(
+                    row.number,
+                    tuple(
+                        queries.nodes_with_edges(
+                            session,
+                            row.id,
+                            name,
+                            topology,
+                            row.number,
+                            active_only=False,
+                        )
+                    ),
+                )
+                for row, topology in zip(runs, topologies, strict=True)
+                if name in topology.instance_set
+            ]
+
+        return self._read(load)
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _read(self, work: Callable[[Session], _T]) -> _T:
+        return self._connecting(lambda: run_transaction(self._engine, work))
+
+    def _connecting(self, action: Callable[[], _T]) -> _T:
+        try:
+            return action()
+        except OperationalError as err:
+            raise StorageUnavailableError(
+                f"cannot read database {self.location}: {err.orig}"
+            ) from err
+
+
+def topology_from_signature(signature: str) -> Topology:
+    """The topology a run stored as its canonical JSON signature."""
+    data: dict[str, Any] = json.loads(signature)
+    return Topology(
+        str(data["model"]),
+        {
+            name: tuple(int(size) for size in dims)
+            for name, dims in data["components"].items()
+        },
+        tuple(ConduitInfo(*conduit) for conduit in data["conduits"]),
+    )
+
+
+def _run_row(session: Session, campaign: models.Campaign, number: int) -> models.Run:
+    found = session.scalars(
+        select(models.Run).where(
+            models.Run.campaign_id == campaign.id, models.Run.number == number
+        )
+    ).one_or_none()
+    if found is None:
+        raise NotFoundError(f"campaign {campaign.name!r} has no run {number}")
+    return found
+
+
+def _campaign_summaries(session: Session) -> list[CampaignSummary]:
+    node = models.SnapshotNode
+    snapshot = models.WorkflowSnapshot
+    run = models.Run
+    node_counts = {
+        run_id: (count, newest)
+        for run_id, count, newest in session.execute(
+            select(node.run_id, func.count(), func.max(node.registered_at))
+            .where(node.is_restart.is_(False))
+            .group_by(node.run_id)
+        )
+    }
+    snapshot_counts = {
+        run_id: (count, newest)
+        for run_id, count, newest in session.execute(
+            select(
+                snapshot.run_id, func.count(), func.max(snapshot.created_at)
+            ).group_by(snapshot.run_id)
+        )
+    }
+    resumed_snapshot = aliased(snapshot)
+    resumed_run = aliased(run)
+    runs_by_campaign: dict[int, list[RunSummary]] = {}
+    for row, resumed_from_run in session.execute(
+        select(run, resumed_run.number)
+        .outerjoin(
+            resumed_snapshot,
+            resumed_snapshot.id == run.resumed_from_workflow_snapshot_id,
+        )
+        .outerjoin(resumed_run, resumed_run.id == resumed_snapshot.run_id)
+        .order_by(run.campaign_id, run.number)
+    ):
+        nodes, newest_node = node_counts.get(row.id, (0, None))
+        found, newest_snapshot = snapshot_counts.get(row.id, (0, None))
+        moments = [
+            _utc(moment)
+            for moment in (
+                row.started_at,
+                newest_node,
+                newest_snapshot,
+                row.writer_heartbeat_at,
+            )
+            if moment is not None
+        ]
+        runs_by_campaign.setdefault(row.campaign_id, []).append(
+            RunSummary(
+                number=row.number,
+                model_name=row.model_name,
+                started_at=row.started_at,
+                snapshot_folder=row.snapshot_folder,
+                resumed_from=row.resumed_from_workflow_snapshot_id,
+                resumed_from_run=resumed_from_run,
+                snapshot_count=nodes,
+                workflow_snapshot_count=found,
+                last_activity=max(moments),
+                status=_run_status(row),
+                writer=None
+                if row.writer_token is None
+                else f"pid {row.writer_pid} on {row.writer_host}",
+            )
+        )
+    return [
+        CampaignSummary(
+            name=row.name,
+            created_at=row.created_at,
+            runs=tuple(runs_by_campaign.get(row.id, [])),
+        )
+        for row in session.scalars(
+            select(models.Campaign).order_by(models.Campaign.name)
+        )
+    ]
+
+
+def _utc(moment: datetime | str) -> datetime:
+    # Aggregates bypass the column type, so SQLite hands back naive UTC values.
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def _run_status(row: models.Run) -> RunStatus:
+    """Whether a run is being written, was left by a dead writer, or was closed."""
+    if row.writer_token is None:
+        return "ended"
+    host, _ = host_and_pid()
+    if row.writer_host == host and row.writer_pid is not None:
+        return "running" if _process_alive(row.writer_pid) else "interrupted"
+    heartbeat = row.writer_heartbeat_at or row.writer_since
+    if heartbeat is None:
+        return "interrupted"
+    fresh = datetime.now(timezone.utc) - _utc(heartbeat) < STALE_WRITER_AFTER
+    return "running" if fresh else "interrupted"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
