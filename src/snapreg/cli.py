@@ -1,0 +1,656 @@
+"""The ``snapreg`` command: run MUSCLE3 on a persistent registry, steer campaigns.
+
+A thin shell: ``manage`` hands over to :mod:`snapreg.muscle3`, the schema commands to
+:mod:`snapreg.database`, and every other command reads through
+:class:`snapreg.reader.DatabaseReader`, which never creates or changes a database.
+Tables are for people; ``--json`` prints the same facts for scripts. Every error
+snapreg raises on purpose ends up in :func:`main` and is printed as one line on
+standard error with a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
+
+from snapreg.database import (
+    create_database_engine,
+    current_revision,
+    describe_url,
+    upgrade_database,
+)
+from snapreg.errors import NotFoundError, SnapregError, StorageUnavailableError
+from snapreg.reader import CampaignSummary, DatabaseReader, InstanceHistory
+from snapreg.snapshot import SnapshotNode, WorkflowSnapshot
+
+DATABASE_URL_VARIABLE = "SNAPREG_DATABASE_URL"
+DEFAULT_DATABASE_FILE = "snapreg.sqlite"
+
+#: Exit status for every error snapreg reports (click uses 2 for usage errors).
+ERROR_STATUS = 1
+
+
+def default_database_url() -> str:
+    """``$SNAPREG_DATABASE_URL``, else ``snapreg.sqlite`` in the current directory.
+
+    The file is named by its absolute path so that the manager, which runs its
+    instances elsewhere, and every later command agree on it.
+    """
+    from_environment = os.environ.get(DATABASE_URL_VARIABLE)
+    if from_environment:
+        return from_environment
+    return f"sqlite:///{Path.cwd() / DEFAULT_DATABASE_FILE}"
+
+
+database_option = click.option(
+    "--db",
+    "database_url",
+    metavar="URL",
+    default=default_database_url,
+    show_default=f"${DATABASE_URL_VARIABLE}, else ./{DEFAULT_DATABASE_FILE}",
+    help="SQLAlchemy URL of the database, e.g. sqlite:///runs.sqlite or"
+    " postgresql://user@host/db.",
+)
+campaign_option = click.option(
+    "--campaign",
+    metavar="NAME",
+    help="The campaign; default: the only one in the database.",
+)
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON for scripts instead of text."
+)
+run_option = click.option(
+    "--run", "run_number", type=click.IntRange(min=1), help="Only this run."
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="snapreg", prog_name="snapreg")
+def cli() -> None:
+    """A persistent snapshot registry for MUSCLE3 campaigns.
+
+    Run a simulation with `snapreg manage` where you would run `muscle_manager`;
+    every snapshot, consistent pair and workflow snapshot is kept in a database, so
+    that a crashed campaign resumes with `snapreg manage --resume-latest`. The other
+    commands read that database and never change it (except `db upgrade`).
+    """
+
+
+# ---------------------------------------------------------------------- manage
+
+
+@cli.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    epilog="Every other option and argument is muscle_manager's: the yMMSL files,"
+    " --start-all, --run-dir, --log-level, --location-file, -m/--model (see"
+    " muscle_manager --help).",
+)
+@database_option
+@click.option(
+    "--campaign",
+    metavar="NAME",
+    help="Campaign to add this run to; default: the model's name.",
+)
+@click.option(
+    "--resume-latest",
+    is_flag=True,
+    help="Resume from the campaign's newest workflow snapshot (from scratch if it"
+    " has none).",
+)
+@click.argument("manager_args", nargs=-1, type=click.UNPROCESSED)
+def manage(
+    database_url: str,
+    campaign: str | None,
+    resume_latest: bool,
+    manager_args: tuple[str, ...],
+) -> None:
+    """Run muscle_manager with its snapshots kept in the database.
+
+    Each start is a new run of the campaign. Workflow snapshot files are written to
+    the run directory as muscle_manager writes them, and recorded in the database.
+    """
+    # imported here: the other commands work without MUSCLE3 installed
+    from snapreg.muscle3 import manage as run_manager
+
+    status = run_manager(
+        manager_args,
+        database_url=database_url,
+        campaign=campaign,
+        resume_latest=resume_latest,
+        announce=lambda line: click.echo(f"snapreg: {line}", err=True),
+    )
+    sys.exit(status)
+
+
+# -------------------------------------------------------------------------- db
+
+
+@cli.group()
+def db() -> None:
+    """Create, upgrade and inspect the database schema."""
+
+
+@db.command()
+@database_option
+@json_option
+def upgrade(database_url: str, as_json: bool) -> None:
+    """Create the schema, or migrate it to the newest revision."""
+    location = describe_url(database_url)
+    engine = create_database_engine(database_url)
+    try:
+        before = current_revision(engine)
+    except SQLAlchemyError as err:
+        raise _unreachable(location, err) from err
+    finally:
+        engine.dispose()
+    after = upgrade_database(database_url)
+    if as_json:
+        _print_json({"location": location, "revision": after, "previous": before})
+        return
+    if before == after:
+        click.echo(f"{location} is at schema revision {after}, the newest.")
+    elif before is None:
+        click.echo(f"Created the schema in {location} (revision {after}).")
+    else:
+        click.echo(f"Upgraded {location} from revision {before} to {after}.")
+
+
+@db.command()
+@database_option
+@json_option
+def current(database_url: str, as_json: bool) -> None:
+    """Show the schema revision, the newest one, and where the database is."""
+    with DatabaseReader(database_url, check_schema=False) as reader:
+        status = reader.schema_status()
+    if as_json:
+        _print_json(
+            {
+                "location": status.location,
+                "revision": status.revision,
+                "head": status.head,
+                "up_to_date": status.up_to_date,
+            }
+        )
+        return
+    verdict = (
+        "up to date"
+        if status.up_to_date
+        else f"run: snapreg db upgrade --db '{status.location}'"
+    )
+    click.echo(f"revision: {status.revision or '(none)'}")
+    click.echo(f"head:     {status.head} ({verdict})")
+    click.echo(f"location: {status.location}")
+
+
+# ------------------------------------------------------------------- campaigns
+
+
+@cli.command()
+@database_option
+@json_option
+def campaigns(database_url: str, as_json: bool) -> None:
+    """Campaigns with their runs, lineage, counts and last activity."""
+    with DatabaseReader(database_url) as reader:
+        found = reader.campaigns()
+    if as_json:
+        _print_json([_campaign_json(campaign) for campaign in found])
+        return
+    if not found:
+        click.echo(f"No campaigns in {describe_url(database_url)} yet.")
+        return
+    console = _console()
+    for campaign in found:
+        console.print(_campaign_table(campaign))
+
+
+# ------------------------------------------------------------------- workflows
+
+
+@cli.command()
+@database_option
+@campaign_option
+@run_option
+@json_option
+def workflows(
+    database_url: str, campaign: str | None, run_number: int | None, as_json: bool
+) -> None:
+    """The campaign's workflow snapshots, newest last."""
+    with DatabaseReader(database_url) as reader:
+        name = reader.campaign_name(campaign)
+        found = reader.workflow_snapshots(name, run=run_number)
+    if as_json:
+        _print_json([_workflow_snapshot_json(snapshot) for snapshot in found])
+        return
+    if not found:
+        click.echo(f"Campaign {name!r} has no workflow snapshots yet.")
+        return
+    table = Table(title=f"Workflow snapshots of campaign {name}")
+    table.add_column("ID", justify="right")
+    table.add_column("Run", justify="right")
+    table.add_column("Created")
+    table.add_column("t", justify="right")
+    table.add_column("Members")
+    table.add_column("File", overflow="fold")
+    for snapshot in found:
+        table.add_row(
+            str(snapshot.id),
+            str(snapshot.run),
+            _local_time(snapshot.created_at),
+            _time_range(snapshot.nodes),
+            _member_summary(snapshot.nodes),
+            _display_path(snapshot.path),
+        )
+    _console().print(table)
+
+
+@cli.command()
+@click.argument("workflow_snapshot_id", metavar="ID", type=int)
+@database_option
+@campaign_option
+@json_option
+def show(
+    workflow_snapshot_id: int,
+    database_url: str,
+    campaign: str | None,
+    as_json: bool,
+) -> None:
+    """One workflow snapshot: members, triggers, times, its file."""
+    with DatabaseReader(database_url) as reader:
+        snapshot = reader.workflow_snapshot(workflow_snapshot_id, campaign=campaign)
+    if as_json:
+        _print_json(_workflow_snapshot_details_json(snapshot))
+        return
+    console = _console()
+    exists = snapshot.path is not None and snapshot.path.is_file()
+    console.print(
+        f"[bold]Workflow snapshot {snapshot.id}[/bold] of campaign"
+        f" {snapshot.campaign!r}, run {snapshot.run}",
+        highlight=False,
+    )
+    console.print(f"Created: {_local_time(snapshot.created_at)}", highlight=False)
+    console.print(
+        f"File:    {snapshot.path}{'' if exists else ' (missing)'}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print("Triggers:", highlight=False)
+    for trigger, instances in _triggers(snapshot.nodes).items():
+        console.print(f"  - {trigger} ({', '.join(instances)})", highlight=False)
+    table = Table()
+    table.add_column("Instance")
+    table.add_column("#", justify="right")
+    table.add_column("t", justify="right")
+    table.add_column("Wallclock (s)", justify="right")
+    table.add_column("Type")
+    table.add_column("Snapshot file", overflow="fold")
+    for node in snapshot.nodes:
+        table.add_row(
+            str(node.instance),
+            str(node.num),
+            _number(node.snapshot.timestamp) if not node.is_restart else "",
+            _number(node.snapshot.wallclock_time) if not node.is_restart else "",
+            _node_type(node),
+            "(start from scratch)"
+            if node.is_restart
+            else _display_path(Path(node.snapshot.snapshot_filename)),
+        )
+    console.print(table)
+    console.print(
+        f"Resume from it: snapreg export {snapshot.id} -o resume.ymmsl, then pass"
+        " that file to muscle_manager (or use snapreg export --with-config).",
+        highlight=False,
+    )
+
+
+@cli.command()
+@click.argument("workflow_snapshot_id", metavar="[ID]", type=int, required=False)
+@click.option("--latest", is_flag=True, help="The campaign's newest one.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write to this file instead of standard output.",
+)
+@click.option(
+    "--with-config",
+    is_flag=True,
+    help="A complete configuration (the run's own, with this resume section) that"
+    " muscle_manager runs as is.",
+)
+@database_option
+@campaign_option
+@json_option
+def export(
+    workflow_snapshot_id: int | None,
+    latest: bool,
+    output: Path | None,
+    with_config: bool,
+    database_url: str,
+    campaign: str | None,
+    as_json: bool,
+) -> None:
+    """The yMMSL that resumes from a workflow snapshot (ID or --latest)."""
+    if (workflow_snapshot_id is None) == (not latest):
+        raise click.UsageError("give either a workflow snapshot ID or --latest")
+    with DatabaseReader(database_url) as reader:
+        if workflow_snapshot_id is not None:
+            snapshot = reader.workflow_snapshot(workflow_snapshot_id, campaign=campaign)
+        else:
+            name = reader.campaign_name(campaign)
+            newest = reader.latest_workflow_snapshot(name)
+            if newest is None:
+                raise NotFoundError(f"campaign {name!r} has no workflow snapshots yet")
+            snapshot = newest
+        text = reader.resume_text(snapshot, with_config=with_config)
+    if output is not None:
+        output.write_text(text, encoding="utf-8")
+    if as_json:
+        _print_json(
+            {
+                "id": snapshot.id,
+                "campaign": snapshot.campaign,
+                "run": snapshot.run,
+                "with_config": with_config,
+                "output": None if output is None else str(output.resolve()),
+                "ymmsl": text,
+            }
+        )
+    elif output is None:
+        click.echo(text, nl=False)
+    else:
+        click.echo(
+            f"Wrote workflow snapshot {snapshot.id}"
+            f"{' with its configuration' if with_config else ''} to {output}",
+            err=True,
+        )
+
+
+@cli.command()
+@click.argument("instance")
+@database_option
+@campaign_option
+@run_option
+@json_option
+def history(
+    instance: str,
+    database_url: str,
+    campaign: str | None,
+    run_number: int | None,
+    as_json: bool,
+) -> None:
+    """An instance's snapshots, active and retired, with their consistent peers."""
+    with DatabaseReader(database_url) as reader:
+        name = reader.campaign_name(campaign)
+        runs = reader.instance_history(name, instance, run=run_number)
+    if as_json:
+        _print_json(
+            [
+                {**_node_json(node), "run": run.run, "consistent_with": _peers(node)}
+                for run in runs
+                for node in run.nodes
+            ]
+        )
+        return
+    console = _console()
+    for run in runs:
+        console.print(_history_table(name, instance, run))
+
+
+# --------------------------------------------------------------------- output
+
+
+def _campaign_table(campaign: CampaignSummary) -> Table:
+    table = Table(
+        title=f"Campaign {campaign.name}: {_count(len(campaign.runs), 'run')},"
+        f" {_count(campaign.workflow_snapshot_count, 'workflow snapshot')}, last"
+        " activity"
+        f" {_local_time(campaign.last_activity)}"
+    )
+    table.add_column("Run", justify="right")
+    table.add_column("Started")
+    table.add_column("Resumed from")
+    table.add_column("Snapshots", justify="right")
+    table.add_column("Workflow snapshots", justify="right")
+    table.add_column("Last activity")
+    table.add_column("Status")
+    for run in campaign.runs:
+        same_day = run.last_activity.astimezone().date() == (
+            run.started_at.astimezone().date()
+        )
+        table.add_row(
+            str(run.number),
+            _local_time(run.started_at),
+            "scratch"
+            if run.resumed_from is None
+            else f"#{run.resumed_from} (run {run.resumed_from_run})",
+            str(run.snapshot_count),
+            str(run.workflow_snapshot_count),
+            run.last_activity.astimezone().strftime("%H:%M:%S")
+            if same_day
+            else _local_time(run.last_activity),
+            run.status,
+        )
+    return table
+
+
+def _history_table(campaign: str, instance: str, run: InstanceHistory) -> Table:
+    table = Table(title=f"{instance} in run {run.run} of campaign {campaign}")
+    table.add_column("#", justify="right")
+    table.add_column("Registered")
+    table.add_column("t", justify="right")
+    table.add_column("Type")
+    table.add_column("State")
+    table.add_column("Consistent with", overflow="fold")
+    for node in run.nodes:
+        table.add_row(
+            str(node.num),
+            "" if node.registered_at is None else _local_time(node.registered_at),
+            "" if node.is_restart else _number(node.snapshot.timestamp),
+            _node_type(node),
+            "active" if node.active else "retired",
+            "; ".join(
+                f"{peer} #{', #'.join(str(num) for num in nums)}"
+                for peer, nums in _peers(node).items()
+            )
+            or "-",
+        )
+    return table
+
+
+def _campaign_json(campaign: CampaignSummary) -> dict[str, Any]:
+    return {
+        "name": campaign.name,
+        "created_at": campaign.created_at.isoformat(),
+        "last_activity": campaign.last_activity.isoformat(),
+        "snapshots": campaign.snapshot_count,
+        "workflow_snapshots": campaign.workflow_snapshot_count,
+        "runs": [
+            {
+                "number": run.number,
+                "model": run.model_name,
+                "started_at": run.started_at.isoformat(),
+                "last_activity": run.last_activity.isoformat(),
+                "status": run.status,
+                "writer": run.writer,
+                "resumed_from": None
+                if run.resumed_from is None
+                else {
+                    "workflow_snapshot": run.resumed_from,
+                    "run": run.resumed_from_run,
+                },
+                "snapshots": run.snapshot_count,
+                "workflow_snapshots": run.workflow_snapshot_count,
+                "snapshot_folder": run.snapshot_folder,
+            }
+            for run in campaign.runs
+        ],
+    }
+
+
+def _workflow_snapshot_json(snapshot: WorkflowSnapshot) -> dict[str, Any]:
+    return {
+        "id": snapshot.id,
+        "campaign": snapshot.campaign,
+        "run": snapshot.run,
+        "created_at": snapshot.created_at.isoformat(),
+        "path": None if snapshot.path is None else str(snapshot.path),
+        "members": {
+            str(node.instance): None
+            if node.is_restart
+            else node.snapshot.snapshot_filename
+            for node in snapshot.nodes
+        },
+    }
+
+
+def _workflow_snapshot_details_json(snapshot: WorkflowSnapshot) -> dict[str, Any]:
+    return {
+        **_workflow_snapshot_json(snapshot),
+        "file_exists": snapshot.path is not None and snapshot.path.is_file(),
+        "description": snapshot.description,
+        "triggers": _triggers(snapshot.nodes),
+        "nodes": [_node_json(node) for node in snapshot.nodes],
+    }
+
+
+def _node_json(node: SnapshotNode) -> dict[str, Any]:
+    metadata = node.snapshot
+    return {
+        "instance": str(node.instance),
+        "num": node.num,
+        "is_restart": node.is_restart,
+        "active": node.active,
+        "registered_at": None
+        if node.registered_at is None
+        else node.registered_at.isoformat(),
+        "retired_at": None if node.retired_at is None else node.retired_at.isoformat(),
+        "snapshot_filename": None if node.is_restart else metadata.snapshot_filename,
+        "triggers": list(metadata.triggers),
+        "timestamp": _finite_or_none(metadata.timestamp),
+        "next_timestamp": _finite_or_none(metadata.next_timestamp),
+        "wallclock_time": metadata.wallclock_time,
+        "is_final": metadata.is_final_snapshot,
+        "port_message_counts": metadata.port_message_counts,
+    }
+
+
+def _peers(node: SnapshotNode) -> dict[str, list[int]]:
+    return {
+        str(peer): [linked.num for linked in nodes]
+        for peer, nodes in sorted(node.consistent_peers.items())
+    }
+
+
+def _triggers(nodes: Sequence[SnapshotNode]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for node in nodes:
+        for trigger in node.snapshot.triggers:
+            found.setdefault(trigger, []).append(str(node.instance))
+    return dict(sorted(found.items()))
+
+
+def _member_summary(nodes: Sequence[SnapshotNode]) -> str:
+    restarts = sum(1 for node in nodes if node.is_restart)
+    if not restarts:
+        return str(len(nodes))
+    return f"{len(nodes)} ({restarts} from scratch)"
+
+
+def _time_range(nodes: Sequence[SnapshotNode]) -> str:
+    times = [
+        node.snapshot.timestamp
+        for node in nodes
+        if not node.is_restart and node.snapshot.timestamp == node.snapshot.timestamp
+    ]
+    if not times:
+        return "-"
+    low, high = min(times), max(times)
+    return _number(low) if low == high else f"{_number(low)}..{_number(high)}"
+
+
+def _node_type(node: SnapshotNode) -> str:
+    if node.is_restart:
+        return "restart"
+    return "final" if node.snapshot.is_final_snapshot else "intermediate"
+
+
+def _count(number: int, thing: str) -> str:
+    return f"{number} {thing}{'' if number == 1 else 's'}"
+
+
+def _number(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    if value is None or value != value or value in (float("inf"), float("-inf")):
+        return None
+    return value
+
+
+def _local_time(moment: datetime) -> str:
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _display_path(path: Path | None) -> str:
+    if path is None:
+        return "(no file)"
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _console() -> Console:
+    # Made per call, so that it writes to the sys.stdout of the moment. Output
+    # that goes to a file or pipe gets room for full paths instead of 80 columns.
+    width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
+    return Console(highlight=False, width=width)
+
+
+def _unreachable(location: str, err: SQLAlchemyError) -> SnapregError:
+    detail = getattr(err, "orig", None) or err
+    return StorageUnavailableError(f"cannot open database {location}: {detail}")
+
+
+# ----------------------------------------------------------------------- main
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Turn every error snapreg reports on purpose into one line and a status."""
+    try:
+        yield
+    except SnapregError as err:
+        _fail(str(err))
+    except SQLAlchemyError as err:  # bad URLs and unreachable servers included
+        detail = getattr(err, "orig", None) or err
+        _fail(f"database error: {detail}")
+    except OSError as err:  # e.g. an output file that cannot be written
+        _fail(str(err))
+
+
+def _fail(message: str) -> None:
+    click.echo(f"snapreg: error: {' '.join(message.split())}", err=True)
+    sys.exit(ERROR_STATUS)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``snapreg`` console script."""
+    with _one_line_errors():
+        cli.main(args=None if argv is None else list(argv), prog_name="snapreg")
