@@ -1,4 +1,4 @@
-"""The active part of the snapshot graph, held in memory, and the search over it.
+"""The active part of the snapshot graph, held in memory, and the searches over it.
 
 The database holds every node and edge; the registry also keeps the *active* ones
 here, loaded with two queries when a registry opens a run and then kept in step with
@@ -7,20 +7,41 @@ size of the live graph, not the campaign's history. If a transaction fails, the
 registry throws this graph away and loads it again, so it never has to undo a
 half-applied change.
 
-The search finds every workflow snapshot that contains a new node: one active,
-locally consistent node per instance, such that every pair of peers is an edge. It
-is a depth-first search with forward checking: choosing a node for one instance
-narrows the candidates of its unassigned peers to the nodes it is consistent with,
-and the instance with the fewest candidates left is chosen next.
+Two searches find the workflow snapshots that contain a new node (one active,
+locally consistent node per instance, every pair of peers an edge):
+
+``policy="all"`` (MUSCLE3's behaviour) enumerates every such set: a depth-first
+search with forward checking. Choosing a node narrows the candidates of its peers
+to the nodes it is consistent with; the instance with the fewest candidates is
+chosen next (a heap, so a choice costs log N, not N). Candidate sets are built only
+when an instance is reached, and the new node's own peers are narrowed first, so a
+registration that completes nothing usually costs time in the number of its peers,
+not of all instances.
+
+``policy="latest"`` finds only the newest such set. Message counts never decrease,
+so if two workflow snapshots contain the node, taking the newer node of the two for
+every instance gives a workflow snapshot again (each consistency rule compares a
+sender's count with a receiver's count that may be equal or one higher, and both
+sides only grow). Consistent sets are therefore closed under that per-instance
+maximum, the newest one is unique, and for such max-closed constraints arc
+consistency is enough: prune every candidate that lacks a consistent node of some
+peer until nothing changes, then the newest remaining node of every instance is the
+answer. That is polynomial: O(edges) work per pruning pass.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 from snapreg.consistency import Topology, counts_consistent
 from snapreg.metadata import SnapshotMetadata
+
+Policy = Literal["all", "latest"]
+POLICIES: tuple[Policy, ...] = ("all", "latest")
 
 
 class GraphNode:
@@ -44,7 +65,7 @@ class GraphNode:
         "is_restart",
         "peers",
         "consistent_peers",
-        "_peers_covered",
+        "peers_covered",
     )
 
     def __init__(
@@ -63,35 +84,13 @@ class GraphNode:
         self.is_restart = is_restart
         self.peers = peers
         self.consistent_peers: dict[str, list[GraphNode]] = {}
-        # number of peers with at least one consistent node
-        self._peers_covered = 0
+        #: number of peers with at least one consistent node
+        self.peers_covered = 0
 
     @property
     def locally_consistent(self) -> bool:
         """Whether every peer has at least one active node consistent with it."""
-        return self._peers_covered == len(self.peers)
-
-    def link(self, other: GraphNode) -> None:
-        """Record that this node and ``other`` are consistent (both directions)."""
-        self._add(other)
-        if other is not self:
-            other._add(self)
-
-    def unlink(self, other: GraphNode) -> None:
-        """Forget the edge to ``other`` on this side only."""
-        nodes = self.consistent_peers[other.instance]
-        nodes.remove(other)
-        if not nodes:
-            del self.consistent_peers[other.instance]
-            self._peers_covered -= 1
-
-    def _add(self, other: GraphNode) -> None:
-        nodes = self.consistent_peers.get(other.instance)
-        if nodes is None:
-            self.consistent_peers[other.instance] = [other]
-            self._peers_covered += 1
-        else:
-            nodes.append(other)
+        return self.peers_covered == len(self.peers)
 
     def __repr__(self) -> str:
         return f"GraphNode({self.instance}#{self.num}, id={self.id})"
@@ -106,7 +105,12 @@ class RetirementPlan:
 
 
 class ActiveGraph:
-    """Active snapshot nodes of one run, per instance in ascending num."""
+    """Active snapshot nodes of one run, per instance in ascending num.
+
+    Besides the nodes it counts, per instance, the locally consistent ones, and how
+    many instances have none: while any instance has none, no workflow snapshot can
+    exist, which is known without looking at a single node.
+    """
 
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
@@ -114,6 +118,12 @@ class ActiveGraph:
             instance: [] for instance in topology.instances
         }
         self.next_num: dict[str, int] = {instance: 1 for instance in topology.instances}
+        self.candidate_count: dict[str, int] = {
+            instance: 0 for instance in topology.instances
+        }
+        self.instances_without_candidates = len(topology.instances)
+
+    # ----------------------------------------------------------------- structure
 
     def new_node(
         self, id: int, instance: str, metadata: SnapshotMetadata, is_restart: bool
@@ -134,8 +144,7 @@ class ActiveGraph:
         Returns:
             The peer nodes it was found consistent with (its new edges).
         """
-        self.nodes[node.instance].append(node)
-        self.next_num[node.instance] = node.num + 1
+        self._insert(node)
         consistent: list[GraphNode] = []
         own_counts = node.metadata.port_message_counts
         for peer in node.peers:
@@ -149,7 +158,7 @@ class ActiveGraph:
                     peer_node.is_restart,
                     connections,
                 ):
-                    node.link(peer_node)
+                    self._link(node, peer_node)
                     consistent.append(peer_node)
         return consistent
 
@@ -159,19 +168,82 @@ class ActiveGraph:
         """Fill an empty graph with stored active nodes and the edges between them."""
         by_id: dict[int, GraphNode] = {}
         for node in sorted(nodes, key=lambda node: node.num):
-            self.nodes[node.instance].append(node)
-            self.next_num[node.instance] = node.num + 1
+            self._insert(node)
             by_id[node.id] = node
         for lower_id, higher_id in edges:
-            by_id[lower_id].link(by_id[higher_id])
+            self._link(by_id[lower_id], by_id[higher_id])
+
+    def _insert(self, node: GraphNode) -> None:
+        self.nodes[node.instance].append(node)
+        self.next_num[node.instance] = node.num + 1
+        if node.locally_consistent:  # an instance without peers
+            self._count(node, +1)
+
+    def _count(self, node: GraphNode, change: int) -> None:
+        before = self.candidate_count[node.instance]
+        self.candidate_count[node.instance] = before + change
+        if before == 0:
+            self.instances_without_candidates -= 1
+        elif before + change == 0:
+            self.instances_without_candidates += 1
+
+    def _link(self, first: GraphNode, second: GraphNode) -> None:
+        self._add_half(first, second)
+        if second is not first:
+            self._add_half(second, first)
+
+    def _add_half(self, node: GraphNode, other: GraphNode) -> None:
+        linked = node.consistent_peers.get(other.instance)
+        if linked is not None:
+            linked.append(other)
+            return
+        node.consistent_peers[other.instance] = [other]
+        node.peers_covered += 1
+        if node.locally_consistent:
+            self._count(node, +1)
+
+    def _remove_half(self, node: GraphNode, other: GraphNode) -> None:
+        linked = node.consistent_peers[other.instance]
+        linked.remove(other)
+        if linked:
+            return
+        was_consistent = node.locally_consistent
+        del node.consistent_peers[other.instance]
+        node.peers_covered -= 1
+        if was_consistent:
+            self._count(node, -1)
+
+    def candidates(self, instance: str) -> set[GraphNode]:
+        """The active, locally consistent nodes of an instance."""
+        return {node for node in self.nodes[instance] if node.locally_consistent}
 
     def active_count(self) -> int:
         """How many nodes are active."""
         return sum(len(nodes) for nodes in self.nodes.values())
 
-    def find_workflow_snapshots(self, node: GraphNode) -> list[list[GraphNode]]:
-        """Every workflow snapshot that contains ``node``, each as a list of nodes."""
+    # ------------------------------------------------------------------ searches
+
+    def find_workflow_snapshots(
+        self, node: GraphNode, policy: Policy = "all"
+    ) -> list[list[GraphNode]]:
+        """The workflow snapshots that contain ``node``, each as a list of nodes.
+
+        Args:
+            node: The node just added.
+            policy: ``"all"`` for every one (MUSCLE3's behaviour), ``"latest"`` for
+                only the newest.
+        """
+        if node.is_restart or not node.locally_consistent:
+            return []
+        # Every other instance needs a candidate (node's own instance has node).
+        if self.instances_without_candidates:
+            return []
+        if policy == "latest":
+            newest = _newest_workflow_snapshot(self, node)
+            return [] if newest is None else [newest]
         return list(_enumerate_workflow_snapshots(self, node))
+
+    # ------------------------------------------------------------------ clean-up
 
     def plan_retirement(
         self, workflow_snapshots: list[list[GraphNode]]
@@ -202,52 +274,58 @@ class ActiveGraph:
                 keep_from += 1
             del nodes[:keep_from]
         for node in plan.retired:
+            if node.locally_consistent:
+                self._count(node, -1)
             for peer_nodes in node.consistent_peers.values():
                 for peer_node in peer_nodes:
                     if id(peer_node) not in retired:
-                        peer_node.unlink(node)
+                        self._remove_half(peer_node, node)
+
+
+def _narrow_own_peers(
+    graph: ActiveGraph, node: GraphNode
+) -> dict[str, set[GraphNode]] | None:
+    """Candidates of node's peers that are consistent with it; None if one has none."""
+    domains: dict[str, set[GraphNode]] = {}
+    for peer, peer_nodes in node.consistent_peers.items():
+        if peer == node.instance:
+            continue
+        narrowed = {
+            candidate for candidate in peer_nodes if candidate.locally_consistent
+        }
+        if not narrowed:
+            return None
+        domains[peer] = narrowed
+    return domains
 
 
 def _enumerate_workflow_snapshots(
     graph: ActiveGraph, node: GraphNode
 ) -> Iterator[list[GraphNode]]:
     """Depth-first search with forward checking; see the module docstring."""
-    if node.is_restart or not node.locally_consistent:
+    narrowed = _narrow_own_peers(graph, node)
+    if narrowed is None:
         return
-    domains: dict[str, set[GraphNode]] = {}
-    for instance, nodes in graph.nodes.items():
-        if instance == node.instance:
-            continue
-        candidates = {candidate for candidate in nodes if candidate.locally_consistent}
-        if not candidates:
-            return
-        domains[instance] = candidates
-    unassigned = set(domains)
-    for peer, peer_nodes in node.consistent_peers.items():
-        if peer in unassigned:
-            domains[peer] = domains[peer].intersection(peer_nodes)
-            if not domains[peer]:
-                return
-    assignment: dict[str, GraphNode] = {node.instance: node}
-    if not unassigned:
+    search = _Search(graph, node.instance, narrowed)
+    if not search.unassigned:
         yield [node]
         return
-
-    stack: list[_Frame] = [_Frame.choose(domains, unassigned)]
+    assignment: dict[str, GraphNode] = {node.instance: node}
+    stack: list[_Frame] = [search.choose()]
     while stack:
         frame = stack[-1]
-        frame.undo(domains)
+        search.undo(frame)
         assignment.pop(frame.instance, None)
         candidate = frame.next_candidate()
         if candidate is None:
             stack.pop()
-            unassigned.add(frame.instance)
+            search.release(frame.instance)
             continue
-        if not frame.narrow(candidate, domains, unassigned):
+        if not search.narrow(frame, candidate):
             continue
         assignment[frame.instance] = candidate
-        if unassigned:
-            stack.append(_Frame.choose(domains, unassigned))
+        if search.unassigned:
+            stack.append(search.choose())
         else:
             yield list(assignment.values())
 
@@ -261,15 +339,7 @@ class _Frame:
         self.instance = instance
         self.candidates = candidates
         self.position = 0
-        self.changes: list[tuple[str, set[GraphNode]]] = []
-
-    @staticmethod
-    def choose(domains: dict[str, set[GraphNode]], unassigned: set[str]) -> _Frame:
-        """Pick the unassigned instance with the fewest candidates."""
-        instance = min(unassigned, key=lambda name: len(domains[name]))
-        unassigned.remove(instance)
-        candidates = sorted(domains[instance], key=lambda node: node.num)
-        return _Frame(instance, candidates)
+        self.changes: list[tuple[str, set[GraphNode] | None]] = []
 
     def next_candidate(self) -> GraphNode | None:
         if self.position == len(self.candidates):
@@ -278,27 +348,112 @@ class _Frame:
         self.position += 1
         return candidate
 
-    def narrow(
-        self,
-        candidate: GraphNode,
-        domains: dict[str, set[GraphNode]],
-        unassigned: set[str],
-    ) -> bool:
+
+class _Search:
+    """Candidate sets, built lazily, and a heap to find the most constrained one."""
+
+    def __init__(
+        self, graph: ActiveGraph, fixed: str, domains: dict[str, set[GraphNode]]
+    ) -> None:
+        self.graph = graph
+        self.domains = domains
+        self.unassigned = set(graph.nodes)
+        self.unassigned.discard(fixed)
+        self._tiebreak = itertools.count()
+        self.heap = [(self.size(instance), 0, instance) for instance in self.unassigned]
+        heapq.heapify(self.heap)
+
+    def size(self, instance: str) -> int:
+        domain = self.domains.get(instance)
+        return self.graph.candidate_count[instance] if domain is None else len(domain)
+
+    def domain(self, instance: str) -> set[GraphNode]:
+        domain = self.domains.get(instance)
+        if domain is None:
+            domain = self.domains[instance] = self.graph.candidates(instance)
+        return domain
+
+    def choose(self) -> _Frame:
+        """Take the unassigned instance with the fewest candidates."""
+        while True:
+            size, _, instance = heapq.heappop(self.heap)
+            if instance in self.unassigned and size == self.size(instance):
+                break
+        self.unassigned.remove(instance)
+        candidates = sorted(self.domain(instance), key=lambda node: node.num)
+        return _Frame(instance, candidates)
+
+    def release(self, instance: str) -> None:
+        """Give an instance back to the unassigned ones (on backtracking)."""
+        self.unassigned.add(instance)
+        heapq.heappush(self.heap, (self.size(instance), next(self._tiebreak), instance))
+
+    def narrow(self, frame: _Frame, candidate: GraphNode) -> bool:
         """Restrict unassigned peers to the candidate's consistent nodes.
 
         Returns:
             False if some peer is left without candidates.
         """
         for peer, peer_nodes in candidate.consistent_peers.items():
-            if peer in unassigned:
-                narrowed = domains[peer].intersection(peer_nodes)
-                self.changes.append((peer, domains[peer]))
-                domains[peer] = narrowed
-                if not narrowed:
-                    return False
+            if peer not in self.unassigned:
+                continue
+            previous = self.domains.get(peer)
+            narrowed = self.domain(peer).intersection(peer_nodes)
+            frame.changes.append((peer, previous))
+            self.domains[peer] = narrowed
+            if not narrowed:
+                return False
+            heapq.heappush(self.heap, (len(narrowed), next(self._tiebreak), peer))
         return True
 
-    def undo(self, domains: dict[str, set[GraphNode]]) -> None:
-        for peer, previous in reversed(self.changes):
-            domains[peer] = previous
-        self.changes.clear()
+    def undo(self, frame: _Frame) -> None:
+        for peer, previous in reversed(frame.changes):
+            if previous is None:
+                self.domains.pop(peer, None)
+            else:
+                self.domains[peer] = previous
+            if peer in self.unassigned:
+                heapq.heappush(self.heap, (self.size(peer), next(self._tiebreak), peer))
+        frame.changes.clear()
+
+
+def _newest_workflow_snapshot(
+    graph: ActiveGraph, node: GraphNode
+) -> list[GraphNode] | None:
+    """Arc consistency, then the newest node per instance; see the module docstring."""
+    domains: dict[str, set[GraphNode]] = {
+        instance: graph.candidates(instance)
+        for instance in graph.nodes
+        if instance != node.instance
+    }
+    domains[node.instance] = {node}
+    if any(not domain for domain in domains.values()):
+        return None
+    # Every candidate must keep a consistent node in each peer's domain; removing
+    # one may take the support of its peers' candidates away, so re-check those.
+    queue = list(domains)
+    queued = set(queue)
+    while queue:
+        instance = queue.pop()
+        queued.discard(instance)
+        domain = domains[instance]
+        unsupported = [
+            candidate
+            for candidate in domain
+            if any(
+                not domains[peer].intersection(candidate.consistent_peers.get(peer, ()))
+                for peer in candidate.peers
+            )
+        ]
+        if not unsupported:
+            continue
+        domain.difference_update(unsupported)
+        if not domain:
+            return None
+        for peer in graph.topology.peers(instance):
+            if peer not in queued:
+                queue.append(peer)
+                queued.add(peer)
+    return [
+        max(domain, key=lambda candidate: candidate.num) for domain in domains.values()
+    ]
