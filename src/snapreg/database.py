@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,6 +54,49 @@ _WRITE_OPTION = "snapreg_write"
 # and the connection-exception class (08xxx) and admin shutdown (57P01..57P03).
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03"}
 
+#: How long a SQLite connection waits for another connection's lock before the
+#: statement fails with "database is locked" (and is retried, see run_transaction).
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+#: How long a PostgreSQL statement waits for a lock before it fails with SQLSTATE
+#: 55P03 (and is retried). Without it a stuck lock holder would block forever.
+POSTGRES_LOCK_TIMEOUT_MS = 10_000
+
+#: How many times run_transaction tries a transaction that fails transiently. The
+#: pauses between attempts double from 50 ms up to 2 s, about 5 s in all: enough
+#: to ride out a PostgreSQL restart or a dropped connection, not so long that a
+#: persistent failure goes unreported.
+TRANSACTION_ATTEMPTS = 8
+
+#: Where Linux lists the mounted file systems, to spot network file systems.
+MOUNTS_FILE = Path("/proc/self/mounts")
+
+# File system types on which SQLite's POSIX locks cannot be trusted.
+_NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "9p",
+        "afs",
+        "ceph",
+        "fuse.ceph",
+        "fuse.sshfs",
+        "fuse.glusterfs",
+        "glusterfs",
+        "fuse.s3fs",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "panfs",
+    }
+)
+
+_SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+_DURABILITIES = ("normal", "full")
+
 
 def migrations_directory() -> Path:
     """The folder with snapreg's Alembic revisions, inside the installed package."""
@@ -69,7 +113,8 @@ def normalize_url(url: str | URL) -> URL:
     """
     try:
         parsed = make_url(url)
-    except ArgumentError as err:
+    except (ArgumentError, ValueError, TypeError) as err:
+        # ValueError: e.g. a port that is not a number
         raise ConfigurationError(f"not a database URL: {url!r}") from err
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -100,11 +145,22 @@ def create_database_engine(
         read_only: Open SQLite files with ``mode=ro``.
 
     Raises:
-        ConfigurationError: for a URL that is not usable.
+        ConfigurationError: for a URL that is not usable, a database other than
+            SQLite or PostgreSQL, or an unknown durability.
         StorageUnavailableError: when the driver is not installed.
     """
+    if durability not in _DURABILITIES:
+        raise ConfigurationError(
+            f"durability must be one of {', '.join(map(repr, _DURABILITIES))},"
+            f" not {durability!r}"
+        )
     parsed = normalize_url(url)
     backend = parsed.get_backend_name()
+    if backend not in _SUPPORTED_BACKENDS:
+        raise ConfigurationError(
+            f"snapreg stores its registry in SQLite or PostgreSQL, not {backend!r}"
+            f" ({describe_url(parsed)})"
+        )
     kwargs: dict[str, Any] = {}
     if backend == "sqlite":
         if is_memory_sqlite(parsed):
@@ -115,6 +171,10 @@ def create_database_engine(
             )
         else:
             database = parsed.database or ""
+            if "\x00" in database:
+                raise ConfigurationError(
+                    f"SQLite file name {database!r} contains a NUL character"
+                )
             if read_only:
                 uri = Path(database).resolve().as_uri() + "?mode=ro"
                 parsed = parsed.set(database=uri, query={"uri": "true"})
@@ -142,6 +202,8 @@ def create_database_engine(
         ) from err
     if backend == "sqlite":
         _configure_sqlite(engine, durability, is_memory_sqlite(parsed), read_only)
+    else:
+        _configure_postgresql(engine)
     return engine
 
 
@@ -159,7 +221,7 @@ def _configure_sqlite(
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_MS)}")
         if not in_memory and not read_only:
             cursor.execute("PRAGMA journal_mode=WAL")
         synchronous = "FULL" if durability == "full" else "NORMAL"
@@ -174,41 +236,66 @@ def _configure_sqlite(
             connection.exec_driver_sql("BEGIN")
 
 
-def _warn_if_network_filesystem(folder: Path) -> None:
-    """SQLite's locking is unreliable on network file systems; say so loudly."""
+def _configure_postgresql(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _set_lock_timeout(dbapi_connection: Any, connection_record: Any) -> None:
+        # A session-level setting, made outside any transaction so that it stays.
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        try:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f"SET lock_timeout = {int(POSTGRES_LOCK_TIMEOUT_MS)}")
+        finally:
+            dbapi_connection.autocommit = autocommit
+
+
+def _unescape_mount_field(field: str) -> str:
+    """Undo the octal escapes (``\\040`` for a space) of /proc/self/mounts."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match[1], 8)), field)
+
+
+def network_filesystem_of(folder: Path, mounts_file: Path | None = None) -> str | None:
+    """The type of the network file system ``folder`` is on, or None if local.
+
+    Args:
+        folder: An absolute path.
+        mounts_file: The mount table to read; default :data:`MOUNTS_FILE`.
+
+    Returns:
+        The file system type (e.g. ``nfs4``) of the mount that holds ``folder``
+        when it is one on which SQLite's locks are unreliable; None when it is
+        local or the mount table cannot be read.
+    """
     try:
-        mounts = Path("/proc/self/mounts").read_text().splitlines()
+        mounts = (mounts_file or MOUNTS_FILE).read_text().splitlines()
     except OSError:
-        return
-    best: tuple[int, str] = (-1, "")
-    resolved = str(folder)
+        return None
+    target = str(folder)
+    best_length, best_type = -1, ""
     for line in mounts:
         parts = line.split()
         if len(parts) < 3:
             continue
-        mount_point, fs_type = parts[1], parts[2]
-        if (
-            resolved == mount_point
-            or resolved.startswith(mount_point.rstrip("/") + "/")
-            or mount_point == "/"
-        ) and len(mount_point) > best[0]:
-            best = (len(mount_point), fs_type)
-    if best[1] in {
-        "nfs",
-        "nfs4",
-        "cifs",
-        "smb3",
-        "smbfs",
-        "9p",
-        "fuse.sshfs",
-        "lustre",
-    }:
+        mount_point, fs_type = _unescape_mount_field(parts[1]), parts[2]
+        inside = target == mount_point or target.startswith(
+            mount_point.rstrip("/") + "/"
+        )
+        # the longest mount point that holds the folder is the one it is on
+        if inside and len(mount_point) > best_length:
+            best_length, best_type = len(mount_point), fs_type
+    return best_type if best_type in _NETWORK_FILESYSTEMS else None
+
+
+def _warn_if_network_filesystem(folder: Path, mounts_file: Path | None = None) -> None:
+    """SQLite's locking is unreliable on network file systems; say so loudly."""
+    fs_type = network_filesystem_of(folder, mounts_file)
+    if fs_type is not None:
         _logger.warning(
             "The SQLite database in %s is on a %s network file system; its locks"
             " are not reliable there and the database may be corrupted. Use a local"
             " disk or PostgreSQL.",
             folder,
-            best[1],
+            fs_type,
         )
 
 
@@ -363,7 +450,7 @@ def run_transaction(
     attempts: int = 5,
     on_retry: Callable[[], None] | None = None,
 ) -> _T:
-    """Run ``work`` in one transaction, retrying transient failures a few times.
+    """Run ``work`` in one ORM session transaction, retrying transient failures.
 
     Args:
         engine: Where to run it.
@@ -376,22 +463,56 @@ def run_transaction(
     Raises:
         TransientDatabaseError: the failure persisted through every attempt.
     """
+
+    def attempt() -> _T:
+        with unit_of_work(engine) as session:
+            return work(session)
+
+    return _with_retries(engine, attempt, attempts, on_retry)
+
+
+def run_in_connection(
+    engine: Engine,
+    work: Callable[[Connection], _T],
+    *,
+    attempts: int = 5,
+    on_retry: Callable[[], None] | None = None,
+) -> _T:
+    """Like :func:`run_transaction`, on a bare Connection.
+
+    The registry's hot path (one registration) uses Core statements on the ORM's
+    tables: the ORM's unit of work and bulk-insert machinery roughly double the
+    cost of a registration and buy nothing for plain inserts.
+    """
+
+    def attempt() -> _T:
+        with engine.begin() as connection:
+            return work(connection)
+
+    return _with_retries(engine, attempt, attempts, on_retry)
+
+
+def _with_retries(
+    engine: Engine,
+    attempt: Callable[[], _T],
+    attempts: int,
+    on_retry: Callable[[], None] | None,
+) -> _T:
     delay = 0.05
-    for attempt in range(1, attempts + 1):
+    for number in range(1, attempts + 1):
         try:
-            with unit_of_work(engine) as session:
-                return work(session)
+            return attempt()
         except DBAPIError as err:
             if not is_transient(err):
                 raise
-            if attempt == attempts:
+            if number == attempts:
                 raise TransientDatabaseError(
                     f"database {describe_url(engine.url)} failed {attempts} times in"
                     f" a row: {err.orig}"
                 ) from err
             _logger.warning(
                 "Transient database error (attempt %d of %d), retrying: %s",
-                attempt,
+                number,
                 attempts,
                 err.orig,
             )
