@@ -447,7 +447,7 @@ def run_transaction(
     engine: Engine,
     work: Callable[[Session], _T],
     *,
-    attempts: int = 5,
+    attempts: int | None = None,
     on_retry: Callable[[], None] | None = None,
 ) -> _T:
     """Run ``work`` in one ORM session transaction, retrying transient failures.
@@ -456,7 +456,8 @@ def run_transaction(
         engine: Where to run it.
         work: Does the work in the session it is given; must be safe to repeat
             (everything it did is rolled back before a retry).
-        attempts: How many times to try before giving up.
+        attempts: How many times to try before giving up; default
+            :data:`TRANSACTION_ATTEMPTS` (read at each call, so tests can lower it).
         on_retry: Called after a failed attempt, before the next one, to reset
             state that ``work`` built in memory.
 
@@ -475,7 +476,7 @@ def run_in_connection(
     engine: Engine,
     work: Callable[[Connection], _T],
     *,
-    attempts: int = 5,
+    attempts: int | None = None,
     on_retry: Callable[[], None] | None = None,
 ) -> _T:
     """Like :func:`run_transaction`, on a bare Connection.
@@ -495,9 +496,10 @@ def run_in_connection(
 def _with_retries(
     engine: Engine,
     attempt: Callable[[], _T],
-    attempts: int,
+    attempts: int | None,
     on_retry: Callable[[], None] | None,
 ) -> _T:
+    attempts = TRANSACTION_ATTEMPTS if attempts is None else attempts
     delay = 0.05
     for number in range(1, attempts + 1):
         try:
