@@ -305,3 +305,71 @@ class WorkflowSnapshotMember(Base):
 
     workflow_snapshot: Mapped[WorkflowSnapshot] = relationship(back_populates="members")
     snapshot_node: Mapped[SnapshotNode] = relationship()
+
+
+class InstancePeer(Base):
+    """One peer of one instance in one run: the instances it shares a conduit with."""
+
+    __tablename__ = "instance_peer"
+    __table_args__ = {
+        "comment": "The peers of every instance of a run, stored in both directions; "
+        "written with the run so that SQL can tell whether a node is locally "
+        "consistent."
+    }
+
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("run.id", ondelete="CASCADE"), primary_key=True, comment="The run."
+    )
+    instance: Mapped[str] = mapped_column(
+        String(255), primary_key=True, comment="The instance, e.g. macro."
+    )
+    peer_instance: Mapped[str] = mapped_column(
+        String(255),
+        primary_key=True,
+        comment="An instance it shares a conduit with, e.g. micro[3].",
+    )
+
+
+class InstanceConduit(Base):
+    """One conduit between two peer instances of a run, with the counts it compares."""
+
+    __tablename__ = "instance_conduit"
+    __table_args__ = {
+        "comment": "Every conduit between two peer instances of a run: which port "
+        "and slot of the sender's message counts must agree with which port and slot "
+        "of the receiver's. Written with the run."
+    }
+
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("run.id", ondelete="CASCADE"), primary_key=True, comment="The run."
+    )
+    sender_instance: Mapped[str] = mapped_column(
+        String(255), primary_key=True, comment="The instance that sends, e.g. macro."
+    )
+    receiver_instance: Mapped[str] = mapped_column(
+        String(255),
+        primary_key=True,
+        comment="The instance that receives, e.g. micro[3].",
+    )
+    conduit: Mapped[str] = mapped_column(
+        String(511),
+        primary_key=True,
+        comment="The conduit between their components, as 'sender.port -> "
+        "receiver.port', e.g. 'macro.state_out -> micro.init_in'.",
+    )
+    sending_port: Mapped[str] = mapped_column(
+        String(255), comment="Port of the sender, a key of its port_message_counts."
+    )
+    sending_slot: Mapped[int | None] = mapped_column(
+        Integer,
+        comment="Slot of the sending port whose count is compared; NULL when every "
+        "slot is compared with the same slot of the receiving port.",
+    )
+    receiving_port: Mapped[str] = mapped_column(
+        String(255), comment="Port of the receiver, a key of its port_message_counts."
+    )
+    receiving_slot: Mapped[int | None] = mapped_column(
+        Integer,
+        comment="Slot of the receiving port whose count is compared; NULL when every "
+        "slot is compared with the same slot of the sending port.",
+    )
