@@ -556,6 +556,51 @@ class SnapshotRegistry(threading.Thread):
             edges.extend(_edge_rows(node, graph.add(node)))
         if edges:
             session.execute(insert(models.ConsistentPair), edges)
+        # --- topology rows for the SQL views (docs/schema.md, migration 0002) ---
+        # The peers of every instance, and every conduit between two peers with the
+        # port and slot of each side whose counts must agree (NULL: every slot).
+        topology = self._topology
+        peer_rows = [
+            {"run_id": run.id, "instance": instance, "peer_instance": peer}
+            for instance in topology.instances
+            for peer in sorted(topology.peers(instance))
+        ]
+        if peer_rows:
+            session.execute(insert(models.InstancePeer), peer_rows)
+
+        def element_slot(instance: str) -> int:
+            return int(instance[instance.rindex("[") + 1 : -1])
+
+        conduit_rows = []
+        for conduit in topology.conduits:
+            for sender in topology.instances:
+                if sender.partition("[")[0] != conduit.sender:
+                    continue
+                for receiver in sorted(topology.peers(sender)):
+                    if receiver.partition("[")[0] != conduit.receiver:
+                        continue
+                    sending_slot: int | None = None
+                    receiving_slot: int | None = None
+                    if sender.count("[") < receiver.count("["):
+                        sending_slot, receiving_slot = element_slot(receiver), 0
+                    elif sender.count("[") > receiver.count("["):
+                        sending_slot, receiving_slot = 0, element_slot(sender)
+                    conduit_rows.append(
+                        {
+                            "run_id": run.id,
+                            "sender_instance": sender,
+                            "receiver_instance": receiver,
+                            "conduit": f"{conduit.sender}.{conduit.sending_port} ->"
+                            f" {conduit.receiver}.{conduit.receiving_port}",
+                            "sending_port": conduit.sending_port,
+                            "sending_slot": sending_slot,
+                            "receiving_port": conduit.receiving_port,
+                            "receiving_slot": receiving_slot,
+                        }
+                    )
+        if conduit_rows:
+            session.execute(insert(models.InstanceConduit), conduit_rows)
+        # --- end of topology rows ---
         return run
 
     def _acquire_writer(self, session: Session, run: models.Run) -> None:
