@@ -112,7 +112,8 @@ def manage(
         )
     args = list(manager_args)
     parsed = _parse_manager_args(muscle3, args)
-    _prepare_database(database_url)
+    if parsed is not None:  # else the manager only prints help or a usage error
+        _prepare_database(database_url)
     with ExitStack() as cleanup:
         resumed_from: int | None = None
         if resume_latest and parsed is not None:
