@@ -1,0 +1,28 @@
+"""Run the ``snapreg`` command in this process, as its console script would."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from snapreg.cli import main
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a command printed and its exit status."""
+
+    status: int
+    stdout: str
+    stderr: str
+
+
+def invoke(capsys: pytest.CaptureFixture[str], *args: str) -> Outcome:
+    """Run ``snapreg ARGS`` through :func:`snapreg.cli.main`."""
+    capsys.readouterr()  # forget what came before
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    captured = capsys.readouterr()
+    code = exited.value.code
+    return Outcome(code if isinstance(code, int) else 1, captured.out, captured.err)

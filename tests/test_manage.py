@@ -1,0 +1,255 @@
+"""`snapreg manage`: real MUSCLE3 runs of the reaction-diffusion example, end to end.
+
+A plain run must write the workflow snapshot files that stock `muscle_manager`
+writes for the same simulation, and a manager killed mid-run must be resumed by
+`--resume-latest` to the same final result as an uninterrupted run, with the
+lineage recorded. The example is deterministic in what it snapshots: every
+workflow snapshot holds one snapshot per instance at the same checkpoint, so the
+sets of resume mappings of two runs compare equal (checked over repeated stock
+runs when this test was written).
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import ymmsl
+
+from snapreg.reader import DatabaseReader
+from support import simulation
+from support.command_line import invoke
+
+MODEL = "reaction_diffusion"
+#: Workflow snapshots of one default run: t = 0, 0.25, 0.5, 0.75, 1.0 and the end.
+DEFAULT_RUN_WORKFLOW_SNAPSHOTS = 6
+
+
+@pytest.fixture(scope="module")
+def stock_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted run of the example with the stock muscle_manager."""
+    base = tmp_path_factory.mktemp("stock")
+    run_dir = base / "run"
+    finished = simulation.run(simulation.stock_command(run_dir), cwd=base)
+    assert finished.returncode == 0, finished.stderr
+    return run_dir.resolve()
+
+
+def test_plain_run_writes_the_workflow_snapshots_stock_muscle_manager_writes(
+    persistent_database_url: str, tmp_path: Path, stock_run: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    finished = simulation.run(
+        simulation.manage_command(persistent_database_url, run_dir), cwd=tmp_path
+    )
+
+    assert finished.returncode == 0, finished.stderr
+    assert f"campaign '{MODEL}', run 1;" in finished.stderr
+    run_dir = run_dir.resolve()
+    written = simulation.resume_mappings(run_dir)
+    assert len(written) == DEFAULT_RUN_WORKFLOW_SNAPSHOTS
+    assert written == simulation.resume_mappings(stock_run)
+    assert (run_dir / simulation.FINAL_STATE).read_bytes() == (
+        stock_run / simulation.FINAL_STATE
+    ).read_bytes()
+
+    with DatabaseReader(persistent_database_url) as reader:
+        [campaign] = reader.campaigns()
+        recorded = reader.workflow_snapshots(MODEL)
+    assert campaign.name == MODEL
+    [run] = campaign.runs
+    assert (run.number, run.status, run.resumed_from) == (1, "ended", None)
+    assert run.workflow_snapshot_count == DEFAULT_RUN_WORKFLOW_SNAPSHOTS
+    files = sorted((run_dir / "snapshots").glob("snapshot_*.ymmsl"))
+    assert sorted(snapshot.path for snapshot in recorded) == files
+    for snapshot in recorded:
+        assert snapshot.path is not None
+        in_file = ymmsl.load(snapshot.path).resume
+        assert {str(k): str(v) for k, v in in_file.items()} == {
+            str(k): str(v) for k, v in snapshot.resume.items()
+        }
+
+
+def test_killed_manager_resumes_with_resume_latest_to_the_same_result(
+    persistent_database_url: str, tmp_path: Path, stock_run: Path
+) -> None:
+    slow = simulation.slow_overlay(tmp_path)
+    first_dir = tmp_path / "run1"
+    command = simulation.manage_command(
+        persistent_database_url, first_dir, slow, options=["--resume-latest"]
+    )
+    log = tmp_path / "run1.log"
+    with simulation.started(command, tmp_path, log) as manager:
+        simulation.wait_for_workflow_snapshots(first_dir, 2, manager, timeout=90)
+        # readers work while the manager writes
+        with DatabaseReader(persistent_database_url) as reader:
+            [campaign] = reader.campaigns()
+            assert campaign.runs[0].status == "running"
+            assert len(reader.workflow_snapshots(MODEL)) >= 2
+        simulation.kill_group(manager)
+        assert manager.returncode == -9
+        assert simulation.group_gone(manager.pid)
+    first_log = log.read_text()
+    assert "has no workflow snapshot" in first_log
+    assert "starting from scratch" in first_log
+    assert "Simulation completed" not in first_log
+
+    with DatabaseReader(persistent_database_url) as reader:
+        before = reader.workflow_snapshots(MODEL)
+    newest = before[-1]
+    assert newest.run == 1
+
+    second_dir = tmp_path / "run2"
+    finished = simulation.run(
+        # without the sleep: it only ever changed the wallclock time
+        simulation.manage_command(
+            persistent_database_url, second_dir, options=["--resume-latest"]
+        ),
+        cwd=tmp_path,
+    )
+
+    assert finished.returncode == 0, finished.stderr
+    assert f"resuming from workflow snapshot {newest.id} of run 1" in finished.stderr
+    assert (second_dir / simulation.FINAL_STATE).read_bytes() == (
+        stock_run / simulation.FINAL_STATE
+    ).read_bytes()
+    with DatabaseReader(persistent_database_url) as reader:
+        [campaign] = reader.campaigns()
+        after = reader.workflow_snapshots(MODEL)
+    first, second = campaign.runs
+    assert (first.status, first.resumed_from) == ("interrupted", None)
+    assert (second.status, second.resumed_from, second.resumed_from_run) == (
+        "ended",
+        newest.id,
+        1,
+    )
+    assert after[-1].run == 2
+    assert second.workflow_snapshot_count == len(after) - len(before) > 0
+    resume_file = second_dir.resolve() / f"snapreg_resume_{newest.id}.ymmsl"
+    assert {str(k): str(v) for k, v in ymmsl.load(resume_file).resume.items()} == {
+        str(k): str(v) for k, v in newest.resume.items()
+    }
+
+
+def test_a_registry_that_cannot_open_does_not_leave_the_manager_hanging(
+    tmp_path: Path,
+) -> None:
+    # The manager forks its instantiator and starts threads before it builds the
+    # registry; when that fails, the command must still end, with one line.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    arguments = [
+        "manage",
+        "--db",
+        f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "--start-all",
+        "--run-dir",
+        str(run_dir),
+        *simulation.MODEL_FILES,
+    ]
+    script = textwrap.dedent(
+        f"""
+        import snapreg.muscle3
+        from snapreg.errors import WriterConflictError
+
+        def refuse(*args, **kwargs):
+            raise WriterConflictError("someone else writes this run")
+
+        snapreg.muscle3.SnapshotRegistry = refuse
+        from snapreg.cli import main
+        main({arguments!r})
+        """
+    )
+    finished = simulation.run([sys.executable, "-c", script], tmp_path, timeout=60)
+
+    assert finished.returncode == 1
+    assert finished.stderr.strip().splitlines()[-1] == (
+        "snapreg: error: someone else writes this run"
+    )
+    assert "Traceback" not in finished.stderr
+
+
+def test_without_muscle3_manage_says_how_to_install_it(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setitem(sys.modules, "libmuscle.manager.manager", None)
+    outcome = invoke(
+        capsys, "manage", "--db", f"sqlite:///{tmp_path / 'db'}", "x.ymmsl"
+    )
+
+    assert outcome.status == 1
+    assert outcome.stderr.count("\n") == 1
+    assert "pip install 'snapreg[muscle3]'" in outcome.stderr
+    assert not (tmp_path / "db").exists()
+
+
+def test_manage_refuses_a_database_url_it_cannot_use(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    for url, message in [
+        ("not a url", "not a database URL"),
+        ("sqlite://", "in-memory SQLite database"),
+        (f"sqlite:///{tmp_path / 'missing' / 'db.sqlite'}", "does not exist"),
+    ]:
+        outcome = invoke(
+            capsys, "manage", "--db", url, "--start-all", *simulation.MODEL_FILES
+        )
+        assert outcome.status == 1, url
+        assert outcome.stderr.startswith("snapreg: error: "), url
+        assert message in outcome.stderr, url
+        assert outcome.stderr.count("\n") == 1, url
+
+
+def test_resume_latest_refuses_files_with_their_own_resume_section(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    resume = tmp_path / "resume.ymmsl"
+    resume.write_text("ymmsl_version: v0.2\nresume:\n  macro: /x/macro_1.pack\n")
+    outcome = invoke(
+        capsys,
+        "manage",
+        "--db",
+        f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "--resume-latest",
+        "--start-all",
+        *simulation.MODEL_FILES,
+        str(resume),
+    )
+
+    assert outcome.status == 1
+    assert "already have a resume section" in outcome.stderr
+
+
+def test_manager_options_pass_through_with_their_own_errors(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    database = tmp_path / "db.sqlite"
+    outcome = invoke(
+        capsys, "manage", "--db", f"sqlite:///{database}", "--no-such-option", "x"
+    )
+
+    assert outcome.status == 2  # click's usage error, from muscle_manager's parser
+    assert "Error: No such option" in outcome.stderr
+    assert "--no-such-option" in outcome.stderr
+    assert "Usage: snapreg manage" in outcome.stderr
+    assert not database.exists()
+
+
+def test_manage_help_names_the_manager_options(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    outcome = invoke(capsys, "manage", "--help")
+
+    assert outcome.status == 0
+    for option in (
+        "--db",
+        "--campaign",
+        "--resume-latest",
+        "--start-all",
+        "muscle_manager",
+    ):
+        assert option in outcome.stdout
