@@ -449,7 +449,7 @@ def test_worker_errors_reach_the_caller_and_nothing_is_lost(
         STREAM.config, tmp_path, database_url=persistent_database_url
     )
 
-    def broken(self: Any, node: Any) -> Any:
+    def broken(self: Any, *args: Any) -> Any:
         raise RuntimeError("search exploded")
 
     monkeypatch.setattr("snapreg.graph.ActiveGraph.find_workflow_snapshots", broken)

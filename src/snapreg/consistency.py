@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Flag, auto
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from snapreg.errors import ConfigurationError, UnknownInstanceError
@@ -181,6 +181,12 @@ def split_instance(instance: str) -> tuple[str, tuple[int, ...]]:
     if not instance.endswith("]"):
         raise UnknownInstanceError(f"{instance!r} is not an instance name")
     return name, tuple(indices)
+
+
+@lru_cache(maxsize=65536)
+def instance_sort_key(instance: str) -> tuple[str, tuple[int, ...]]:
+    """Sort key giving yMMSL's Reference order: names, then indices numerically."""
+    return split_instance(instance)
 
 
 def last_index(instance: str) -> int:

@@ -26,6 +26,7 @@ from typing import Any
 import ymmsl
 from ymmsl import v0_1, v0_2
 
+from snapreg.consistency import instance_sort_key
 from snapreg.metadata import SnapshotMetadata
 
 _logger = logging.getLogger(__name__)
@@ -43,8 +44,7 @@ class Member:
 
 
 def _sorted(members: Sequence[Member]) -> list[Member]:
-    # yMMSL's Reference order: names alphabetically, indices numerically.
-    return sorted(members, key=lambda member: v0_1.Reference(member.instance))
+    return sorted(members, key=lambda member: instance_sort_key(member.instance))
 
 
 def resume_mapping(members: Sequence[Member]) -> dict[str, str]:

@@ -24,6 +24,7 @@ holder's process is gone or its heartbeat is older than ``writer_timeout``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import secrets
@@ -34,14 +35,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import ymmsl
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from snapreg import models, queries
-from snapreg.consistency import PeerSource, Topology
+from snapreg.consistency import PeerSource, Topology, instance_sort_key
 from snapreg.database import (
     Durability,
     create_database_engine,
@@ -50,6 +51,7 @@ from snapreg.database import (
     host_and_pid,
     is_memory_sqlite,
     normalize_url,
+    run_in_connection,
     run_transaction,
     writer,
 )
@@ -61,7 +63,7 @@ from snapreg.errors import (
     WorkerError,
     WriterConflictError,
 )
-from snapreg.graph import ActiveGraph, GraphNode, RetirementPlan
+from snapreg.graph import POLICIES, ActiveGraph, GraphNode, Policy
 from snapreg.materialize import (
     Member,
     NameAllocator,
@@ -86,6 +88,19 @@ _T = TypeVar("_T")
 DEFAULT_DATABASE_NAME = "snapreg.sqlite"
 # SQLite accepts 32766 bound parameters per statement; stay well below.
 _IN_LIST_CHUNK = 10_000
+# Pending submissions processed per transaction by the worker: one commit for many
+# registrations when they arrive faster than commits can be paid one by one.
+_PROCESSING_BATCH = 64
+
+# The hot path runs Core statements on the ORM's tables (see run_in_connection).
+_RUN = cast(Table, models.Run.__table__)
+_SUBMISSION = cast(Table, models.Submission.__table__)
+_NODE = cast(Table, models.SnapshotNode.__table__)
+_EDGE = cast(Table, models.ConsistentPair.__table__)
+_WORKFLOW_SNAPSHOT = cast(Table, models.WorkflowSnapshot.__table__)
+_MEMBER = cast(Table, models.WorkflowSnapshotMember.__table__)
+_INSERT_NODE = insert(_NODE).returning(_NODE.c.id)
+_INSERT_EDGE = insert(_EDGE)
 
 
 def default_database_url(snapshot_folder: Path | None) -> str:
@@ -132,7 +147,6 @@ class _Outcome:
 
     node: GraphNode
     found: list[_Found] = field(default_factory=list)
-    retirement: RetirementPlan | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
@@ -158,6 +172,7 @@ class SnapshotRegistry(threading.Thread):
         durability: Durability = "normal",
         upgrade: bool = False,
         writer_timeout: float = 60.0,
+        policy: Policy = "all",
     ) -> None:
         """Open (or create) a campaign's run in a database.
 
@@ -175,6 +190,10 @@ class SnapshotRegistry(threading.Thread):
             upgrade: Upgrade an older schema instead of refusing it.
             writer_timeout: Seconds without a heartbeat after which another
                 process's right to write the run may be taken over.
+            policy: Which workflow snapshots to materialise: ``"all"`` that
+                contain the new node (MUSCLE3's behaviour; their number can grow
+                exponentially with the instances that have several candidates), or
+                only the newest one, ``"latest"``.
 
         Raises:
             ConfigurationError: unusable configuration or arguments.
@@ -192,6 +211,11 @@ class SnapshotRegistry(threading.Thread):
             raise ConfigurationError(f"snapshot folder {self._folder} does not exist")
         if writer_timeout <= 0:
             raise ConfigurationError("writer_timeout must be positive")
+        if policy not in POLICIES:
+            raise ConfigurationError(
+                f"policy must be one of {', '.join(POLICIES)}, not {policy!r}"
+            )
+        self._policy: Policy = policy
         url = normalize_url(database_url or default_database_url(self._folder))
         self._url = url
         self._durability: Durability = durability
@@ -293,7 +317,7 @@ class SnapshotRegistry(threading.Thread):
                 check_counts_not_decreasing(
                     name, self._last_counts.get(name, {}), metadata.port_message_counts
                 )
-            outcome = self._process(name, metadata, None)
+            (outcome,) = self._process([(name, metadata, None)])
             with self._queue_lock:
                 self._last_counts[name] = metadata.port_message_counts
             return self._publish(outcome)
@@ -385,7 +409,7 @@ class SnapshotRegistry(threading.Thread):
                     if idle:
                         self._heartbeat_if_due(force=True)
                     else:
-                        self._process_next_pending()
+                        self._process_pending_batch()
         except BaseException as err:
             _logger.exception("The snapshot registry worker stopped on an error")
             self._error = err
@@ -753,11 +777,11 @@ class SnapshotRegistry(threading.Thread):
             return
         now = datetime.now(timezone.utc)
 
-        def work(session: Session) -> Sequence[int]:
-            self._heartbeat_if_due(session)
-            return session.scalars(
-                insert(models.Submission).returning(
-                    models.Submission.id, sort_by_parameter_order=True
+        def work(connection: Connection) -> Sequence[int]:
+            self._heartbeat_if_due(connection)
+            return connection.scalars(
+                insert(_SUBMISSION).returning(
+                    _SUBMISSION.c.id, sort_by_parameter_order=True
                 ),
                 [
                     {
@@ -771,7 +795,7 @@ class SnapshotRegistry(threading.Thread):
             ).all()
 
         try:
-            ids = run_transaction(self._write_engine, work)
+            ids = run_in_connection(self._write_engine, work)
         except BaseException as err:
             with self._queue_lock:
                 for item in reversed(batch):
@@ -793,70 +817,83 @@ class SnapshotRegistry(threading.Thread):
             self._queue_lock.notify_all()
 
     def _drain_pending(self) -> None:
-        while True:
-            with self._queue_lock:
-                if not self._pending:
-                    return
-            self._process_next_pending()
+        while self._process_pending_batch():
+            pass
 
-    def _process_next_pending(self) -> None:
+    def _process_pending_batch(self) -> bool:
+        """Process the oldest pending submissions, several in one transaction.
+
+        Returns:
+            False if there was nothing to process.
+        """
         with self._queue_lock:
-            item = self._pending[0]
-        outcome = self._process(item.instance, item.metadata, item.submission_id)
+            batch = list(itertools.islice(self._pending, _PROCESSING_BATCH))
+        if not batch:
+            return False
+        self._process(
+            [(item.instance, item.metadata, item.submission_id) for item in batch]
+        )
         with self._queue_lock:
-            self._pending.popleft()
-        self._publish(outcome)
+            for _ in batch:
+                self._pending.popleft()
+        return True
 
     def _process(
-        self, instance: str, metadata: SnapshotMetadata, submission_id: int | None
-    ) -> _Outcome:
-        """Process one registration in one transaction; apply it to memory after."""
+        self, registrations: list[tuple[str, SnapshotMetadata, int | None]]
+    ) -> list[_Outcome]:
+        """Process registrations in order, in one transaction; write files after."""
 
-        def work(session: Session) -> _Outcome:
-            return self._register(session, instance, metadata, submission_id)
+        def work(connection: Connection) -> list[_Outcome]:
+            self._heartbeat_if_due(connection)
+            now = datetime.now(timezone.utc)
+            return [
+                self._register(connection, instance, metadata, submission_id, now)
+                for instance, metadata, submission_id in registrations
+            ]
 
         def reload() -> None:
             self._graph = run_transaction(self._engine, self._load_graph)
 
         try:
-            outcome = run_transaction(self._write_engine, work, on_retry=reload)
+            outcomes = run_in_connection(self._write_engine, work, on_retry=reload)
         except BaseException:
             reload()
             raise
-        if outcome.retirement is not None:
-            self._graph.retire(outcome.retirement)
-        self._write_files(outcome.found)
-        return outcome
+        for outcome in outcomes:
+            self._write_files(outcome.found)
+        return outcomes
 
     def _register(
         self,
-        session: Session,
+        connection: Connection,
         instance: str,
         metadata: SnapshotMetadata,
         submission_id: int | None,
+        now: datetime,
     ) -> _Outcome:
-        self._heartbeat_if_due(session)
-        now = datetime.now(timezone.utc)
+        """Write one registration and apply it to the in-memory graph.
+
+        If the transaction fails later, the caller reloads the graph from the
+        database, so changing it here before the commit is safe.
+        """
         node = self._graph.new_node(0, instance, metadata, False)
-        node.id = session.scalars(
-            insert(models.SnapshotNode).returning(models.SnapshotNode.id),
-            [
-                {
-                    "run_id": self._run_id,
-                    "instance": instance,
-                    "num": node.num,
-                    "is_restart": False,
-                    "submission_id": submission_id,
-                    "registered_at": now,
-                    **queries.node_row_values(metadata),
-                }
-            ],
-        ).one()
+        node.id = connection.execute(
+            _INSERT_NODE,
+            {
+                "run_id": self._run_id,
+                "instance": instance,
+                "num": node.num,
+                "is_restart": False,
+                "submission_id": submission_id,
+                "registered_at": now,
+                **queries.node_row_values(metadata),
+            },
+        ).scalar_one()
         edges = _edge_rows(node, self._graph.add(node))
         if edges:
-            session.execute(insert(models.ConsistentPair), edges)
+            connection.execute(_INSERT_EDGE, edges)
         outcome = _Outcome(node, created_at=now)
-        found = self._graph.find_workflow_snapshots(node)
+        found = self._graph.find_workflow_snapshots(node, self._policy)
         if not found:
             return outcome
         taken = datetime.now()
@@ -875,9 +912,9 @@ class SnapshotRegistry(threading.Thread):
                     resume_mapping(members),
                 )
             )
-        ids = session.scalars(
-            insert(models.WorkflowSnapshot).returning(
-                models.WorkflowSnapshot.id, sort_by_parameter_order=True
+        ids = connection.scalars(
+            insert(_WORKFLOW_SNAPSHOT).returning(
+                _WORKFLOW_SNAPSHOT.c.id, sort_by_parameter_order=True
             ),
             [
                 {
@@ -899,15 +936,14 @@ class SnapshotRegistry(threading.Thread):
                 {"workflow_snapshot_id": snapshot_id, "snapshot_node_id": member.id}
                 for member in item.nodes
             )
-        session.execute(insert(models.WorkflowSnapshotMember), member_rows)
-        outcome.retirement = self._graph.plan_retirement(found)
-        retired_ids = [retired.id for retired in outcome.retirement.retired]
+        connection.execute(insert(_MEMBER), member_rows)
+        retirement = self._graph.plan_retirement(found)
+        retired_ids = [retired.id for retired in retirement.retired]
         for chunk in queries.chunks(retired_ids, _IN_LIST_CHUNK):
-            session.execute(
-                update(models.SnapshotNode)
-                .where(models.SnapshotNode.id.in_(chunk))
-                .values(retired_at=now)
+            connection.execute(
+                update(_NODE).where(_NODE.c.id.in_(chunk)).values(retired_at=now)
             )
+        self._graph.retire(retirement)
         return outcome
 
     def _write_files(self, found: list[_Found]) -> None:
@@ -939,9 +975,9 @@ class SnapshotRegistry(threading.Thread):
         result = []
         for item in outcome.found:
             nodes = tuple(
-                sorted(
-                    (self._public_node(node) for node in item.nodes),
-                    key=lambda public: public.instance,
+                self._public_node(node)
+                for node in sorted(
+                    item.nodes, key=lambda n: instance_sort_key(n.instance)
                 )
             )
             result.append(
@@ -971,31 +1007,28 @@ class SnapshotRegistry(threading.Thread):
     # ---------------------------------------------------------------- plumbing
 
     def _heartbeat_if_due(
-        self, session: Session | None = None, *, force: bool = False
+        self, connection: Connection | None = None, *, force: bool = False
     ) -> None:
         """Renew the writer lease; fail if another process took the run over."""
         if not force and _monotonic() - self._last_heartbeat < self._heartbeat_interval:
             return
 
-        def beat(work_session: Session) -> None:
-            renewed = work_session.execute(
-                update(models.Run)
-                .where(
-                    models.Run.id == self._run_id,
-                    models.Run.writer_token == self._token,
-                )
+        def beat(work_connection: Connection) -> None:
+            renewed = work_connection.execute(
+                update(_RUN)
+                .where(_RUN.c.id == self._run_id, _RUN.c.writer_token == self._token)
                 .values(writer_heartbeat_at=datetime.now(timezone.utc))
             )
-            if renewed.rowcount != 1:  # type: ignore[attr-defined]
+            if renewed.rowcount != 1:
                 raise WriterConflictError(
                     f"run {self._run_number} of campaign {self._campaign_name!r} was"
                     " taken over by another registry; this one stops writing"
                 )
 
-        if session is None:
-            run_transaction(self._write_engine, beat)
+        if connection is None:
+            run_in_connection(self._write_engine, beat)
         else:
-            beat(session)
+            beat(connection)
         self._last_heartbeat = _monotonic()
 
     def _read(self, work: Callable[[Session], _T]) -> _T:
