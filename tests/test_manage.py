@@ -75,7 +75,8 @@ def test_plain_run_writes_the_workflow_snapshots_stock_muscle_manager_writes(
 def test_killed_manager_resumes_with_resume_latest_to_the_same_result(
     persistent_database_url: str, tmp_path: Path, stock_run: Path
 ) -> None:
-    slow = simulation.slow_overlay(tmp_path)
+    # slow enough that the run is still going when the readers look at it
+    slow = simulation.slow_overlay(tmp_path, step_sleep=0.04)
     first_dir = tmp_path / "run1"
     command = simulation.manage_command(
         persistent_database_url, first_dir, slow, options=["--resume-latest"]

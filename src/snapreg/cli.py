@@ -340,7 +340,13 @@ def export(
     campaign: str | None,
     as_json: bool,
 ) -> None:
-    """The yMMSL that resumes from a workflow snapshot (ID or --latest)."""
+    """Resume yMMSL of a workflow snapshot (ID or --latest).
+
+    By default the resume section alone, like the workflow snapshot's own file:
+    pass it to muscle_manager (or snapreg manage) after the model's own files.
+    With --with-config, the configuration the run was started with, its resume
+    section replaced by this one: muscle_manager runs it on its own.
+    """
     if (workflow_snapshot_id is None) == (not latest):
         raise click.UsageError("give either a workflow snapshot ID or --latest")
     with DatabaseReader(database_url) as reader:
@@ -389,7 +395,12 @@ def history(
     run_number: int | None,
     as_json: bool,
 ) -> None:
-    """An instance's snapshots, active and retired, with their consistent peers."""
+    """An instance's snapshot nodes and their consistent peers.
+
+    Every node of every run (or of --run N), retired ones too: its number,
+    registration time, simulation time, type, whether it is still active, and
+    the nodes of each peer instance it was consistent with.
+    """
     with DatabaseReader(database_url) as reader:
         name = reader.campaign_name(campaign)
         runs = reader.instance_history(name, instance, run=run_number)
