@@ -377,6 +377,15 @@ class _Refusal:
     ) -> int:
         if action in _SQLITE_READING_ACTIONS:
             return sqlite3.SQLITE_OK
+        if (
+            action == sqlite3.SQLITE_UPDATE
+            and first in ("sqlite_master", "sqlite_schema")
+            and database == "main"
+        ):
+            # SQLite asks this of its own bookkeeping when a table-valued function
+            # such as json_each is first used; the main database file is opened
+            # read-only, so nothing can be written there anyway.
+            return sqlite3.SQLITE_OK
         if action == sqlite3.SQLITE_PRAGMA and first is not None:
             name = first.lower()
             if name in _SQLITE_INTROSPECTION_PRAGMAS or (
@@ -426,8 +435,8 @@ def _translate(err: DBAPIError, refusal: _Refusal) -> SnapregError:
             " unchanged"
         )
     sqlstate = getattr(err.orig, "sqlstate", None)
-    if sqlstate in (_READ_ONLY_SQL_TRANSACTION, _ACTIVE_SQL_TRANSACTION) or (
-        "readonly database" in message
+    if sqlstate in (_READ_ONLY_SQL_TRANSACTION, _ACTIVE_SQL_TRANSACTION) or any(
+        sign in message for sign in ("readonly database", "may not be modified")
     ):
         return WriteRefusedError(
             f"refused: snapreg sql only reads, and the database says: {message}; the"
