@@ -33,6 +33,7 @@ from snapreg.database import (
 from snapreg.errors import NotFoundError, SnapregError, StorageUnavailableError
 from snapreg.reader import CampaignSummary, DatabaseReader, InstanceHistory
 from snapreg.snapshot import SnapshotNode, WorkflowSnapshot
+from snapreg.sql import sql_command
 
 DATABASE_URL_VARIABLE = "SNAPREG_DATABASE_URL"
 DEFAULT_DATABASE_FILE = "snapreg.sqlite"
@@ -637,6 +638,11 @@ def _console() -> Console:
 def _unreachable(location: str, err: SQLAlchemyError) -> SnapregError:
     detail = getattr(err, "orig", None) or err
     return StorageUnavailableError(f"cannot open database {location}: {detail}")
+
+
+# ------------------------------------------------------------------------ sql
+
+cli.add_command(sql_command)
 
 
 # ----------------------------------------------------------------------- main
