@@ -15,7 +15,9 @@ not guessed from the text of the statement:
   session defaults to read only as well; and every statement is sent as a prepared
   statement, so that one string cannot smuggle a ``COMMIT`` and a second statement.
 
-Every transaction is rolled back at the end. One transaction is one consistent
+A statement that does not even start like a query (``DELETE``, ``ANALYZE``,
+``LOCK``, ...) is refused before it is sent, only to name the problem early. Every
+transaction is rolled back at the end. One transaction is one consistent
 view (WAL on SQLite, ``REPEATABLE READ`` on PostgreSQL): the queries run in one
 :meth:`ReadOnlyDatabase.transaction` all see the same registrations, each either
 completely or not at all, and they never block the registry that writes.
@@ -72,6 +74,19 @@ OUTPUT_FORMATS = ("table", "csv", "json")
 # make the transaction read-write after it has run a query.
 _READ_ONLY_SQL_TRANSACTION = "25006"
 _ACTIVE_SQL_TRANSACTION = "25001"
+# What a query may start with, after blanks and comments. EXPLAIN and WITH can hide
+# a write, which the read-only connection refuses.
+_QUERY_KEYWORDS_SHOWN = (
+    "SELECT",
+    "WITH",
+    "VALUES",
+    "TABLE",
+    "EXPLAIN",
+    "SHOW",
+    "PRAGMA",
+)
+_QUERY_KEYWORDS = frozenset(keyword.lower() for keyword in _QUERY_KEYWORDS_SHOWN)
+_FIRST_WORD = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*([A-Za-z]+)", re.DOTALL)
 _MISSING_PARAMETER = re.compile(r"value is required for bind parameter '([^']+)'")
 
 # Pragmas that only read: with no argument they report a setting; the
@@ -307,6 +322,7 @@ class ReadOnlyTransaction:
                 PostgreSQL the transaction cannot be used any more after this).
             QueryError: the database could not run it.
         """
+        _check_is_a_query(statement)
         refusal = _Refusal()
         try:
             with self._only_reading(refusal):
@@ -413,6 +429,29 @@ def _describe_sqlite_action(action: int, first: str | None) -> str:
     return f"this statement would {verb} {first or ''}".rstrip()
 
 
+def _check_is_a_query(statement: str) -> None:
+    """Refuse a statement that does not start like a query, before it runs.
+
+    Only a convenience that names the problem early: the read-only connection is
+    what guarantees that nothing changes (``WITH`` may still hold a ``DELETE``).
+
+    Raises:
+        QueryError: the statement is empty.
+        WriteRefusedError: the statement starts with another keyword.
+    """
+    if not statement.strip():
+        raise QueryError("the statement is empty")
+    match = _FIRST_WORD.match(statement)
+    keyword = match[1].lower() if match else ""
+    if keyword not in _QUERY_KEYWORDS and not statement.lstrip().startswith("("):
+        allowed = ", ".join(_QUERY_KEYWORDS_SHOWN)
+        raise WriteRefusedError(
+            f"refused: snapreg sql only runs queries ({allowed}), not"
+            f" {keyword.upper() or repr(statement.strip()[:20])}; the database is"
+            " unchanged"
+        )
+
+
 def _make_postgresql_session_read_only(
     dbapi_connection: Any, connection_record: Any
 ) -> None:
@@ -436,7 +475,8 @@ def _translate(err: DBAPIError, refusal: _Refusal) -> SnapregError:
         )
     sqlstate = getattr(err.orig, "sqlstate", None)
     if sqlstate in (_READ_ONLY_SQL_TRANSACTION, _ACTIVE_SQL_TRANSACTION) or any(
-        sign in message for sign in ("readonly database", "may not be modified")
+        sign in message
+        for sign in ("readonly database", "may not be modified", "cannot VACUUM")
     ):
         return WriteRefusedError(
             f"refused: snapreg sql only reads, and the database says: {message}; the"
