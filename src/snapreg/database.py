@@ -54,6 +54,30 @@ _WRITE_OPTION = "snapreg_write"
 # and the connection-exception class (08xxx) and admin shutdown (57P01..57P03).
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03"}
 
+# What the driver says (without a SQLSTATE) when a connection to the server cannot
+# be made or was lost: a server restarting, a network hiccup. Worth retrying, unlike
+# a wrong password or a missing database, which also come without a SQLSTATE.
+_CONNECTION_TROUBLE = (
+    "connection refused",
+    "server closed the connection",
+    "terminating connection",
+    "the database system is shutting down",
+    "the database system is starting up",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "consuming input failed",
+    "sending query failed",
+    "could not receive data",
+    "could not send data",
+    "connection reset",
+    "connection timed out",
+    "timeout expired",
+    "no route to host",
+    "network is unreachable",
+    "ssl syscall error",
+    "eof detected",
+)
+
 #: How long a SQLite connection waits for another connection's lock before the
 #: statement fails with "database is locked" (and is retried, see run_transaction).
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -428,6 +452,8 @@ def is_transient(err: BaseException) -> bool:
         return sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith("08")
     if isinstance(err, OperationalError):
         message = str(err.orig).lower()
+        if any(sign in message for sign in _CONNECTION_TROUBLE):
+            return True
         return "locked" in message or "busy" in message
     return False
 

@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, MetaData, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool, Pool
 
@@ -1034,6 +1034,23 @@ def _check_lease(engine: Engine, campaign: str) -> list[str]:
         f"run {row.number} still held by pid {row.writer_pid} on {row.writer_host}"
         for row in holders
     ]
+
+
+def database_rows(url: str) -> dict[str, list[tuple[str, ...]]]:
+    """Every row of every table, sorted, as text: to check that nothing changed."""
+    engine = inspection_engine(url)
+    try:
+        tables = MetaData()
+        tables.reflect(engine)
+        with engine.connect() as connection:
+            return {
+                name: sorted(
+                    tuple(map(repr, row)) for row in connection.execute(table.select())
+                )
+                for name, table in sorted(tables.tables.items())
+            }
+    finally:
+        engine.dispose()
 
 
 def integrity_problems(engine: Engine) -> list[str]:
