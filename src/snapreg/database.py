@@ -254,10 +254,14 @@ def _configure_sqlite(
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Connection) -> None:
+        # Straight to the driver: this runs once per transaction, and SQLAlchemy's
+        # statement machinery would cost more than the BEGIN itself.
+        driver = connection.connection.driver_connection
+        assert driver is not None
         if connection.get_execution_options().get(_WRITE_OPTION):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            driver.execute("BEGIN IMMEDIATE")
         else:
-            connection.exec_driver_sql("BEGIN")
+            driver.execute("BEGIN")
 
 
 def _configure_postgresql(engine: Engine) -> None:

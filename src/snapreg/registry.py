@@ -30,6 +30,7 @@ import os
 import secrets
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -99,8 +100,11 @@ _NODE = cast(Table, models.SnapshotNode.__table__)
 _EDGE = cast(Table, models.ConsistentPair.__table__)
 _WORKFLOW_SNAPSHOT = cast(Table, models.WorkflowSnapshot.__table__)
 _MEMBER = cast(Table, models.WorkflowSnapshotMember.__table__)
-_INSERT_NODE = insert(_NODE).returning(_NODE.c.id)
+_INSERT_NODES = insert(_NODE).returning(_NODE.c.id, sort_by_parameter_order=True)
 _INSERT_EDGE = insert(_EDGE)
+_INSERT_WORKFLOW_SNAPSHOTS = insert(_WORKFLOW_SNAPSHOT).returning(
+    _WORKFLOW_SNAPSHOT.c.id, sort_by_parameter_order=True
+)
 
 
 def default_database_url(snapshot_folder: Path | None) -> str:
@@ -139,6 +143,17 @@ class _Found:
     description: str
     resume: dict[str, str]
     id: int = 0
+
+
+@dataclass
+class _Batch:
+    """The rows a batch of registrations will write, gathered before writing."""
+
+    nodes: list[tuple[GraphNode, int | None]] = field(default_factory=list)
+    edges: list[tuple[GraphNode, GraphNode]] = field(default_factory=list)
+    workflow_snapshots: list[_Found] = field(default_factory=list)
+    retired: list[GraphNode] = field(default_factory=list)
+    paths: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -229,8 +244,14 @@ class SnapshotRegistry(threading.Thread):
         self._token = secrets.token_hex(16)
         self._allocator = NameAllocator(self._folder) if self._folder else None
 
-        # Guards the database and the graph: one writer at a time in this process.
+        # Guards the graph and the processing of registrations.
         self._lock = threading.RLock()
+        # Serialises acknowledgements, so that registrations arriving while one is
+        # being committed share the next commit. Separate from the graph's lock so
+        # that acknowledging never waits for processing; except in memory, where
+        # every thread shares one connection.
+        self._ack_lock = self._lock if self._in_memory else threading.Lock()
+        self._committing = False
         # Guards what register_snapshot stages and what the worker takes.
         self._queue_lock = threading.Condition()
         self._staged: list[_Staged] = []
@@ -344,9 +365,13 @@ class SnapshotRegistry(threading.Thread):
             staged = _Staged(name, metadata, previous)
             self._last_counts[name] = metadata.port_message_counts
             self._staged.append(staged)
-        with self._lock:
-            if staged.submission_id is None and staged.error is None:
-                self._commit_staged()
+            # Group commit: while one thread commits, the others stage and wait;
+            # the next thread to find no commit in flight commits all staged ones.
+            while staged.submission_id is None and staged.error is None:
+                if self._committing:
+                    self._queue_lock.wait()
+                else:
+                    self._commit_staged()
         if staged.error is not None:
             raise staged.error
 
@@ -770,11 +795,13 @@ class SnapshotRegistry(threading.Thread):
     # ------------------------------------------------------------- registration
 
     def _commit_staged(self) -> None:
-        """Commit every staged registration in one transaction (group commit)."""
-        with self._queue_lock:
-            batch, self._staged = self._staged, []
-        if not batch:
-            return
+        """Commit every staged registration in one transaction (group commit).
+
+        Called with ``_queue_lock`` held; releases it while the commit runs so
+        that other threads can stage theirs for the next one.
+        """
+        batch, self._staged = self._staged, []
+        self._committing = True
         now = datetime.now(timezone.utc)
 
         def work(connection: Connection) -> Sequence[int]:
@@ -794,27 +821,32 @@ class SnapshotRegistry(threading.Thread):
                 ],
             ).all()
 
+        ids: Sequence[int] = ()
+        error: BaseException | None = None
+        self._queue_lock.release()
         try:
-            ids = run_in_connection(self._write_engine, work)
-        except BaseException as err:
-            with self._queue_lock:
-                for item in reversed(batch):
-                    item.error = err
-                    if self._last_counts.get(item.instance) is (
-                        item.metadata.port_message_counts
-                    ):
-                        if item.previous_counts is None:
-                            del self._last_counts[item.instance]
-                        else:
-                            self._last_counts[item.instance] = item.previous_counts
-            return
-        with self._queue_lock:
-            for item, submission_id in zip(batch, ids, strict=True):
-                item.submission_id = submission_id
-                self._pending.append(
-                    _Pending(submission_id, item.instance, item.metadata)
-                )
+            with self._ack_lock:
+                ids = run_in_connection(self._write_engine, work)
+        except BaseException as err:  # handed to every waiting registration
+            error = err
+        finally:
+            self._queue_lock.acquire()
+            self._committing = False
             self._queue_lock.notify_all()
+        if error is not None:
+            for item in reversed(batch):
+                item.error = error
+                if self._last_counts.get(item.instance) is (
+                    item.metadata.port_message_counts
+                ):
+                    if item.previous_counts is None:
+                        del self._last_counts[item.instance]
+                    else:
+                        self._last_counts[item.instance] = item.previous_counts
+            return
+        for item, submission_id in zip(batch, ids, strict=True):
+            item.submission_id = submission_id
+            self._pending.append(_Pending(submission_id, item.instance, item.metadata))
 
     def _drain_pending(self) -> None:
         while self._process_pending_batch():
@@ -841,23 +873,28 @@ class SnapshotRegistry(threading.Thread):
     def _process(
         self, registrations: list[tuple[str, SnapshotMetadata, int | None]]
     ) -> list[_Outcome]:
-        """Process registrations in order, in one transaction; write files after."""
+        """Process registrations in order, in one transaction; write files after.
 
-        def work(connection: Connection) -> list[_Outcome]:
-            self._heartbeat_if_due(connection)
-            now = datetime.now(timezone.utc)
-            return [
-                self._register(connection, instance, metadata, submission_id, now)
+        Everything is worked out in memory first (new nodes, edges, workflow
+        snapshots, retirements), then written with one statement per table, so a
+        batch of registrations costs a handful of round trips and one commit. Row
+        ids come back from the inserts. If the transaction fails, the in-memory
+        graph is reloaded from the database, where nothing of the batch exists.
+        """
+        now = datetime.now(timezone.utc)
+        try:
+            batch = _Batch()
+            outcomes = [
+                self._register(batch, instance, metadata, submission_id, now)
                 for instance, metadata, submission_id in registrations
             ]
-
-        def reload() -> None:
-            self._graph = run_transaction(self._engine, self._load_graph)
-
-        try:
-            outcomes = run_in_connection(self._write_engine, work, on_retry=reload)
+            # the heartbeat is renewed at most every few seconds: not in the batch
+            run_in_connection(
+                self._write_engine,
+                lambda connection: self._write_batch(connection, batch, now),
+            )
         except BaseException:
-            reload()
+            self._graph = run_transaction(self._engine, self._load_graph)
             raise
         for outcome in outcomes:
             self._write_files(outcome.found)
@@ -865,45 +902,29 @@ class SnapshotRegistry(threading.Thread):
 
     def _register(
         self,
-        connection: Connection,
+        batch: _Batch,
         instance: str,
         metadata: SnapshotMetadata,
         submission_id: int | None,
         now: datetime,
     ) -> _Outcome:
-        """Write one registration and apply it to the in-memory graph.
-
-        If the transaction fails later, the caller reloads the graph from the
-        database, so changing it here before the commit is safe.
-        """
+        """Apply one registration to the in-memory graph and note its rows."""
         node = self._graph.new_node(0, instance, metadata, False)
-        node.id = connection.execute(
-            _INSERT_NODE,
-            {
-                "run_id": self._run_id,
-                "instance": instance,
-                "num": node.num,
-                "is_restart": False,
-                "submission_id": submission_id,
-                "registered_at": now,
-                **queries.node_row_values(metadata),
-            },
-        ).scalar_one()
-        edges = _edge_rows(node, self._graph.add(node))
-        if edges:
-            connection.execute(_INSERT_EDGE, edges)
+        batch.nodes.append((node, submission_id))
+        batch.edges.extend(
+            (node, peer) for peer in self._graph.add(node) if peer is not node
+        )
         outcome = _Outcome(node, created_at=now)
         found = self._graph.find_workflow_snapshots(node, self._policy)
         if not found:
             return outcome
         taken = datetime.now()
-        reserved: set[str] = set()
         for nodes in found:
             members = [Member(n.instance, n.metadata, n.is_restart) for n in nodes]
             path = None
             if self._allocator is not None:
-                path = self._allocator.allocate(taken, reserved)
-                reserved.add(str(path))
+                path = self._allocator.allocate(taken, batch.paths)
+                batch.paths.add(str(path))
             outcome.found.append(
                 _Found(
                     nodes,
@@ -912,39 +933,76 @@ class SnapshotRegistry(threading.Thread):
                     resume_mapping(members),
                 )
             )
-        ids = connection.scalars(
-            insert(_WORKFLOW_SNAPSHOT).returning(
-                _WORKFLOW_SNAPSHOT.c.id, sort_by_parameter_order=True
-            ),
+        batch.workflow_snapshots.extend(outcome.found)
+        retirement = self._graph.plan_retirement(found)
+        batch.retired.extend(retirement.retired)
+        self._graph.retire(retirement)
+        return outcome
+
+    def _write_batch(
+        self, connection: Connection, batch: _Batch, now: datetime
+    ) -> None:
+        """Insert a batch's rows: nodes, edges, workflow snapshots, members."""
+        self._heartbeat_if_due(connection)
+        node_ids = connection.scalars(
+            _INSERT_NODES,
             [
                 {
                     "run_id": self._run_id,
-                    # without a folder there is no file; the id keeps paths unique
-                    "path": str(item.path.resolve())
-                    if item.path is not None
-                    else f"(no file) run {self._run_id} #{node.id}.{index}",
-                    "description": item.description,
-                    "created_at": now,
+                    "instance": node.instance,
+                    "num": node.num,
+                    "is_restart": False,
+                    "submission_id": submission_id,
+                    "registered_at": now,
+                    **queries.node_row_values(node.metadata),
                 }
-                for index, item in enumerate(outcome.found)
+                for node, submission_id in batch.nodes
             ],
         ).all()
-        member_rows: list[dict[str, int]] = []
-        for item, snapshot_id in zip(outcome.found, ids, strict=True):
-            item.id = snapshot_id
-            member_rows.extend(
-                {"workflow_snapshot_id": snapshot_id, "snapshot_node_id": member.id}
-                for member in item.nodes
+        for (node, _), node_id in zip(batch.nodes, node_ids, strict=True):
+            node.id = node_id
+        if batch.edges:
+            connection.execute(
+                _INSERT_EDGE,
+                [
+                    {
+                        "lower_node_id": min(node.id, peer.id),
+                        "higher_node_id": max(node.id, peer.id),
+                    }
+                    for node, peer in batch.edges
+                ],
             )
-        connection.execute(insert(_MEMBER), member_rows)
-        retirement = self._graph.plan_retirement(found)
-        retired_ids = [retired.id for retired in retirement.retired]
+        if batch.workflow_snapshots:
+            snapshot_ids = connection.scalars(
+                _INSERT_WORKFLOW_SNAPSHOTS,
+                [
+                    {
+                        "run_id": self._run_id,
+                        # without a folder there is no file; keep paths unique
+                        "path": str(item.path.resolve())
+                        if item.path is not None
+                        else f"(no file) run {self._run_id} {uuid.uuid4().hex}",
+                        "description": item.description,
+                        "created_at": now,
+                    }
+                    for item in batch.workflow_snapshots
+                ],
+            ).all()
+            member_rows: list[dict[str, int]] = []
+            for item, snapshot_id in zip(
+                batch.workflow_snapshots, snapshot_ids, strict=True
+            ):
+                item.id = snapshot_id
+                member_rows.extend(
+                    {"workflow_snapshot_id": snapshot_id, "snapshot_node_id": member.id}
+                    for member in item.nodes
+                )
+            connection.execute(insert(_MEMBER), member_rows)
+        retired_ids = [node.id for node in batch.retired]
         for chunk in queries.chunks(retired_ids, _IN_LIST_CHUNK):
             connection.execute(
                 update(_NODE).where(_NODE.c.id.in_(chunk)).values(retired_at=now)
             )
-        self._graph.retire(retirement)
-        return outcome
 
     def _write_files(self, found: list[_Found]) -> None:
         self._retry_unwritten()
