@@ -609,18 +609,21 @@ METADATA_BUGS = [
         id="lone surrogate in a trigger",
         marks=_registry_bug(
             "metadata._triggers accepts text that is not valid Unicode (a lone"
-            " surrogate); register_snapshot stores it and every later processing"
-            " of that submission fails with UnicodeEncodeError, at every reopen"
-            " too; reject strings that do not encode as UTF-8"
+            " surrogate): PostgreSQL refuses it with a raw DataError; SQLite stores"
+            " it, and the first workflow snapshot holding the node commits but its"
+            " file cannot be written (raw UnicodeEncodeError from the description),"
+            " leaving the file missing; reject strings that do not encode as UTF-8"
         ),
     ),
     pytest.param(
         {**NEXT_METADATA, "snapshot_filename": "/snapshots/\udcff.pack"},
         id="lone surrogate in a file name",
         marks=_registry_bug(
-            "metadata._filename accepts a lone surrogate; the node insert (SQLite)"
-            " or the submission insert (PostgreSQL) fails with a raw error; reject"
-            " names that do not encode as UTF-8"
+            "metadata._filename accepts a lone surrogate: on SQLite"
+            " register_snapshot stores a submission whose node insert always fails"
+            " (raw UnicodeEncodeError), so every later registration and every"
+            " reopen of the run fail; PostgreSQL refuses it with a raw DataError;"
+            " reject names that do not encode as UTF-8"
         ),
     ),
     pytest.param(
