@@ -373,3 +373,41 @@ class InstanceConduit(Base):
         comment="Slot of the receiving port whose count is compared; NULL when every "
         "slot is compared with the same slot of the sending port.",
     )
+
+
+class DeletedSnapshotFile(Base):
+    """An instance snapshot file that ``snapreg gc`` deleted: what, when and why.
+
+    Written by :mod:`snapreg.cleanup`, not by the registry: the nodes that named the
+    file stay as history, and this row says the file is gone.
+    """
+
+    __tablename__ = "deleted_snapshot_file"
+    __table_args__ = {
+        "comment": "Instance snapshot files deleted by snapreg gc, with when and why."
+    }
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, comment="Row id.")
+    campaign_id: Mapped[int] = mapped_column(
+        ForeignKey("campaign.id", ondelete="CASCADE"),
+        index=True,
+        comment="The campaign whose garbage collection deleted it.",
+    )
+    snapshot_node_id: Mapped[int | None] = mapped_column(
+        ForeignKey("snapshot_node.id", ondelete="SET NULL"),
+        index=True,
+        comment="The snapshot node whose file it was; NULL once that node's row is "
+        "gone.",
+    )
+    path: Mapped[str] = mapped_column(
+        Text, comment="Absolute path of the deleted file, as the node named it."
+    )
+    bytes: Mapped[int] = mapped_column(
+        BigInteger, comment="Size of the file when it was deleted."
+    )
+    deleted_at: Mapped[datetime] = mapped_column(
+        UtcDateTime, default=utcnow, comment="When it was deleted (UTC)."
+    )
+    reason: Mapped[str] = mapped_column(
+        Text, comment="Why it was deleted, e.g. the snapreg gc --keep setting."
+    )
