@@ -135,30 +135,70 @@ def counts_consistent(
     Returns:
         True iff the two snapshots are consistent.
     """
+    return rules_hold(
+        own_counts,
+        peer_counts,
+        peer_is_restart,
+        compile_rules(own_instance, peer_instance, connections),
+    )
+
+
+class Rule(NamedTuple):
+    """One conduit between two instances, compiled for checking counts quickly.
+
+    ``own_slot`` / ``peer_slot`` are set when one side is a vector port talking to
+    one element: then a single slot of each side is compared. When both are None,
+    the two count lists are compared slot by slot.
+    """
+
+    own_port: str
+    peer_port: str
+    is_sending: bool
+    own_slot: int | None
+    peer_slot: int | None
+
+
+def compile_rules(
+    own_instance: str,
+    peer_instance: str,
+    connections: Iterable[Connection] | Iterable[tuple[Any, Any, ConnectionInfo]],
+) -> tuple[Rule, ...]:
+    """The rules to check between two instances, from their connections."""
+    rules = []
     for own_port, peer_port, info in connections:
         is_sending = bool(info & ConnectionInfo.SELF_IS_SENDING)
-        own = own_counts.get(str(own_port), ())
-        peer = peer_counts.get(str(peer_port), ())
         if info & ConnectionInfo.SELF_IS_VECTOR:
-            slot = last_index(peer_instance)
-            ok = calc_consistency(
-                safe_get(own, slot, 0),
-                safe_get(peer, 0, 0),
-                is_sending,
-                peer_is_restart,
+            rule = Rule(
+                str(own_port), str(peer_port), is_sending, last_index(peer_instance), 0
             )
         elif info & ConnectionInfo.PEER_IS_VECTOR:
-            slot = last_index(own_instance)
-            ok = calc_consistency(
-                safe_get(own, 0, 0),
-                safe_get(peer, slot, 0),
-                is_sending,
-                peer_is_restart,
+            rule = Rule(
+                str(own_port), str(peer_port), is_sending, 0, last_index(own_instance)
             )
         else:
-            ok = calc_consistency_list(own, peer, is_sending, peer_is_restart)
-        if not ok:
-            return False
+            rule = Rule(str(own_port), str(peer_port), is_sending, None, None)
+        rules.append(rule)
+    return tuple(rules)
+
+
+def rules_hold(
+    own_counts: MessageCounts,
+    peer_counts: MessageCounts,
+    peer_is_restart: bool,
+    rules: Iterable[Rule],
+) -> bool:
+    """Whether counts satisfy every compiled rule: :func:`counts_consistent`, fast."""
+    for own_port, peer_port, is_sending, own_slot, peer_slot in rules:
+        own = own_counts.get(own_port, ())
+        peer = peer_counts.get(peer_port, ())
+        if own_slot is None or peer_slot is None:
+            if not calc_consistency_list(own, peer, is_sending, peer_is_restart):
+                return False
+        else:
+            own_count = own[own_slot] if own_slot < len(own) else 0
+            peer_count = peer[peer_slot] if peer_slot < len(peer) else 0
+            if not calc_consistency(own_count, peer_count, is_sending, peer_is_restart):
+                return False
     return True
 
 
@@ -393,6 +433,19 @@ class Topology:
 
     @cached_property
     def _peer_cache(self) -> dict[str, frozenset[str]]:
+        return {}
+
+    def rules(self, instance: str, peer: str) -> tuple[Rule, ...]:
+        """The compiled consistency rules between ``instance`` and ``peer``."""
+        key = (instance, peer)
+        cached = self._rule_cache.get(key)
+        if cached is None:
+            cached = compile_rules(instance, peer, self.connections(instance, peer))
+            self._rule_cache[key] = cached
+        return cached
+
+    @cached_property
+    def _rule_cache(self) -> dict[tuple[str, str], tuple[Rule, ...]]:
         return {}
 
     @cached_property

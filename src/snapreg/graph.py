@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from snapreg.consistency import Topology, counts_consistent
+from snapreg.consistency import Topology, rules_hold
 from snapreg.metadata import SnapshotMetadata
 
 Policy = Literal["all", "latest"]
@@ -148,15 +148,13 @@ class ActiveGraph:
         consistent: list[GraphNode] = []
         own_counts = node.metadata.port_message_counts
         for peer in node.peers:
-            connections = self.topology.connections(node.instance, peer)
+            rules = self.topology.rules(node.instance, peer)
             for peer_node in self.nodes[peer]:
-                if counts_consistent(
-                    node.instance,
+                if rules_hold(
                     own_counts,
-                    peer,
                     peer_node.metadata.port_message_counts,
                     peer_node.is_restart,
-                    connections,
+                    rules,
                 ):
                     self._link(node, peer_node)
                     consistent.append(peer_node)

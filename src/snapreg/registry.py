@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import ymmsl
-from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy import Connection, Table, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from snapreg import models, queries
@@ -100,11 +100,31 @@ _NODE = cast(Table, models.SnapshotNode.__table__)
 _EDGE = cast(Table, models.ConsistentPair.__table__)
 _WORKFLOW_SNAPSHOT = cast(Table, models.WorkflowSnapshot.__table__)
 _MEMBER = cast(Table, models.WorkflowSnapshotMember.__table__)
-_INSERT_NODES = insert(_NODE).returning(_NODE.c.id, sort_by_parameter_order=True)
 _INSERT_EDGE = insert(_EDGE)
-_INSERT_WORKFLOW_SNAPSHOTS = insert(_WORKFLOW_SNAPSHOT).returning(
-    _WORKFLOW_SNAPSHOT.c.id, sort_by_parameter_order=True
-)
+
+
+def allocate_ids(connection: Connection, table: Table, count: int) -> list[int]:
+    """Reserve ``count`` new row ids of ``table``, ascending, in this transaction.
+
+    With the ids known in advance a batch is one plain multi-row insert; asking
+    the database for them with INSERT ... RETURNING in parameter order makes
+    SQLAlchemy fall back to one statement per row on SQLite. SQLite: the writer
+    holds the database's write lock from BEGIN IMMEDIATE, so max(id) + 1 onwards
+    is free. PostgreSQL: the column's own sequence.
+    """
+    if count == 0:
+        return []
+    if connection.dialect.name == "postgresql":
+        rows = connection.execute(
+            text(
+                "SELECT nextval(pg_get_serial_sequence(:table, 'id'))"
+                " FROM generate_series(1, :count)"
+            ),
+            {"table": table.name, "count": count},
+        ).scalars()
+        return sorted(rows)
+    highest = connection.execute(select(func.max(table.c.id))).scalar() or 0
+    return list(range(highest + 1, highest + 1 + count))
 
 
 def default_database_url(snapshot_folder: Path | None) -> str:
@@ -806,20 +826,21 @@ class SnapshotRegistry(threading.Thread):
 
         def work(connection: Connection) -> Sequence[int]:
             self._heartbeat_if_due(connection)
-            return connection.scalars(
-                insert(_SUBMISSION).returning(
-                    _SUBMISSION.c.id, sort_by_parameter_order=True
-                ),
+            submission_ids = allocate_ids(connection, _SUBMISSION, len(batch))
+            connection.execute(
+                insert(_SUBMISSION),
                 [
                     {
+                        "id": submission_id,
                         "run_id": self._run_id,
                         "instance": item.instance,
                         "snapshot_metadata": queries.metadata_to_json(item.metadata),
                         "submitted_at": now,
                     }
-                    for item in batch
+                    for item, submission_id in zip(batch, submission_ids, strict=True)
                 ],
-            ).all()
+            )
+            return submission_ids
 
         ids: Sequence[int] = ()
         error: BaseException | None = None
@@ -944,10 +965,14 @@ class SnapshotRegistry(threading.Thread):
     ) -> None:
         """Insert a batch's rows: nodes, edges, workflow snapshots, members."""
         self._heartbeat_if_due(connection)
-        node_ids = connection.scalars(
-            _INSERT_NODES,
+        node_ids = allocate_ids(connection, _NODE, len(batch.nodes))
+        for (node, _), node_id in zip(batch.nodes, node_ids, strict=True):
+            node.id = node_id
+        connection.execute(
+            insert(_NODE),
             [
                 {
+                    "id": node.id,
                     "run_id": self._run_id,
                     "instance": node.instance,
                     "num": node.num,
@@ -958,9 +983,7 @@ class SnapshotRegistry(threading.Thread):
                 }
                 for node, submission_id in batch.nodes
             ],
-        ).all()
-        for (node, _), node_id in zip(batch.nodes, node_ids, strict=True):
-            node.id = node_id
+        )
         if batch.edges:
             connection.execute(
                 _INSERT_EDGE,
@@ -973,10 +996,14 @@ class SnapshotRegistry(threading.Thread):
                 ],
             )
         if batch.workflow_snapshots:
-            snapshot_ids = connection.scalars(
-                _INSERT_WORKFLOW_SNAPSHOTS,
+            snapshot_ids = allocate_ids(
+                connection, _WORKFLOW_SNAPSHOT, len(batch.workflow_snapshots)
+            )
+            connection.execute(
+                insert(_WORKFLOW_SNAPSHOT),
                 [
                     {
+                        "id": snapshot_id,
                         "run_id": self._run_id,
                         # without a folder there is no file; keep paths unique
                         "path": str(item.path.resolve())
@@ -985,9 +1012,11 @@ class SnapshotRegistry(threading.Thread):
                         "description": item.description,
                         "created_at": now,
                     }
-                    for item in batch.workflow_snapshots
+                    for item, snapshot_id in zip(
+                        batch.workflow_snapshots, snapshot_ids, strict=True
+                    )
                 ],
-            ).all()
+            )
             member_rows: list[dict[str, int]] = []
             for item, snapshot_id in zip(
                 batch.workflow_snapshots, snapshot_ids, strict=True
