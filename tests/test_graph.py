@@ -10,11 +10,11 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from support.streams import Stream, all_streams, macro_micro, near_miss
 
 from snapreg.consistency import Topology
 from snapreg.graph import ActiveGraph, GraphNode, Policy
 from snapreg.metadata import coerce_metadata, restart_metadata
+from support.streams import Stream, all_streams, macro_micro, near_miss
 
 SMALL_STREAMS = [stream for stream in all_streams(2) if len(stream.instances()) <= 6]
 
@@ -60,7 +60,9 @@ def replay(stream: Stream, policy: Policy) -> int:
             assert frozenset(newest) in expected
             newest_num = {member.instance: member.num for member in newest}
             for other in expected:
-                assert all(member.num <= newest_num[member.instance] for member in other)
+                assert all(
+                    member.num <= newest_num[member.instance] for member in other
+                )
         else:
             assert found == []
         checked += len(expected)
