@@ -1,0 +1,94 @@
+"""A registration costs a bounded number of statements, whatever the scale.
+
+Counts every statement SQLAlchemy sends (an executemany counts once: the driver
+sends its rows in one go) during each ``add_snapshot``. The bound must not grow with
+the number of instances, with the number of workflow snapshots a registration
+completes, or with the history a run has accumulated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event
+
+from snapreg import SnapshotRegistry
+from support.streams import Stream, macro_micro
+
+# node ids, nodes, edges; workflow snapshot ids, snapshots, members, retirement;
+# the writer's heartbeat now and then
+MAX_STATEMENTS = 8
+
+
+@contextmanager
+def counting() -> Iterator[list[int]]:
+    counter = [0]
+
+    def count(*args: Any) -> None:
+        counter[0] += 1
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        yield counter
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+
+
+def statements_per_registration(
+    registry: SnapshotRegistry, stream: Stream
+) -> list[int]:
+    counts = []
+    with counting() as counter:
+        for instance, metadata in stream.registrations:
+            before = counter[0]
+            registry.add_snapshot(instance, metadata)
+            counts.append(counter[0] - before)
+    return counts
+
+
+@pytest.mark.parametrize("micro", [1, 30, 300])
+def test_statements_do_not_grow_with_instances(
+    persistent_database_url: str, micro: int
+) -> None:
+    stream = macro_micro(5, num_micro=micro, num_steps=3, micro_intermediate=False)
+    with SnapshotRegistry(
+        stream.config, None, database_url=persistent_database_url
+    ) as registry:
+        counts = statements_per_registration(registry, stream)
+        found = len(registry.workflow_snapshots())
+    assert found > 0  # the bound covers registrations that complete snapshots
+    assert max(counts) <= MAX_STATEMENTS, counts
+
+
+def test_statements_do_not_grow_with_history(persistent_database_url: str) -> None:
+    stream = macro_micro(6, num_micro=4, num_steps=60, micro_intermediate=False)
+    half = len(stream.registrations) // 2
+    early = Stream(stream.name, stream.config, stream.registrations[:half])
+    late = Stream(stream.name, stream.config, stream.registrations[half:])
+    with SnapshotRegistry(
+        stream.config, None, database_url=persistent_database_url
+    ) as registry:
+        first = statements_per_registration(registry, early)
+        retired_before_late = sum(
+            1 for node in registry.history("macro") if not node.active
+        )
+        second = statements_per_registration(registry, late)
+    assert retired_before_late > 20
+    assert max(second) <= max(first) <= MAX_STATEMENTS
+
+
+def test_workflow_snapshots_per_registration_do_not_add_statements(
+    persistent_database_url: str,
+) -> None:
+    # several micro candidates: one registration completes many workflow snapshots
+    stream = macro_micro(7, num_micro=5, num_steps=3, intermediates_per_reuse=2)
+    with SnapshotRegistry(
+        stream.config, None, database_url=persistent_database_url
+    ) as registry:
+        counts = statements_per_registration(registry, stream)
+        total = len(registry.workflow_snapshots())
+    assert total > len(stream.registrations)  # more snapshots than registrations
+    assert max(counts) <= MAX_STATEMENTS, counts
