@@ -1,0 +1,570 @@
+"""Rebuild a campaign from a MUSCLE3 run directory: ``snapreg import``.
+
+A run directory of ``muscle_manager`` (stock, or ``snapreg manage`` whose database
+was lost) holds everything the snapshot registry was told: the configuration
+(``configuration.ymmsl``) and, per instance, every snapshot file it saved
+(``instances/<instance>/snapshots/<instance>_<n>.pack``, numbered in the order it
+took them). Each file is read with libmuscle's own code
+(``SnapshotManager.load_snapshot_from_file`` and ``SnapshotMetadata.from_snapshot``,
+exactly as the instance built the metadata it sent), and the snapshots are fed to a
+:class:`~snapreg.registry.SnapshotRegistry` as a new run of the campaign, which
+writes the workflow snapshot files into ``RUN_DIR/snapreg_import``.
+
+The order of registrations matters. Each instance's own snapshots go in the order
+it took them. Across instances the manager saw them in the order they arrived,
+which the run directory does not record; the closest record is the wallclock time
+in each snapshot (seconds since the manager started, the same clock for every
+instance), so instances are interleaved by it. An instance that resumed stores the
+snapshot it resumed from again as its first file, with the old wallclock time;
+those copies were sent first thing at start-up and go first.
+
+Where registrations of different instances lie further apart than the manager's
+own scheduling jitter (a few milliseconds), this gives the same workflow snapshots
+as the manager wrote. Where they race, MUSCLE3's clean-up makes the result depend
+on who came first, and the manager's own output differs from run to run. When the
+manager left its workflow snapshot files in ``RUN_DIR/snapshots``, they tell who
+came first: the registrations are replayed in memory (on the registry's own
+:class:`~snapreg.graph.ActiveGraph`), and where the replay finds workflow
+snapshots other than the manager's next ones, the other instances' next snapshots
+within the race window are tried first, so that the import finds what the manager
+found. :func:`compare_with_manager` says how the result compares with those files.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import ymmsl
+
+from snapreg.consistency import Topology
+from snapreg.errors import ConfigurationError, NotFoundError
+from snapreg.graph import ActiveGraph, GraphNode
+from snapreg.metadata import coerce_metadata, restart_metadata
+from snapreg.muscle3 import INSTALL_HINT, Muscle3NotInstalledError
+from snapreg.reader import DatabaseReader
+from snapreg.registry import SnapshotRegistry
+from snapreg.snapshot import WorkflowSnapshot
+
+#: The folder inside the run directory that receives the rebuilt workflow snapshots.
+IMPORT_FOLDER = "snapreg_import"
+CONFIGURATION_FILE = "configuration.ymmsl"
+
+Phase = Literal["reading", "registering"]
+Progress = Callable[[Phase, int, int], None]
+"""Called with the phase, how many items are done and how many there are."""
+
+#: A workflow snapshot as a set of (instance, snapshot file below the run directory).
+ResumeKey = frozenset[tuple[str, str]]
+
+#: Snapshots of different instances taken this close together (wallclock seconds)
+#: may have reached the manager in either order.
+RACE_WINDOW = 0.5
+#: At most this many other orders are tried for one registration.
+MAX_TRIALS = 32
+
+
+@dataclass(frozen=True)
+class SnapshotFile:
+    """One instance snapshot file of the run directory, and what it holds.
+
+    Attributes:
+        instance: The instance that saved it.
+        number: Its number in the file name: the instance's order of taking them.
+        path: Where it is.
+        metadata: The metadata libmuscle built from it (a
+            ``libmuscle.snapshot.SnapshotMetadata``).
+        is_resume_copy: Whether it is the copy of the snapshot the instance
+            resumed from, stored again when it started.
+    """
+
+    instance: str
+    number: int
+    path: Path
+    metadata: Any
+    is_resume_copy: bool
+
+
+@dataclass(frozen=True)
+class ManagerComparison:
+    """The imported workflow snapshots next to the files the manager wrote.
+
+    Attributes:
+        manager_files: Workflow snapshot files in ``RUN_DIR/snapshots``.
+        imported: Workflow snapshots the import found.
+        in_both: How many of the manager's are among the imported ones.
+    """
+
+    manager_files: int
+    imported: int
+    in_both: int
+
+    @property
+    def equal(self) -> bool:
+        """Whether both are the same set of workflow snapshots."""
+        return self.in_both == self.manager_files == self.imported
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import did.
+
+    Attributes:
+        campaign: The campaign it added a run to.
+        run: The new run's number.
+        snapshots: Instance snapshots registered.
+        workflow_snapshots: The workflow snapshots found, oldest first.
+        resumed_from: The workflow snapshot of the campaign whose resume section
+            the run's configuration has, if any.
+        snapshot_folder: Where the workflow snapshot files were written.
+        comparison: How they compare with the manager's files, when it left some.
+    """
+
+    campaign: str
+    run: int
+    snapshots: int
+    workflow_snapshots: list[WorkflowSnapshot]
+    resumed_from: int | None
+    snapshot_folder: Path
+    comparison: ManagerComparison | None
+
+
+def import_run_directory(
+    run_dir: Path,
+    database_url: str,
+    *,
+    campaign: str | None = None,
+    progress: Progress | None = None,
+) -> ImportResult:
+    """Rebuild a run from a MUSCLE3 run directory, as a new run of a campaign.
+
+    Args:
+        run_dir: The run directory (``muscle_manager --run-dir``).
+        database_url: Where the campaign lives (created on first use).
+        campaign: The campaign; default: the model's name.
+        progress: Told how far reading and registering have come.
+
+    Raises:
+        Muscle3NotInstalledError: MUSCLE3 is missing (its code reads the files).
+        ConfigurationError: not a run directory, an unreadable configuration or
+            snapshot file, or a run directory this campaign already holds.
+        SnapregError: the database cannot be used (see SnapshotRegistry).
+    """
+    run_dir = run_dir.resolve()
+    configuration = load_configuration(run_dir)
+    topology = Topology.from_configuration(configuration)
+    name = campaign or topology.model_name
+    folder = run_dir / IMPORT_FOLDER
+    existing = _existing_workflow_snapshots(database_url, name, run_dir)
+    files = read_snapshot_files(run_dir, topology, configuration, progress)
+    resumed_from = _resumed_from(configuration, existing)
+    folder.mkdir(exist_ok=True)
+    registry = SnapshotRegistry(
+        configuration,
+        folder,
+        database_url=database_url,
+        campaign=name,
+        new_run=True,
+        resumed_from=resumed_from,
+    )
+    try:
+        ordered = registration_order(
+            files, topology, manager_workflow_snapshots(run_dir)
+        )
+        for done, snapshot_file in enumerate(ordered, start=1):
+            registry.add_snapshot(snapshot_file.instance, snapshot_file.metadata)
+            if progress is not None:
+                progress("registering", done, len(ordered))
+        run_number = registry.run_number
+        found = [
+            snapshot
+            for snapshot in registry.workflow_snapshots()
+            if snapshot.run == run_number
+        ]
+    finally:
+        registry.close()
+    return ImportResult(
+        campaign=name,
+        run=run_number,
+        snapshots=len(files),
+        workflow_snapshots=found,
+        resumed_from=resumed_from,
+        snapshot_folder=folder,
+        comparison=compare_with_manager(run_dir, found),
+    )
+
+
+def load_configuration(run_dir: Path) -> Any:
+    """The configuration the manager saved in the run directory.
+
+    Raises:
+        ConfigurationError: there is none, or it cannot be read.
+    """
+    path = run_dir / CONFIGURATION_FILE
+    if not path.is_file():
+        raise ConfigurationError(
+            f"{run_dir} is not a MUSCLE3 run directory: it has no {CONFIGURATION_FILE}"
+        )
+    try:
+        return ymmsl.load(path)
+    except Exception as err:  # yatiml raises many kinds; all mean unreadable
+        raise ConfigurationError(f"cannot read {path}: {err}") from err
+
+
+def read_snapshot_files(
+    run_dir: Path,
+    topology: Topology,
+    configuration: Any,
+    progress: Progress | None = None,
+) -> list[SnapshotFile]:
+    """Every instance's snapshot files, each instance's in the order it took them.
+
+    Raises:
+        Muscle3NotInstalledError: MUSCLE3 is missing.
+        ConfigurationError: a file libmuscle cannot read.
+    """
+    load_file, build_metadata = _libmuscle_snapshot_reader()
+    resumed = {str(instance) for instance in (configuration.resume or {})}
+    found: list[tuple[str, int, Path]] = []
+    for instance in topology.instances:
+        folder = run_dir / "instances" / instance / "snapshots"
+        if not folder.is_dir():
+            continue
+        # libmuscle names them <instance, brackets as dashes>_<n>.pack
+        prefix = instance.replace("[", "-").replace("]", "")
+        pattern = re.compile(re.escape(prefix) + r"_(\d+)\.pack")
+        numbered = sorted(
+            (int(match[1]), entry)
+            for entry in folder.iterdir()
+            if (match := pattern.fullmatch(entry.name)) and entry.is_file()
+        )
+        found.extend((instance, number, path) for number, path in numbered)
+    files: list[SnapshotFile] = []
+    first_of: set[str] = set()
+    for done, (instance, number, path) in enumerate(found, start=1):
+        try:
+            snapshot = load_file(path)
+        except Exception as err:  # libmuscle raises RuntimeError and msgpack's own
+            raise ConfigurationError(
+                f"cannot read snapshot file {path}: {err}"
+            ) from err
+        files.append(
+            SnapshotFile(
+                instance=instance,
+                number=number,
+                path=path,
+                metadata=build_metadata(snapshot, str(path)),
+                is_resume_copy=instance in resumed and instance not in first_of,
+            )
+        )
+        first_of.add(instance)
+        if progress is not None:
+            progress("reading", done, len(found))
+    return files
+
+
+def registration_order(
+    files: Iterable[SnapshotFile],
+    topology: Topology,
+    manager_snapshots: list[ResumeKey] | None = None,
+) -> list[SnapshotFile]:
+    """The order in which to register the snapshots.
+
+    Args:
+        files: Every snapshot file of the run.
+        topology: The run's model.
+        manager_snapshots: The manager's workflow snapshots in the order it wrote
+            them, if it left them: then races are settled their way.
+    """
+    queues = _instance_queues(files)
+    ordered = _interleave(queues, _first)
+    if manager_snapshots is None:
+        return ordered
+    replay = _Replay(topology)
+    found: list[ResumeKey] = []
+    for snapshot_file in ordered:
+        found.extend(replay.register(snapshot_file))
+    if set(found) == set(manager_snapshots):
+        return ordered
+    return _interleave(queues, _GuidedChoice(topology, manager_snapshots))
+
+
+def _instance_queues(files: Iterable[SnapshotFile]) -> dict[str, list[SnapshotFile]]:
+    queues: dict[str, list[SnapshotFile]] = {}
+    for snapshot_file in files:
+        queues.setdefault(snapshot_file.instance, []).append(snapshot_file)
+    for queue in queues.values():
+        queue.sort(key=lambda item: item.number)
+    return queues
+
+
+_Key = tuple[bool, float, int, int]
+Chooser = Callable[[list[SnapshotFile]], SnapshotFile]
+
+
+def _interleave(
+    queues: dict[str, list[SnapshotFile]], choose: Chooser
+) -> list[SnapshotFile]:
+    """Merge the instances' queues, each kept in order.
+
+    ``choose`` picks the next registration among the instances' next files,
+    which it gets ordered as the manager most likely saw them: resume copies
+    first, then by wallclock time, modification time and instance.
+    """
+    rank = {instance: position for position, instance in enumerate(queues)}
+    positions = {instance: 0 for instance in queues}
+
+    def key(item: SnapshotFile) -> _Key:
+        return (
+            not item.is_resume_copy,
+            float(item.metadata.wallclock_time),
+            _modified_ns(item.path),
+            rank[item.instance],
+        )
+
+    heads = {instance: key(queue[0]) for instance, queue in queues.items() if queue}
+    ordered: list[SnapshotFile] = []
+    while heads:
+        candidates = [
+            queues[instance][positions[instance]]
+            for instance in sorted(heads, key=heads.__getitem__)
+        ]
+        chosen = choose(candidates)
+        ordered.append(chosen)
+        instance = chosen.instance
+        positions[instance] += 1
+        if positions[instance] < len(queues[instance]):
+            heads[instance] = key(queues[instance][positions[instance]])
+        else:
+            del heads[instance]
+    return ordered
+
+
+def _first(candidates: list[SnapshotFile]) -> SnapshotFile:
+    return candidates[0]
+
+
+class _GuidedChoice:
+    """Settle races the way the manager did, as its files show.
+
+    The next registration is the default one, unless it would find workflow
+    snapshots other than the manager's next ones: then the other instances' next
+    snapshots within :data:`RACE_WINDOW` are tried, each on a copy of the
+    replayed graph, and the first whose outcome matches goes first. When none
+    does, the default one goes first after all.
+    """
+
+    def __init__(self, topology: Topology, manager_snapshots: list[ResumeKey]) -> None:
+        self.replay = _Replay(topology)
+        self.manager_snapshots = manager_snapshots
+        self.matched = 0  # how many of the manager's have been found so far
+
+    def __call__(self, candidates: list[SnapshotFile]) -> SnapshotFile:
+        first = candidates[0]
+        latest = float(first.metadata.wallclock_time) + RACE_WINDOW
+        racing = [
+            candidate
+            for candidate in candidates[1:MAX_TRIALS]
+            if candidate.is_resume_copy
+            or float(candidate.metadata.wallclock_time) <= latest
+        ]
+        if not racing:  # nothing else could have come first: no copy needed
+            self.matched += len(self.replay.register(first))
+            return first
+        fallback: tuple[_Replay, int] | None = None
+        for candidate in [first, *racing]:
+            trial = self.replay.copy()
+            found = trial.register(candidate)
+            expected = self.manager_snapshots[self.matched : self.matched + len(found)]
+            if fallback is None:
+                fallback = (trial, len(found))
+            if not found or set(found) == set(expected):
+                self.replay = trial
+                self.matched += len(found)
+                return candidate
+        assert fallback is not None
+        self.replay, found_count = fallback
+        self.matched += found_count
+        return first
+
+
+class _Replay:
+    """Registrations replayed in memory, on the registry's own graph code."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.graph = ActiveGraph(topology)
+        self.next_id = 1
+        restart = restart_metadata()
+        for instance in topology.instances:  # restart nodes first, as the registry
+            self._add(instance, restart, is_restart=True)
+
+    def _add(self, instance: str, metadata: Any, *, is_restart: bool) -> GraphNode:
+        node = self.graph.new_node(self.next_id, instance, metadata, is_restart)
+        self.next_id += 1
+        self.graph.add(node)
+        return node
+
+    def register(self, snapshot_file: SnapshotFile) -> list[ResumeKey]:
+        """Register one snapshot; return the workflow snapshots it completes."""
+        node = self._add(
+            snapshot_file.instance,
+            coerce_metadata(snapshot_file.metadata),
+            is_restart=False,
+        )
+        found = self.graph.find_workflow_snapshots(node)
+        if found:
+            self.graph.retire(self.graph.plan_retirement(found))
+        return [
+            resume_key(
+                (member.instance, member.metadata.snapshot_filename)
+                for member in members
+                if not member.is_restart
+            )
+            for members in found
+        ]
+
+    def copy(self) -> _Replay:
+        """An independent copy (the topology and the metadata are shared)."""
+        memo: dict[int, Any] = {id(self.topology): self.topology}
+        for nodes in self.graph.nodes.values():
+            for node in nodes:
+                memo[id(node.metadata)] = node.metadata
+        return copy.deepcopy(self, memo)
+
+
+def manager_workflow_snapshots(run_dir: Path) -> list[ResumeKey] | None:
+    """The workflow snapshots the manager wrote to ``RUN_DIR/snapshots``, in the
+    order it wrote them; None when it left none.
+
+    Raises:
+        ConfigurationError: a file that cannot be read.
+    """
+    folder = run_dir / "snapshots"
+    paths = list(folder.glob("snapshot_*.ymmsl")) if folder.is_dir() else []
+    if not paths:
+        return None
+    written: list[ResumeKey] = []
+    for path in sorted(paths, key=_written_order):
+        try:
+            document: Any = ymmsl.load(path)
+        except Exception as err:  # yatiml raises many kinds; all mean unreadable
+            raise ConfigurationError(f"cannot read {path}: {err}") from err
+        written.append(
+            resume_key((str(k), str(v)) for k, v in (document.resume or {}).items())
+        )
+    return written
+
+
+def _written_order(path: Path) -> tuple[str, int]:
+    """``snapshot_<date>_<time>[_<n>].ymmsl``: by the second, then by n."""
+    stem = path.stem
+    base, _, counter = stem.rpartition("_")
+    if base.count("_") == 2 and counter.isdigit():
+        return base, int(counter)
+    return stem, -1
+
+
+def compare_with_manager(
+    run_dir: Path, imported: Iterable[WorkflowSnapshot]
+) -> ManagerComparison | None:
+    """Compare imported workflow snapshots with the manager's files, if any.
+
+    Both are compared as sets of (instance, snapshot file below the run
+    directory), so a run directory that was moved compares equal.
+    """
+    written = manager_workflow_snapshots(run_dir)
+    if written is None:
+        return None
+    found = {
+        resume_key(
+            (str(instance), str(path)) for instance, path in snapshot.resume.items()
+        )
+        for snapshot in imported
+    }
+    return ManagerComparison(
+        manager_files=len(set(written)),
+        imported=len(found),
+        in_both=len(set(written) & found),
+    )
+
+
+def resume_key(resume: Iterable[tuple[str, str]]) -> ResumeKey:
+    """A resume mapping with each file named from its ``instances/`` folder on."""
+    return frozenset((instance, _below_run_dir(path)) for instance, path in resume)
+
+
+def _below_run_dir(path: str) -> str:
+    parts = Path(path).parts
+    if "instances" in parts:
+        index = len(parts) - 1 - parts[::-1].index("instances")
+        return "/".join(parts[index:])
+    return path
+
+
+def _modified_ns(path: Path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _libmuscle_snapshot_reader() -> tuple[Callable[[Path], Any], Callable[..., Any]]:
+    try:
+        manager = importlib.import_module("libmuscle.snapshot_manager")
+        snapshot = importlib.import_module("libmuscle.snapshot")
+    except ImportError as err:
+        raise Muscle3NotInstalledError(
+            f"snapreg import reads snapshot files with MUSCLE3's own code (cannot"
+            f" import {err.name}); install it with: {INSTALL_HINT}"
+        ) from err
+    return (
+        manager.SnapshotManager.load_snapshot_from_file,
+        snapshot.SnapshotMetadata.from_snapshot,
+    )
+
+
+def _existing_workflow_snapshots(
+    database_url: str, campaign: str, run_dir: Path
+) -> list[WorkflowSnapshot]:
+    """The campaign's workflow snapshots, refusing a run directory it already has.
+
+    Raises:
+        ConfigurationError: a run of the campaign already writes into this run
+            directory.
+    """
+    try:
+        with DatabaseReader(database_url) as reader:
+            summaries = {summary.name: summary for summary in reader.campaigns()}
+            if campaign not in summaries:
+                return []
+            for run in summaries[campaign].runs:
+                if run.snapshot_folder is not None and Path(run.snapshot_folder) in (
+                    run_dir / "snapshots",
+                    run_dir / IMPORT_FOLDER,
+                ):
+                    raise ConfigurationError(
+                        f"campaign {campaign!r} already holds {run_dir} as run"
+                        f" {run.number}; import it into another campaign with"
+                        " --campaign"
+                    )
+            return reader.workflow_snapshots(campaign)
+    except NotFoundError:  # no database yet: nothing there
+        return []
+
+
+def _resumed_from(configuration: Any, existing: list[WorkflowSnapshot]) -> int | None:
+    """The campaign's workflow snapshot whose resume section the run started from."""
+    resume = {str(k): str(v) for k, v in (configuration.resume or {}).items()}
+    if not resume:
+        return None
+    for snapshot in reversed(existing):
+        if {str(k): str(v) for k, v in snapshot.resume.items()} == resume:
+            return snapshot.id
+    return None
