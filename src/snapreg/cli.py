@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 from rich.console import Console
@@ -643,6 +643,218 @@ def _unreachable(location: str, err: SQLAlchemyError) -> SnapregError:
 # ------------------------------------------------------------------------ sql
 
 cli.add_command(sql_command)
+
+
+# ------------------------------------------- explain, plot, gc, import (issue 7)
+# Each command is a thin shell over its module: snapreg.explain, snapreg.plot,
+# snapreg.cleanup and snapreg.importer.
+
+
+@cli.command()
+@database_option
+@campaign_option
+@run_option
+@click.option(
+    "--candidates",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="For a peer without a consistent node: how many of its active nodes to"
+    " show with their mismatches, newest first (0: all).",
+)
+@json_option
+def explain(
+    database_url: str,
+    campaign: str | None,
+    run_number: int | None,
+    candidates: int,
+    as_json: bool,
+) -> None:
+    """Why the newest workflow snapshot is as old as it is.
+
+    For the newest snapshot of every instance in the campaign's newest run (or
+    --run N): which peers have no consistent snapshot, and on which conduit, port
+    and slot their message counts disagree (sender's count, receiver's count, and
+    the rule that failed: strong, weak or restart).
+    """
+    from snapreg.explain import explain_campaign, explanation_json, explanation_lines
+
+    found = explain_campaign(
+        database_url, campaign, run=run_number, candidates=candidates
+    )
+    if as_json:
+        _print_json(explanation_json(found))
+        return
+    for line in explanation_lines(found):
+        click.echo(line)
+
+
+@cli.command()
+@database_option
+@campaign_option
+@run_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="PNG, SVG or HTML file (by its suffix); default: CAMPAIGN-runN.png.",
+)
+@click.option(
+    "--time",
+    "time_axis",
+    type=click.Choice(["wallclock", "simulation"]),
+    default="wallclock",
+    show_default=True,
+    help="Place snapshots by wallclock time or by simulation time.",
+)
+@click.option("--no-pairs", is_flag=True, help="Leave out the consistent-pair lines.")
+@json_option
+def plot(
+    database_url: str,
+    campaign: str | None,
+    run_number: int | None,
+    output: Path | None,
+    time_axis: Literal["wallclock", "simulation"],
+    no_pairs: bool,
+    as_json: bool,
+) -> None:
+    """Draw a run's snapshots as a timeline picture.
+
+    One lane per instance, grouped by component; snapshots by time (intermediate
+    and final drawn differently, retired ones faded); consistent pairs as thin
+    lines; workflow snapshots as cuts across the lanes, the newest in red. Needs
+    matplotlib: pip install 'snapreg[plot]'.
+    """
+    from snapreg.plot import plot_campaign
+
+    summary = plot_campaign(
+        database_url,
+        campaign,
+        output,
+        run=run_number,
+        time_axis=time_axis,
+        pairs=not no_pairs,
+    )
+    if as_json:
+        _print_json(
+            {
+                "path": str(summary.path.resolve()),
+                "campaign": summary.campaign,
+                "run": summary.run,
+                "lanes": summary.lanes,
+                "components": summary.components,
+                "nodes": summary.nodes,
+                "not_placed": summary.not_placed,
+                "workflow_snapshots": summary.workflow_snapshots,
+            }
+        )
+        return
+    click.echo(
+        f"Wrote {summary.path}: run {summary.run} of campaign {summary.campaign},"
+        f" {summary.lanes} lanes, {summary.nodes} nodes,"
+        f" {summary.workflow_snapshots} workflow snapshots"
+        + (
+            f" ({summary.not_placed} without {time_axis} time left out)"
+            if summary.not_placed
+            else ""
+        )
+    )
+
+
+@cli.command("import")
+@click.argument(
+    "run_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@database_option
+@click.option(
+    "--campaign",
+    metavar="NAME",
+    help="Campaign to add the run to; default: the model's name.",
+)
+@json_option
+def import_command(
+    run_dir: Path, database_url: str, campaign: str | None, as_json: bool
+) -> None:
+    """Rebuild a campaign's run from a MUSCLE3 run directory.
+
+    Reads RUN_DIR/configuration.ymmsl and every instance's snapshot files (with
+    MUSCLE3's own code: pip install 'snapreg[muscle3]'), registers them as a new
+    run of the campaign in the order they were most likely taken, and writes the
+    workflow snapshots found to RUN_DIR/snapreg_import. Nothing is rerun; the
+    result is compared with the files the manager wrote in RUN_DIR/snapshots.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from snapreg.importer import import_run_directory
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=True,
+        disable=as_json or not console.is_terminal,
+    ) as progress_bar:
+        tasks: dict[str, Any] = {}
+
+        def advance(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress_bar.add_task(
+                    f"{phase.capitalize()} snapshots", total=total
+                )
+            progress_bar.update(tasks[phase], completed=done)
+
+        result = import_run_directory(
+            run_dir, database_url, campaign=campaign, progress=advance
+        )
+    comparison = result.comparison
+    if as_json:
+        _print_json(
+            {
+                "campaign": result.campaign,
+                "run": result.run,
+                "snapshots": result.snapshots,
+                "resumed_from": result.resumed_from,
+                "snapshot_folder": str(result.snapshot_folder),
+                "workflow_snapshots": [
+                    _workflow_snapshot_json(snapshot)
+                    for snapshot in result.workflow_snapshots
+                ],
+                "manager": None
+                if comparison is None
+                else {
+                    "files": comparison.manager_files,
+                    "in_both": comparison.in_both,
+                    "equal": comparison.equal,
+                },
+            }
+        )
+        return
+    found = len(result.workflow_snapshots)
+    click.echo(
+        f"Imported {run_dir} as run {result.run} of campaign {result.campaign!r}:"
+        f" {_count(result.snapshots, 'snapshot')},"
+        f" {_count(found, 'workflow snapshot')} (files in"
+        f" {_display_path(result.snapshot_folder)})."
+    )
+    if result.resumed_from is not None:
+        click.echo(f"It resumed from workflow snapshot {result.resumed_from}.")
+    if comparison is None:
+        click.echo("The manager left no workflow snapshot files to compare with.")
+    elif comparison.equal:
+        click.echo(
+            f"They equal the {comparison.manager_files} the manager wrote in"
+            " RUN_DIR/snapshots."
+        )
+    else:
+        click.echo(
+            f"{comparison.in_both} of the {comparison.manager_files} the manager"
+            f" wrote in RUN_DIR/snapshots are among them: snapshots taken within"
+            " milliseconds of each other reach the manager in an order the run"
+            " directory does not record (see docs/commands.md)."
+        )
 
 
 # ----------------------------------------------------------------------- main
