@@ -43,7 +43,7 @@ from sqlalchemy import Connection, Table, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from snapreg import models, queries
-from snapreg.consistency import PeerSource, Topology, instance_sort_key
+from snapreg.consistency import PeerSource, Topology, instance_sort_key, split_instance
 from snapreg.database import (
     Durability,
     create_database_engine,
@@ -602,29 +602,29 @@ class SnapshotRegistry(threading.Thread):
         graph = ActiveGraph(self._topology)
         restart = restart_metadata()
         values = queries.node_row_values(restart)
-        rows = [
-            {
-                "run_id": run.id,
-                "instance": instance,
-                "num": 1,
-                "is_restart": True,
-                "registered_at": now,
-                **values,
-            }
-            for instance in self._topology.instances
-        ]
-        ids = session.scalars(
-            insert(models.SnapshotNode).returning(
-                models.SnapshotNode.id, sort_by_parameter_order=True
-            ),
-            rows,
-        ).all()
+        connection = session.connection()
+        ids = allocate_ids(connection, _NODE, len(self._topology.instances))
+        connection.execute(
+            insert(_NODE),
+            [
+                {
+                    "id": node_id,
+                    "run_id": run.id,
+                    "instance": instance,
+                    "num": 1,
+                    "is_restart": True,
+                    "registered_at": now,
+                    **values,
+                }
+                for node_id, instance in zip(ids, self._topology.instances, strict=True)
+            ],
+        )
         edges: list[dict[str, int]] = []
         for node_id, instance in zip(ids, self._topology.instances, strict=True):
             node = graph.new_node(node_id, instance, restart, True)
             edges.extend(_edge_rows(node, graph.add(node)))
         if edges:
-            session.execute(insert(models.ConsistentPair), edges)
+            connection.execute(_INSERT_EDGE, edges)
         # --- topology rows for the SQL views (docs/schema.md, migration 0002) ---
         # The peers of every instance, and every conduit between two peers with the
         # port and slot of each side whose counts must agree (NULL: every slot).
@@ -635,40 +635,30 @@ class SnapshotRegistry(threading.Thread):
             for peer in sorted(topology.peers(instance))
         ]
         if peer_rows:
-            session.execute(insert(models.InstancePeer), peer_rows)
-
-        def element_slot(instance: str) -> int:
-            return int(instance[instance.rindex("[") + 1 : -1])
-
-        conduit_rows = []
-        for conduit in topology.conduits:
-            for sender in topology.instances:
-                if sender.partition("[")[0] != conduit.sender:
-                    continue
-                for receiver in sorted(topology.peers(sender)):
-                    if receiver.partition("[")[0] != conduit.receiver:
-                        continue
-                    sending_slot: int | None = None
-                    receiving_slot: int | None = None
-                    if sender.count("[") < receiver.count("["):
-                        sending_slot, receiving_slot = element_slot(receiver), 0
-                    elif sender.count("[") > receiver.count("["):
-                        sending_slot, receiving_slot = 0, element_slot(sender)
-                    conduit_rows.append(
-                        {
-                            "run_id": run.id,
-                            "sender_instance": sender,
-                            "receiver_instance": receiver,
-                            "conduit": f"{conduit.sender}.{conduit.sending_port} ->"
-                            f" {conduit.receiver}.{conduit.receiving_port}",
-                            "sending_port": conduit.sending_port,
-                            "sending_slot": sending_slot,
-                            "receiving_port": conduit.receiving_port,
-                            "receiving_slot": receiving_slot,
-                        }
-                    )
+            connection.execute(
+                insert(cast(Table, models.InstancePeer.__table__)), peer_rows
+            )
+        conduit_rows = [
+            {
+                "run_id": run.id,
+                "sender_instance": sender,
+                "receiver_instance": receiver,
+                "conduit": f"{split_instance(sender)[0]}.{rule.own_port} ->"
+                f" {split_instance(receiver)[0]}.{rule.peer_port}",
+                "sending_port": rule.own_port,
+                "sending_slot": rule.own_slot,
+                "receiving_port": rule.peer_port,
+                "receiving_slot": rule.peer_slot,
+            }
+            for sender in topology.instances
+            for receiver in sorted(topology.peers(sender))
+            for rule in topology.rules(sender, receiver)
+            if rule.is_sending
+        ]
         if conduit_rows:
-            session.execute(insert(models.InstanceConduit), conduit_rows)
+            connection.execute(
+                insert(cast(Table, models.InstanceConduit.__table__)), conduit_rows
+            )
         # --- end of topology rows ---
         return run
 
