@@ -397,20 +397,13 @@ class SnapshotRegistry(threading.Thread):
 
     def snapshots(self, instance: Any) -> list[SnapshotNode]:
         """The instance's active nodes in this run, ascending num, with their edges."""
-        name = self._topology.check_instance(instance)
-        return self._read(
-            lambda session: queries.nodes_with_edges(
-                session,
-                self._run_id,
-                name,
-                self._topology,
-                self._run_number,
-                active_only=True,
-            )
-        )
+        return self._nodes(instance, active_only=True)
 
     def history(self, instance: Any) -> list[SnapshotNode]:
         """Every node of the instance in this run, retired ones too, with all edges."""
+        return self._nodes(instance, active_only=False)
+
+    def _nodes(self, instance: Any, *, active_only: bool) -> list[SnapshotNode]:
         name = self._topology.check_instance(instance)
         return self._read(
             lambda session: queries.nodes_with_edges(
@@ -419,7 +412,7 @@ class SnapshotRegistry(threading.Thread):
                 name,
                 self._topology,
                 self._run_number,
-                active_only=False,
+                active_only=active_only,
             )
         )
 
