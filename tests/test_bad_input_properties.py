@@ -9,9 +9,9 @@ with an :class:`InvalidInputError`) and leave every row of every table, and ever
 file, exactly as it was; afterwards the registry goes on exactly as MUSCLE3 would.
 
 Budgets: about 200 examples per backend by default; ``SNAPREG_TEST_PROFILE=long``
-multiplies them by 25. Inputs that snapreg wrongly accepts or fails on with a raw
-exception are kept out of the generated strategies and listed, one by one, in the
-strict xfails at the end.
+multiplies them by 25. The holes these properties found (huge numbers, text that
+PostgreSQL cannot store, unchecked constructor arguments) are fixed and kept, one
+by one, as ordinary tests at the end.
 """
 
 from __future__ import annotations
@@ -579,61 +579,31 @@ def test_bad_command_lines_are_refused_and_change_nothing(
     bad()
 
 
-# ----------------------------------------------------- known holes, one by one
+# ------------------------------------------- holes found by the properties, fixed
 
 HUGE = 10**400
-
-
-def _registry_bug(reason: str) -> Any:
-    return pytest.mark.xfail(strict=True, reason=reason)
 
 
 METADATA_BUGS = [
     pytest.param(
         {**NEXT_METADATA, "wallclock_time": HUGE},
         id="wallclock beyond float",
-        marks=_registry_bug(
-            "metadata._float: float(10**400) raises a raw OverflowError; catch it"
-            " and raise InvalidMetadataError"
-        ),
     ),
     pytest.param(
         {**NEXT_METADATA, "timestamp": -HUGE},
         id="timestamp beyond float",
-        marks=_registry_bug(
-            "metadata._float: float(-10**400) raises a raw OverflowError"
-        ),
     ),
     pytest.param(
         {**NEXT_METADATA, "triggers": ["simulation_time \ud800"]},
         id="lone surrogate in a trigger",
-        marks=_registry_bug(
-            "metadata._triggers accepts text that is not valid Unicode (a lone"
-            " surrogate): PostgreSQL refuses it with a raw DataError; SQLite stores"
-            " it, and the first workflow snapshot holding the node commits but its"
-            " file cannot be written (raw UnicodeEncodeError from the description),"
-            " leaving the file missing; reject strings that do not encode as UTF-8"
-        ),
     ),
     pytest.param(
         {**NEXT_METADATA, "snapshot_filename": "/snapshots/\udcff.pack"},
         id="lone surrogate in a file name",
-        marks=_registry_bug(
-            "metadata._filename accepts a lone surrogate: on SQLite"
-            " register_snapshot stores a submission whose node insert always fails"
-            " (raw UnicodeEncodeError), so every later registration and every"
-            " reopen of the run fail; PostgreSQL refuses it with a raw DataError;"
-            " reject names that do not encode as UTF-8"
-        ),
     ),
     pytest.param(
         {**NEXT_METADATA, "triggers": ["simulation_time\x00"]},
         id="NUL in a trigger",
-        marks=_registry_bug(
-            "metadata._triggers accepts NUL characters, which PostgreSQL text and"
-            " JSONB cannot store (raw DataError) and SQLite stores; refuse them on"
-            " both backends, as snapshot_filename already does"
-        ),
     ),
 ]
 
@@ -645,7 +615,7 @@ METADATA_BUGS = [
 def shared_database(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """One database per backend for the known holes; each test has its campaign."""
+    """One database per backend for the fixed holes; each test has its campaign."""
     if request.param == "sqlite-file":
         yield f"sqlite:///{tmp_path_factory.mktemp('holes') / 'holes.sqlite'}"
         return
@@ -670,9 +640,9 @@ def hole(
 
 @pytest.mark.parametrize("metadata", METADATA_BUGS)
 @pytest.mark.parametrize("entry", ["add_snapshot", "register_snapshot"])
-def test_known_metadata_holes(hole: Seeded, entry: str, metadata: Any) -> None:
+def test_metadata_holes_stay_closed(hole: Seeded, entry: str, metadata: Any) -> None:
     call = getattr(hole.registry, entry)
-    refused = hole.refuses("known hole", lambda: call(NEXT_INSTANCE, metadata))
+    refused = hole.refuses("fixed hole", lambda: call(NEXT_INSTANCE, metadata))
     assert isinstance(refused, InvalidInputError)
     hole.finish_like_muscle3()
 
@@ -681,78 +651,49 @@ CONSTRUCTOR_BUGS = [
     pytest.param(
         {"campaign": 123},
         id="campaign not text",
-        marks=_registry_bug(
-            "SnapshotRegistry does not check that campaign is a str: 123 creates a"
-            " campaign (SQLite), a list fails with a raw ProgrammingError"
-        ),
     ),
     pytest.param(
         {"campaign": "c" * 300},
         id="campaign too long",
-        marks=_registry_bug(
-            "campaign.name is String(255): a longer name is stored by SQLite and"
-            " fails with a raw DataError on PostgreSQL; refuse it up front"
-        ),
     ),
     pytest.param(
         {"campaign": "a\x00b"},
         id="NUL in campaign",
-        marks=_registry_bug(
-            "a NUL in the campaign name is stored by SQLite and fails raw on PostgreSQL"
-        ),
     ),
     pytest.param(
         {"snapshot_folder": 3},
         id="folder not a path",
-        marks=_registry_bug("snapshot_folder=3 raises a raw TypeError from Path()"),
     ),
     pytest.param(
         {"writer_timeout": math.nan},
         id="writer timeout NaN",
-        marks=_registry_bug(
-            "writer_timeout NaN passes the '<= 0' check; the heartbeat interval"
-            " becomes NaN and a take-over check raises a raw ValueError; require a"
-            " finite positive number"
-        ),
     ),
     pytest.param(
         {"writer_timeout": math.inf},
         id="writer timeout infinite",
-        marks=_registry_bug(
-            "writer_timeout inf is accepted; timedelta(seconds=inf) raises a raw"
-            " OverflowError when another holder's lease is checked"
-        ),
     ),
     pytest.param(
         {"writer_timeout": "5"},
         id="writer timeout text",
-        marks=_registry_bug("writer_timeout='5' raises a raw TypeError"),
     ),
     pytest.param(
         {"new_run": "no"},
         id="new_run not a bool",
-        marks=_registry_bug(
-            "new_run='no' is truthy and silently starts a new run; require a bool"
-        ),
     ),
     pytest.param(
         {"new_run": True, "resumed_from": 2**70},
         id="resumed_from beyond 64 bits",
-        marks=_registry_bug(
-            "resumed_from=2**70 raises a raw OverflowError from the driver; require"
-            " an int in range (and not a float or str, which are looked up as is)"
-        ),
     ),
 ]
 
 
 @pytest.mark.parametrize("arguments", CONSTRUCTOR_BUGS)
-def test_known_constructor_holes(hole: Seeded, arguments: dict[str, Any]) -> None:
+def test_constructor_holes_stay_closed(hole: Seeded, arguments: dict[str, Any]) -> None:
     hole.registry.close()
     options = {"campaign": hole.campaign, **arguments}
     folder = options.pop("snapshot_folder", hole.folder)
     hole.refuses(
-        "known hole",
+        "fixed hole",
         lambda: SnapshotRegistry(
             STREAM.config, folder, database_url=hole.url, **options
         ),

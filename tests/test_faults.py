@@ -611,18 +611,7 @@ def commit_cutting_url(postgres_url: str) -> Iterator[tuple[str, CommitCuttingPr
         proxy.close()
 
 
-LOST_COMMIT_REASON = (
-    "registry bug: a COMMIT that succeeded on the server but whose answer was lost"
-    " (connection dropped) is retried by run_in_connection as if it had failed,"
-    " so the submission is inserted twice (register_snapshot) and the retried"
-    " processing inserts the same registrations' nodes again (a raw UniqueViolation"
-    " on snapshot_node; the worker dies). Retries after a lost connection must"
-    " first check whether the transaction committed."
-)
-
-
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason=LOST_COMMIT_REASON)
 def test_a_lost_commit_answer_does_not_duplicate_a_submission(
     commit_cutting_url: tuple[str, CommitCuttingProxy], postgres_url: str
 ) -> None:
@@ -640,7 +629,6 @@ def test_a_lost_commit_answer_does_not_duplicate_a_submission(
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason=LOST_COMMIT_REASON)
 def test_a_lost_commit_answer_does_not_break_processing(
     commit_cutting_url: tuple[str, CommitCuttingProxy], tmp_path: Path
 ) -> None:

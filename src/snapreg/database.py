@@ -17,6 +17,7 @@ import importlib
 import logging
 import os
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -447,6 +448,10 @@ def _translate_connect_errors(engine: Engine, action: Callable[[], _T]) -> _T:
 
 def is_transient(err: BaseException) -> bool:
     """Whether a database error is worth retrying: locks, conflicts, lost links."""
+    if isinstance(err, sqlite3.OperationalError):
+        # raised as is by the BEGIN IMMEDIATE that _configure_sqlite sends itself
+        message = str(err).lower()
+        return "locked" in message or "busy" in message
     if not isinstance(err, DBAPIError):
         return False
     if err.connection_invalidated:
@@ -508,17 +513,38 @@ def run_in_connection(
     *,
     attempts: int | None = None,
     on_retry: Callable[[], None] | None = None,
+    landed: Callable[[Connection, _T], bool] | None = None,
 ) -> _T:
     """Like :func:`run_transaction`, on a bare Connection.
 
     The registry's hot path (one registration) uses Core statements on the ORM's
     tables: the ORM's unit of work and bulk-insert machinery roughly double the
     cost of a registration and buy nothing for plain inserts.
+
+    Args:
+        engine: Where to run it.
+        work: Does the work on the connection it is given.
+        attempts: How many times to try; default :data:`TRANSACTION_ATTEMPTS`.
+        on_retry: Called after a failed attempt, before the next one.
+        landed: Tells whether a transaction whose work was done, but whose
+            COMMIT failed, committed after all (the server may commit and the
+            answer be lost with the connection). When given, a retry first asks
+            it, and returns the earlier result instead of doing the work twice.
     """
+    finished: list[_T] = []  # work done, outcome of its COMMIT unknown
 
     def attempt() -> _T:
+        if finished and landed is not None:
+            with engine.connect() as connection:
+                committed = landed(connection, finished[-1])
+            if committed:
+                _logger.warning("The commit whose answer was lost had landed")
+                return finished[-1]
+            finished.clear()
         with engine.begin() as connection:
-            return work(connection)
+            result = work(connection)
+            finished.append(result)
+        return result
 
     return _with_retries(engine, attempt, attempts, on_retry)
 
@@ -534,19 +560,20 @@ def _with_retries(
     for number in range(1, attempts + 1):
         try:
             return attempt()
-        except DBAPIError as err:
+        except (DBAPIError, sqlite3.OperationalError) as err:
             if not is_transient(err):
                 raise
+            cause = getattr(err, "orig", err)
             if number == attempts:
                 raise TransientDatabaseError(
                     f"database {describe_url(engine.url)} failed {attempts} times in"
-                    f" a row: {err.orig}"
+                    f" a row: {cause}"
                 ) from err
             _logger.warning(
                 "Transient database error (attempt %d of %d), retrying: %s",
                 number,
                 attempts,
-                err.orig,
+                cause,
             )
             if on_retry is not None:
                 on_retry()

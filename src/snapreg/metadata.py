@@ -129,18 +129,41 @@ def check_counts_not_decreasing(
                 )
 
 
+def storable_text(value: str) -> bool:
+    """Whether both backends can store the text: valid UTF-8, no NUL character.
+
+    PostgreSQL refuses NUL in text and JSON, and neither backend (nor a yMMSL
+    file) can hold a lone surrogate that Python strings allow.
+    """
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _triggers(value: Any) -> list[str]:
     if not isinstance(value, (list, tuple)) or not all(
         isinstance(trigger, str) for trigger in value
     ):
         raise InvalidMetadataError(f"triggers must be a list of strings, not {value!r}")
+    for trigger in value:
+        if not storable_text(trigger):
+            raise InvalidMetadataError(
+                f"trigger {trigger!r} contains a NUL character or is not valid Unicode"
+            )
     return list(value)
 
 
 def _float(name: str, value: Any, *, allow_nan: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidMetadataError(f"{name} must be a number, not {value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError as err:
+        raise InvalidMetadataError(f"{name} {value} is too large for a float") from err
     if math.isnan(number) and not allow_nan:
         raise InvalidMetadataError(f"{name} must not be NaN")
     return number
@@ -170,7 +193,11 @@ def _counts(value: Any) -> dict[str, list[int]]:
         )
     counts: dict[str, list[int]] = {}
     for port, slots in value.items():
-        if not isinstance(port, str) or not port.isidentifier():
+        if (
+            not isinstance(port, str)
+            or not port.isidentifier()
+            or not storable_text(port)
+        ):
             raise InvalidMetadataError(
                 f"port_message_counts: {port!r} is not a port name"
             )
@@ -195,7 +222,7 @@ def _counts(value: Any) -> dict[str, list[int]]:
 def _filename(value: Any) -> str:
     if not isinstance(value, str):
         raise InvalidMetadataError(f"snapshot_filename must be a string, not {value!r}")
-    if not value or "\x00" in value or len(value) > MAX_FILENAME_LENGTH:
+    if not value or not storable_text(value) or len(value) > MAX_FILENAME_LENGTH:
         raise InvalidMetadataError(
             f"snapshot_filename {value[:80]!r} is not a usable file name"
         )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import secrets
 import threading
@@ -79,6 +80,7 @@ from snapreg.metadata import (
     check_counts_not_decreasing,
     coerce_metadata,
     restart_metadata,
+    storable_text,
 )
 from snapreg.snapshot import SnapshotNode, WorkflowSnapshot
 
@@ -87,6 +89,9 @@ _logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 DEFAULT_DATABASE_NAME = "snapreg.sqlite"
+# campaign.name is VARCHAR(255); row ids are 64-bit on PostgreSQL
+MAX_CAMPAIGN_NAME_LENGTH = 255
+MAX_ROW_ID = 2**63 - 1
 # SQLite accepts 32766 bound parameters per statement; stay well below.
 _IN_LIST_CHUNK = 10_000
 # Pending submissions processed per transaction by the worker: one commit for many
@@ -238,14 +243,21 @@ class SnapshotRegistry(threading.Thread):
             WriterConflictError: another live registry writes this run.
         """
         super().__init__(name="SnapshotRegistry")
+        _check_arguments(
+            snapshot_folder,
+            topology_store,
+            campaign=campaign,
+            new_run=new_run,
+            resumed_from=resumed_from,
+            upgrade=upgrade,
+            writer_timeout=writer_timeout,
+        )
         self._topology = Topology.from_configuration(config, topology_store)
         self._ymmsl_version = "v0.2" if hasattr(config, "root_model") else "v0.1"
         self._configuration_text = _configuration_text(config)
         self._folder = None if snapshot_folder is None else Path(snapshot_folder)
         if self._folder is not None and not self._folder.is_dir():
             raise ConfigurationError(f"snapshot folder {self._folder} does not exist")
-        if writer_timeout <= 0:
-            raise ConfigurationError("writer_timeout must be positive")
         if policy not in POLICIES:
             raise ConfigurationError(
                 f"policy must be one of {', '.join(POLICIES)}, not {policy!r}"
@@ -516,6 +528,9 @@ class SnapshotRegistry(threading.Thread):
             session.add(campaign)
             session.flush()
         run = queries.latest_run(session, campaign.id)
+        if run is not None and run.writer_token == self._token:
+            # a retry after a commit whose answer was lost: the run is ours already
+            return campaign.id, run.id, run.number
         signature = self._topology.signature()
         if run is None or new_run:
             if resumed_from is not None:
@@ -825,12 +840,16 @@ class SnapshotRegistry(threading.Thread):
             )
             return submission_ids
 
+        def landed(connection: Connection, ids: Sequence[int]) -> bool:
+            # only this run's writer adds submissions to it
+            return self._row_exists(connection, _SUBMISSION, ids[0])
+
         ids: Sequence[int] = ()
         error: BaseException | None = None
         self._queue_lock.release()
         try:
             with self._ack_lock:
-                ids = run_in_connection(self._write_engine, work)
+                ids = run_in_connection(self._write_engine, work, landed=landed)
         except BaseException as err:  # handed to every waiting registration
             error = err
         finally:
@@ -881,9 +900,9 @@ class SnapshotRegistry(threading.Thread):
 
         Everything is worked out in memory first (new nodes, edges, workflow
         snapshots, retirements), then written with one statement per table, so a
-        batch of registrations costs a handful of round trips and one commit. Row
-        ids come back from the inserts. If the transaction fails, the in-memory
-        graph is reloaded from the database, where nothing of the batch exists.
+        batch of registrations costs a handful of round trips and one commit. If the
+        transaction fails, the in-memory graph is reloaded from the database, where
+        nothing of the batch exists.
         """
         now = datetime.now(timezone.utc)
         try:
@@ -892,10 +911,13 @@ class SnapshotRegistry(threading.Thread):
                 self._register(batch, instance, metadata, submission_id, now)
                 for instance, metadata, submission_id in registrations
             ]
-            # the heartbeat is renewed at most every few seconds: not in the batch
             run_in_connection(
                 self._write_engine,
                 lambda connection: self._write_batch(connection, batch, now),
+                # only this run's writer adds nodes to it
+                landed=lambda connection, first_node: self._row_exists(
+                    connection, _NODE, first_node
+                ),
             )
         except BaseException:
             self._graph = run_transaction(self._engine, self._load_graph)
@@ -943,10 +965,21 @@ class SnapshotRegistry(threading.Thread):
         self._graph.retire(retirement)
         return outcome
 
-    def _write_batch(
-        self, connection: Connection, batch: _Batch, now: datetime
-    ) -> None:
-        """Insert a batch's rows: nodes, edges, workflow snapshots, members."""
+    def _row_exists(self, connection: Connection, table: Table, row_id: int) -> bool:
+        """Whether this run has a row with that id in the table."""
+        found = connection.execute(
+            select(table.c.id).where(
+                table.c.id == row_id, table.c.run_id == self._run_id
+            )
+        ).first()
+        return found is not None
+
+    def _write_batch(self, connection: Connection, batch: _Batch, now: datetime) -> int:
+        """Insert a batch's rows: nodes, edges, workflow snapshots, members.
+
+        Returns:
+            The id of the batch's first node, to tell later whether it committed.
+        """
         self._heartbeat_if_due(connection)
         node_ids = allocate_ids(connection, _NODE, len(batch.nodes))
         for (node, _), node_id in zip(batch.nodes, node_ids, strict=True):
@@ -1015,6 +1048,7 @@ class SnapshotRegistry(threading.Thread):
             connection.execute(
                 update(_NODE).where(_NODE.c.id.in_(chunk)).values(retired_at=now)
             )
+        return batch.nodes[0][0].id
 
     def _write_files(self, found: list[_Found]) -> None:
         self._retry_unwritten()
@@ -1116,6 +1150,65 @@ class SnapshotRegistry(threading.Thread):
             raise WorkerError(
                 f"the snapshot registry worker failed: {self._error}"
             ) from self._error
+
+
+def _check_arguments(
+    snapshot_folder: Any,
+    topology_store: Any,
+    *,
+    campaign: Any,
+    new_run: Any,
+    resumed_from: Any,
+    upgrade: Any,
+    writer_timeout: Any,
+) -> None:
+    """Refuse unusable constructor arguments before anything touches the database.
+
+    Raises:
+        ConfigurationError: naming the argument.
+    """
+    if snapshot_folder is not None and not isinstance(
+        snapshot_folder, (str, os.PathLike)
+    ):
+        raise ConfigurationError(
+            f"snapshot_folder must be a path or None, not {snapshot_folder!r}"
+        )
+    if topology_store is not None and not callable(
+        getattr(topology_store, "get_peer_instances", None)
+    ):
+        raise ConfigurationError("topology_store must have a get_peer_instances method")
+    if campaign is not None and (
+        not isinstance(campaign, str)
+        or not campaign.strip()
+        or len(campaign) > MAX_CAMPAIGN_NAME_LENGTH
+        or not campaign.isprintable()
+        or not storable_text(campaign)
+    ):
+        raise ConfigurationError(
+            f"campaign must be printable text of 1 to {MAX_CAMPAIGN_NAME_LENGTH}"
+            f" characters, not {str(campaign)[:80]!r}"
+        )
+    for name, flag in (("new_run", new_run), ("upgrade", upgrade)):
+        if not isinstance(flag, bool):
+            raise ConfigurationError(f"{name} must be True or False, not {flag!r}")
+    if resumed_from is not None and (
+        isinstance(resumed_from, bool)
+        or not isinstance(resumed_from, int)
+        or not 1 <= resumed_from <= MAX_ROW_ID
+    ):
+        raise ConfigurationError(
+            f"resumed_from must be a workflow snapshot id, not {resumed_from!r}"
+        )
+    if (
+        isinstance(writer_timeout, bool)
+        or not isinstance(writer_timeout, (int, float))
+        or not math.isfinite(writer_timeout)
+        or writer_timeout <= 0
+    ):
+        raise ConfigurationError(
+            "writer_timeout must be a positive number of seconds,"
+            f" not {writer_timeout!r}"
+        )
 
 
 def _edge_rows(node: GraphNode, peers: list[GraphNode]) -> list[dict[str, int]]:
