@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 from rich.console import Console
@@ -34,6 +34,9 @@ from snapreg.errors import NotFoundError, SnapregError, StorageUnavailableError
 from snapreg.reader import CampaignSummary, DatabaseReader, InstanceHistory
 from snapreg.snapshot import SnapshotNode, WorkflowSnapshot
 from snapreg.sql import sql_command
+
+if TYPE_CHECKING:
+    from snapreg.cleanup import CleanupPlan, CleanupResult, SnapshotFileEntry
 
 DATABASE_URL_VARIABLE = "SNAPREG_DATABASE_URL"
 DEFAULT_DATABASE_FILE = "snapreg.sqlite"
@@ -759,6 +762,166 @@ def plot(
             else ""
         )
     )
+
+
+@cli.command()
+@click.option(
+    "--keep",
+    type=click.IntRange(min=1),
+    required=True,
+    help="Keep the newest N workflow snapshots and every file they need.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Only show what would be deleted and how many bytes (the default).",
+)
+@click.option(
+    "--delete", "delete", is_flag=True, help="Delete the files, and record each."
+)
+@database_option
+@campaign_option
+@json_option
+def gc(
+    keep: int,
+    dry_run: bool,
+    delete: bool,
+    database_url: str,
+    campaign: str | None,
+    as_json: bool,
+) -> None:
+    """Delete instance snapshot files that no kept workflow snapshot needs.
+
+    Without --delete, only shows what would go. Never touched: the files of the
+    newest --keep workflow snapshots, those of the newest run's active snapshots
+    (they may still join a workflow snapshot), and anything outside the run
+    directories the campaign recorded (symbolic links are followed; a file that
+    resolves outside is refused). Each deleted file is recorded in the
+    deleted_snapshot_file table.
+    """
+    from snapreg.cleanup import delete_files, plan_cleanup
+
+    if dry_run and delete:
+        raise click.UsageError("give either --dry-run or --delete, not both")
+    plan = plan_cleanup(database_url, campaign, keep)
+    result = delete_files(database_url, plan) if delete else None
+    if as_json:
+        _print_json(_cleanup_json(plan, result))
+        return
+    _print_cleanup(plan, result)
+
+
+def _cleanup_json(plan: CleanupPlan, result: CleanupResult | None) -> dict[str, Any]:
+    def entry_json(entry: SnapshotFileEntry) -> dict[str, Any]:
+        return {
+            "path": str(entry.path),
+            "bytes": entry.bytes,
+            "run": entry.run,
+            "instance": entry.instance,
+            "num": entry.num,
+        }
+
+    return {
+        "campaign": plan.campaign,
+        "keep": plan.keep,
+        "kept_workflow_snapshots": plan.kept_workflow_snapshots,
+        "kept_files": plan.kept_files,
+        "dry_run": result is None,
+        "deletable": [entry_json(entry) for entry in plan.deletable],
+        "deletable_bytes": plan.bytes,
+        "refused": [
+            {
+                **entry_json(refused.entry),
+                "reason": refused.reason,
+                "resolved": str(refused.resolved),
+            }
+            for refused in plan.refused
+        ],
+        "missing": [entry_json(entry) for entry in plan.missing],
+        "broken_workflow_snapshots": plan.broken_workflow_snapshots,
+        "deleted": None
+        if result is None
+        else [entry_json(entry) for entry in result.deleted],
+        "deleted_bytes": None if result is None else result.bytes,
+        "failed": None
+        if result is None
+        else [{**entry_json(entry), "error": error} for entry, error in result.failed],
+    }
+
+
+#: Files listed per category in text; --json lists them all.
+_LISTED_FILES = 20
+
+
+def _print_cleanup(plan: CleanupPlan, result: CleanupResult | None) -> None:
+    kept = ", ".join(str(snapshot_id) for snapshot_id in plan.kept_workflow_snapshots)
+    click.echo(
+        f"Campaign {plan.campaign}: keeping workflow snapshot"
+        f"{'' if len(plan.kept_workflow_snapshots) == 1 else 's'} {kept or '(none)'}"
+        f" and {_count(plan.kept_files, 'file')} they or the newest run's active"
+        " snapshots need."
+    )
+
+    def listing(entries: Sequence[Any], describe: Any) -> None:
+        for entry in entries[:_LISTED_FILES]:
+            click.echo(f"  {describe(entry)}")
+        if len(entries) > _LISTED_FILES:
+            click.echo(
+                f"  ... and {len(entries) - _LISTED_FILES} more (--json lists all)"
+            )
+
+    def file_words(entry: SnapshotFileEntry) -> str:
+        return (
+            f"{entry.path} (run {entry.run}, {entry.instance} #{entry.num},"
+            f" {_size(entry.bytes)})"
+        )
+
+    if result is None:
+        click.echo(
+            f"Would delete {_count(len(plan.deletable), 'file')}, {_size(plan.bytes)}:"
+            if plan.deletable
+            else "Nothing to delete."
+        )
+        listing(plan.deletable, file_words)
+    else:
+        click.echo(
+            f"Deleted {_count(len(result.deleted), 'file')}, {_size(result.bytes)}."
+        )
+        if result.failed:
+            click.echo(f"Not deleted ({len(result.failed)}):")
+            listing(result.failed, lambda item: f"{item[0].path}: {item[1]}")
+    if plan.refused:
+        click.echo(
+            f"Refused ({len(plan.refused)}), not inside the run directories the"
+            " campaign recorded:"
+        )
+        listing(
+            plan.refused,
+            lambda refused: (
+                f"{refused.entry.path} -> {refused.resolved} ({refused.reason})"
+            ),
+        )
+    if plan.missing:
+        click.echo(f"Already gone ({len(plan.missing)}):")
+        listing(plan.missing, lambda entry: str(entry.path))
+    if plan.deletable and plan.broken_workflow_snapshots:
+        broken = len(plan.broken_workflow_snapshots)
+        click.echo(
+            f"{_count(broken, 'older workflow snapshot')} need"
+            f"{'s' if broken == 1 else ''} some of these files: without them"
+            f" {'it' if broken == 1 else 'they'} can no longer be resumed from."
+        )
+    if result is None and plan.deletable:
+        click.echo("Nothing was deleted; run again with --delete to delete them.")
+
+
+def _size(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
 
 
 @cli.command("import")
