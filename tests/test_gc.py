@@ -1,0 +1,237 @@
+"""`snapreg gc`: real files in a run directory laid out as MUSCLE3 lays it out.
+
+Five checkpoints, each a workflow snapshot of macro, micro[0] and micro[1]. Some
+files are where they must never be deleted from: a node naming a file outside the
+run directory, a symbolic link in an instance folder pointing outside, and a whole
+instance snapshot folder that is a link to elsewhere. One file is already gone and
+one file no node names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import ymmsl
+from sqlalchemy import select
+
+from snapreg import SnapshotRegistry, models
+from snapreg.cleanup import delete_files, plan_cleanup
+from snapreg.database import create_database_engine
+from support.command_line import invoke
+
+MODEL = """
+ymmsl_version: v0.2
+models:
+  coupled:
+    components:
+      macro:
+        ports: {o_i: state_out, s: state_in}
+        implementation: macro
+        description: macro model
+      micro:
+        ports: {f_init: initial_state, o_f: final_state}
+        implementation: micro
+        description: micro model
+        multiplicity: 2
+    conduits:
+      macro.state_out: micro.initial_state
+      micro.final_state: macro.state_in
+"""
+CHECKPOINTS = 5
+
+
+@dataclass
+class Campaign:
+    url: str
+    run_dir: Path
+    outside: Path
+    files: dict[tuple[str, int], Path]  # (instance, checkpoint): the node's file
+    workflow_snapshots: list[int]
+    stray: Path
+
+
+def write(path: Path, size: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    return path
+
+
+@pytest.fixture
+def campaign(persistent_database_url: str, tmp_path: Path) -> Campaign:
+    run_dir = tmp_path / "run"
+    outside = tmp_path / "outside"
+    (run_dir / "snapshots").mkdir(parents=True)
+    (run_dir / "configuration.ymmsl").write_text(MODEL)
+    instance_folders = {
+        name: run_dir / "instances" / name / "snapshots"
+        for name in ("macro", "micro[0]", "micro[1]")
+    }
+    # micro[0]'s snapshot folder is a link to a folder outside the run directory
+    (outside / "micro0").mkdir(parents=True)
+    instance_folders["micro[0]"].parent.mkdir(parents=True)
+    instance_folders["micro[0]"].symlink_to(outside / "micro0")
+    files: dict[tuple[str, int], Path] = {}
+    for checkpoint in range(1, CHECKPOINTS + 1):
+        for name, folder in instance_folders.items():
+            stem = name.replace("[", "-").replace("]", "")
+            files[name, checkpoint] = write(
+                folder / f"{stem}_{checkpoint}.pack", 1000 * checkpoint + len(name)
+            )
+    # macro's first node names a file outside the run directory altogether
+    files["macro", 1] = write(outside / "elsewhere" / "macro_1.pack", 500)
+    # micro[1]'s second file is a link pointing outside
+    secret = write(outside / "secret.pack", 700)
+    files["micro[1]", 2].unlink()
+    files["micro[1]", 2].symlink_to(secret)
+    stray = write(instance_folders["macro"] / "macro_99.pack", 300)
+
+    registry = SnapshotRegistry(
+        ymmsl.load(MODEL),
+        run_dir / "snapshots",
+        database_url=persistent_database_url,
+        campaign="gc",
+    )
+    found: list[int] = []
+    for checkpoint in range(1, CHECKPOINTS + 1):
+        for name in instance_folders:
+            side = "state" if name == "macro" else ""
+            counts = (
+                {"state_out": [checkpoint] * 2, "state_in": [checkpoint] * 2}
+                if side
+                else {"initial_state": [checkpoint], "final_state": [checkpoint]}
+            )
+            found.extend(
+                snapshot.id
+                for snapshot in registry.add_snapshot(
+                    name,
+                    {
+                        "triggers": ["test"],
+                        "wallclock_time": float(checkpoint),
+                        "timestamp": float(checkpoint),
+                        "next_timestamp": None,
+                        "port_message_counts": counts,
+                        "is_final_snapshot": False,
+                        "snapshot_filename": str(files[name, checkpoint]),
+                    },
+                )
+            )
+    registry.close()
+    assert len(found) == CHECKPOINTS
+    files["macro", 2].unlink()  # gone before gc ever ran
+    return Campaign(persistent_database_url, run_dir, outside, files, found, stray)
+
+
+def everything_on_disk(campaign: Campaign) -> set[Path]:
+    """Every file and link in the run directory and outside it."""
+    found = set()
+    for root in (campaign.run_dir, campaign.outside):
+        for folder, folders, names in os.walk(root):
+            links = [entry for entry in folders if (Path(folder) / entry).is_symlink()]
+            found.update(Path(folder) / name for name in names + links)
+    return found
+
+
+def test_a_dry_run_shows_what_would_go_and_changes_nothing(
+    campaign: Campaign, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = everything_on_disk(campaign)
+    deletable = [
+        campaign.files["micro[1]", 1],
+        campaign.files["macro", 3],
+        campaign.files["micro[1]", 3],
+    ]
+
+    plan = plan_cleanup(campaign.url, "gc", keep=2)
+    outcome = invoke(capsys, "gc", "--keep", "2", "--db", campaign.url, "--json")
+
+    assert sorted(entry.path for entry in plan.deletable) == sorted(deletable)
+    assert plan.bytes == sum(path.stat().st_size for path in deletable)
+    assert plan.kept_workflow_snapshots == campaign.workflow_snapshots[:-3:-1]
+    assert sorted(refused.entry.path for refused in plan.refused) == sorted(
+        [
+            campaign.files["macro", 1],
+            campaign.files["micro[1]", 2],
+            *(campaign.files["micro[0]", checkpoint] for checkpoint in (1, 2, 3)),
+        ]
+    )
+    assert {refused.reason for refused in plan.refused} == {"outside"}
+    assert [entry.path for entry in plan.missing] == [campaign.files["macro", 2]]
+    # the second names no deletable file (its files are gone or refused)
+    first, second, third = campaign.workflow_snapshots[:3]
+    assert plan.broken_workflow_snapshots == [first, third]
+    report = json.loads(outcome.stdout)
+    assert report["dry_run"] and report["deleted"] is None
+    assert report["deletable_bytes"] == plan.bytes
+    assert everything_on_disk(campaign) == before
+    words = invoke(capsys, "gc", "--keep", "2", "--db", campaign.url).stdout
+    assert f"Would delete 3 files, {plan.bytes / 1000:.1f} kB:" in words
+    assert "run again with --delete" in words
+    assert "Refused (5)" in words and "Already gone (1)" in words
+
+
+def test_delete_removes_exactly_those_files_and_records_each(
+    campaign: Campaign, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = everything_on_disk(campaign)
+    plan = plan_cleanup(campaign.url, "gc", keep=2)
+    sizes = {entry.path: entry.bytes for entry in plan.deletable}
+
+    outcome = invoke(capsys, "gc", "--keep", "2", "--delete", "--db", campaign.url)
+
+    assert outcome.status == 0, outcome.stderr
+    assert "Deleted 3 files" in outcome.stdout
+    assert everything_on_disk(campaign) == before - set(sizes)
+    for checkpoint in (4, 5):  # what the two kept workflow snapshots need
+        for name in ("macro", "micro[0]", "micro[1]"):
+            assert campaign.files[name, checkpoint].is_file()
+    assert (campaign.outside / "secret.pack").read_bytes() == b"x" * 700
+    assert campaign.stray.is_file()
+    engine = create_database_engine(campaign.url)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(models.DeletedSnapshotFile.__table__)  # type: ignore[arg-type]
+        ).all()
+    engine.dispose()
+    assert {(Path(row.path), row.bytes) for row in rows} == set(sizes.items())
+    assert {row.reason for row in rows} == {plan.reason}
+    assert "--keep 2" in plan.reason
+    assert all(row.deleted_at is not None and row.snapshot_node_id for row in rows)
+
+    again = plan_cleanup(campaign.url, "gc", keep=2)
+    assert again.deletable == []
+    assert [entry.path for entry in again.missing] == [campaign.files["macro", 2]]
+
+
+def test_a_file_that_escapes_after_planning_is_not_deleted(
+    campaign: Campaign,
+) -> None:
+    plan = plan_cleanup(campaign.url, "gc", keep=2)
+    swapped = campaign.files["macro", 3]
+    target = campaign.outside / "swapped.pack"
+    swapped.rename(target)
+    swapped.symlink_to(target)
+
+    result = delete_files(campaign.url, plan)
+
+    assert [entry.path for entry, _ in result.failed] == [swapped]
+    assert "outside" in result.failed[0][1]
+    assert target.is_file() and swapped.is_symlink()
+    assert len(result.deleted) == 2
+
+
+def test_keeping_every_workflow_snapshot_keeps_every_file(
+    campaign: Campaign, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = plan_cleanup(campaign.url, "gc", keep=CHECKPOINTS)
+    assert plan.deletable == plan.refused == []
+
+    zero = invoke(capsys, "gc", "--keep", "0", "--db", campaign.url)
+    both = invoke(
+        capsys, "gc", "--keep", "1", "--dry-run", "--delete", "--db", campaign.url
+    )
+    assert zero.status == both.status == 2
+    assert "--dry-run or --delete" in both.stderr

@@ -1,0 +1,244 @@
+"""`snapreg import`: rebuild a campaign from real MUSCLE3 run directories.
+
+The reference is what stock muscle_manager wrote: the workflow snapshot files in
+RUN_DIR/snapshots. A fresh run of the example has no races, so the default order
+alone reproduces them; a resumed run has (the resumed instances take snapshots
+within milliseconds of each other), and the manager's own files settle them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import ymmsl
+
+from snapreg import SnapshotRegistry
+from snapreg.consistency import Topology
+from snapreg.importer import (
+    IMPORT_FOLDER,
+    ResumeKey,
+    import_run_directory,
+    load_configuration,
+    manager_workflow_snapshots,
+    read_snapshot_files,
+    registration_order,
+    resume_key,
+)
+from snapreg.reader import DatabaseReader
+from support import stock_runs
+from support.command_line import invoke
+
+MODEL = "reaction_diffusion"
+
+
+def manager_files(run_dir: Path) -> set[ResumeKey]:
+    """The resume mappings of the workflow snapshot files the manager wrote."""
+    found = manager_workflow_snapshots(run_dir)
+    assert found is not None
+    return set(found)
+
+
+def imported(database_url: str, run: int) -> set[ResumeKey]:
+    with DatabaseReader(database_url) as reader:
+        snapshots = reader.workflow_snapshots(MODEL, run=run)
+    return {
+        resume_key((str(k), str(v)) for k, v in snapshot.resume.items())
+        for snapshot in snapshots
+    }
+
+
+def test_a_fresh_run_imports_to_the_workflow_snapshots_the_manager_wrote(
+    persistent_database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run_dir = stock_runs.copy_run(
+        stock_runs.fresh_run(tmp_path_factory), tmp_path / "run"
+    )
+    outcome = invoke(capsys, "import", str(run_dir), "--db", persistent_database_url)
+
+    assert outcome.status == 0, outcome.stderr
+    assert f"as run 1 of campaign '{MODEL}': 21 snapshots, 6 workflow" in outcome.stdout
+    assert "They equal the 6 the manager wrote" in outcome.stdout
+    written = manager_files(run_dir)
+    assert len(written) == 6
+    assert imported(persistent_database_url, 1) == written
+    # the rebuilt files are ones muscle_manager can resume from
+    files = sorted((run_dir / IMPORT_FOLDER).glob("snapshot_*.ymmsl"))
+    assert len(files) == 6
+    assert {
+        resume_key((str(k), str(v)) for k, v in ymmsl.load(path).resume.items())
+        for path in files
+    } == written
+
+
+def test_a_resumed_run_imports_to_what_the_manager_wrote_and_records_lineage(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    original = stock_runs.fresh_run(tmp_path_factory)
+    fresh = stock_runs.copy_run(original, tmp_path / "fresh")
+    resumed = stock_runs.copy_run(
+        stock_runs.resumed_run(tmp_path_factory), tmp_path / "resumed"
+    )
+    # as if both had run here: the resume section names the copy's files
+    configuration = resumed / "configuration.ymmsl"
+    configuration.write_text(
+        configuration.read_text().replace(str(original), str(fresh))
+    )
+    url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
+
+    first = import_run_directory(fresh, url)
+    second = import_run_directory(resumed, url)
+
+    assert (first.run, second.run) == (1, 2)
+    assert first.comparison is not None and first.comparison.equal
+    assert second.comparison is not None and second.comparison.equal
+    assert second.comparison.manager_files == 7
+    assert imported(url, 2) == manager_files(resumed)
+    resume = {str(k): str(v) for k, v in load_configuration(resumed).resume.items()}
+    [resumed_from] = [
+        snapshot
+        for snapshot in first.workflow_snapshots
+        if {str(k): str(v) for k, v in snapshot.resume.items()} == resume
+    ]
+    assert second.resumed_from == resumed_from.id
+    with DatabaseReader(url) as reader:
+        [campaign] = reader.campaigns()
+    assert campaign.runs[1].resumed_from == resumed_from.id
+
+
+def test_races_are_settled_the_way_the_manager_files_say(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    run_dir = stock_runs.resumed_run(tmp_path_factory)
+    configuration = load_configuration(run_dir)
+    topology = Topology.from_configuration(configuration)
+    files = read_snapshot_files(run_dir, topology, configuration)
+    default = registration_order(files, topology)
+    # Every order of the three micro instances' first new snapshots is one the
+    # manager may have seen; each gives other workflow snapshots.
+    racing = [
+        item
+        for item in default
+        if item.instance.startswith("micro") and item.number == 2
+    ]
+    assert len(racing) == 3
+    outcomes = []
+    for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0]):
+        reordered = [item for item in default if item not in racing]
+        at = default.index(racing[0])
+        reordered[at:at] = [racing[position] for position in order]
+        manager = _replayed(configuration, reordered)
+        outcomes.append(set(manager))
+        guided = registration_order(files, topology, manager)
+        assert set(_replayed(configuration, guided)) == set(manager)
+    assert len({frozenset(outcome) for outcome in outcomes}) == 3
+
+
+def _replayed(configuration: object, order: list) -> list[ResumeKey]:  # type: ignore[type-arg]
+    registry = SnapshotRegistry(configuration, None, database_url="sqlite://")
+    try:
+        found = []
+        for item in order:
+            for snapshot in registry.add_snapshot(item.instance, item.metadata):
+                found.append(
+                    resume_key((str(k), str(v)) for k, v in snapshot.resume.items())
+                )
+        return found
+    finally:
+        registry.close()
+
+
+def test_without_the_manager_files_the_wallclock_order_is_used(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    run_dir = stock_runs.copy_run(
+        stock_runs.fresh_run(tmp_path_factory), tmp_path / "run"
+    )
+    written = manager_files(run_dir)
+    shutil.rmtree(run_dir / "snapshots")
+    url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
+
+    result = import_run_directory(run_dir, url)
+
+    assert result.comparison is None
+    assert imported(url, 1) == written
+
+
+def test_a_run_directory_is_imported_once_per_campaign(
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run_dir = stock_runs.copy_run(
+        stock_runs.fresh_run(tmp_path_factory), tmp_path / "run"
+    )
+    url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
+    assert invoke(capsys, "import", str(run_dir), "--db", url).status == 0
+
+    again = invoke(capsys, "import", str(run_dir), "--db", url)
+    elsewhere = invoke(
+        capsys, "import", str(run_dir), "--db", url, "--campaign", "copy", "--json"
+    )
+
+    assert again.status == 1
+    assert again.stderr.count("\n") == 1
+    assert "already holds" in again.stderr and "--campaign" in again.stderr
+    assert elsewhere.status == 0, elsewhere.stderr
+    report = json.loads(elsewhere.stdout)
+    assert (report["campaign"], report["run"], report["snapshots"]) == ("copy", 1, 21)
+    assert report["manager"] == {"files": 6, "in_both": 6, "equal": True}
+    assert len(report["workflow_snapshots"]) == 6
+
+
+def test_what_is_not_a_run_directory_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
+    outcome = invoke(capsys, "import", str(tmp_path), "--db", url)
+
+    assert outcome.status == 1
+    assert outcome.stderr.count("\n") == 1
+    assert "not a MUSCLE3 run directory" in outcome.stderr
+    assert not (tmp_path / "campaign.sqlite").exists()
+
+
+def test_a_damaged_snapshot_file_is_named(
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run_dir = stock_runs.copy_run(
+        stock_runs.fresh_run(tmp_path_factory), tmp_path / "run"
+    )
+    damaged = run_dir / "instances" / "micro[1]" / "snapshots" / "micro-1_3.pack"
+    damaged.write_bytes(b"9 not a snapshot")
+    url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
+
+    outcome = invoke(capsys, "import", str(run_dir), "--db", url)
+
+    assert outcome.status == 1
+    assert f"cannot read snapshot file {damaged}" in outcome.stderr
+    assert not (tmp_path / "campaign.sqlite").exists()
+
+
+def test_without_muscle3_import_says_how_to_install_it(
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run_dir = stock_runs.fresh_run(tmp_path_factory)
+    monkeypatch.setitem(sys.modules, "libmuscle.snapshot_manager", None)
+    url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
+
+    outcome = invoke(capsys, "import", str(run_dir), "--db", url)
+
+    assert outcome.status == 1
+    assert outcome.stderr.count("\n") == 1
+    assert "pip install 'snapreg[muscle3]'" in outcome.stderr
