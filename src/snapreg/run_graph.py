@@ -19,7 +19,7 @@ from sqlalchemy import Engine, and_, select
 from sqlalchemy.orm import Session, aliased
 
 from snapreg import models, queries
-from snapreg.consistency import Topology, instance_sort_key
+from snapreg.consistency import Topology
 from snapreg.database import create_database_engine, run_transaction
 from snapreg.errors import NotFoundError
 from snapreg.reader import DatabaseReader, topology_from_signature
@@ -209,7 +209,7 @@ def _load(
 def _recorded(row: models.SnapshotNode) -> RecordedNode:
     simulation_time = row.simulation_time
     if simulation_time is not None and math.isnan(simulation_time):
-        simulation_time = None
+        simulation_time = None  # stored as NULL; a NaN would only come from SQL
     return RecordedNode(
         id=row.id,
         instance=row.instance,
@@ -281,8 +281,3 @@ def _newest_in_campaign(session: Session, campaign_id: int) -> tuple[int, int] |
         .limit(1)
     ).first()
     return None if found is None else (found[0], found[1])
-
-
-def instance_order(instances: list[str]) -> list[str]:
-    """Instances sorted as yMMSL sorts references: names, then indices by value."""
-    return sorted(instances, key=instance_sort_key)
