@@ -356,8 +356,10 @@ class _GuidedChoice:
     The next registration is the default one, unless it would find workflow
     snapshots other than the manager's next ones: then the other instances' next
     snapshots within :data:`RACE_WINDOW` are tried, each on a copy of the
-    replayed graph, and the first whose outcome matches goes first. When none
-    does, the default one goes first after all.
+    replayed graph. The first that finds exactly the manager's next ones goes
+    first, or one that finds nothing but is a member of the manager's next
+    workflow snapshot (it must have arrived before that one was found). When
+    none fits, the default one goes first after all.
     """
 
     def __init__(self, topology: Topology, manager_snapshots: list[ResumeKey]) -> None:
@@ -374,24 +376,43 @@ class _GuidedChoice:
             if candidate.is_resume_copy
             or float(candidate.metadata.wallclock_time) <= latest
         ]
-        if not racing:  # nothing else could have come first: no copy needed
+        # With nothing else that could have come first, or nothing left of the
+        # manager's files to go by, there is nothing to try: no copy needed.
+        if not racing or self.matched >= len(self.manager_snapshots):
             self.matched += len(self.replay.register(first))
             return first
-        fallback: tuple[_Replay, int] | None = None
-        for candidate in [first, *racing]:
+        first_trial = self.replay.copy()
+        first_found = first_trial.register(first)
+        if self._matches(first_found):
+            self._accept(first_trial, first_found)
+            return first
+        # The next workflow snapshot the manager wrote: a racing snapshot that
+        # finds nothing yet may go first only if it is one of its members.
+        upcoming = self.manager_snapshots[self.matched]
+        for candidate in racing:
             trial = self.replay.copy()
             found = trial.register(candidate)
-            expected = self.manager_snapshots[self.matched : self.matched + len(found)]
-            if fallback is None:
-                fallback = (trial, len(found))
-            if not found or set(found) == set(expected):
-                self.replay = trial
-                self.matched += len(found)
+            if (found and self._matches(found)) or (
+                not found and _file_key(candidate) in upcoming
+            ):
+                self._accept(trial, found)
                 return candidate
-        assert fallback is not None
-        self.replay, found_count = fallback
-        self.matched += found_count
+        self._accept(first_trial, first_found)  # no other fits: as by default
         return first
+
+    def _matches(self, found: list[ResumeKey]) -> bool:
+        """Whether found workflow snapshots are the manager's next ones (or none)."""
+        expected = self.manager_snapshots[self.matched : self.matched + len(found)]
+        return set(found) == set(expected)
+
+    def _accept(self, trial: _Replay, found: list[ResumeKey]) -> None:
+        self.replay = trial
+        self.matched += len(found)
+
+
+def _file_key(snapshot_file: SnapshotFile) -> tuple[str, str]:
+    """How a snapshot file appears in a :data:`ResumeKey`."""
+    return next(iter(resume_key([(snapshot_file.instance, str(snapshot_file.path))])))
 
 
 class _Replay:
