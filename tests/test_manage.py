@@ -254,3 +254,26 @@ def test_manage_help_names_the_manager_options(
         "muscle_manager",
     ):
         assert option in outcome.stdout
+
+
+def test_policy_latest_writes_only_the_newest_restart_points(
+    tmp_path: Path, stock_run: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'latest.sqlite'}"
+    run_dir = tmp_path / "run"
+    finished = simulation.run(
+        simulation.manage_command(url, run_dir, options=("--policy", "latest")),
+        cwd=tmp_path,
+    )
+    assert finished.returncode == 0, finished.stderr
+    written = simulation.resume_mappings(run_dir.resolve())
+    stock = simulation.resume_mappings(stock_run)
+    # every restart point written is one stock MUSCLE3 writes too, and the newest
+    # (the one a user resumes from after a crash) is among them
+    assert written and set(written) <= set(stock)
+    with DatabaseReader(url) as reader:
+        newest = reader.workflow_snapshots(MODEL)[-1]
+    assert newest.path is not None
+    assert {str(k): str(v) for k, v in ymmsl.load(newest.path).resume.items()} == {
+        str(k): str(v) for k, v in newest.resume.items()
+    }

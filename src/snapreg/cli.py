@@ -24,6 +24,9 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
+from snapreg.cli_options import (
+    database_option,
+)
 from snapreg.database import (
     create_database_engine,
     current_revision,
@@ -31,6 +34,7 @@ from snapreg.database import (
     upgrade_database,
 )
 from snapreg.errors import NotFoundError, SnapregError, StorageUnavailableError
+from snapreg.graph import POLICIES, Policy
 from snapreg.reader import CampaignSummary, DatabaseReader, InstanceHistory
 from snapreg.snapshot import SnapshotNode, WorkflowSnapshot
 from snapreg.sql import sql_command
@@ -38,34 +42,10 @@ from snapreg.sql import sql_command
 if TYPE_CHECKING:
     from snapreg.cleanup import CleanupPlan, CleanupResult, SnapshotFileEntry
 
-DATABASE_URL_VARIABLE = "SNAPREG_DATABASE_URL"
-DEFAULT_DATABASE_FILE = "snapreg.sqlite"
-
 #: Exit status for every error snapreg reports (click uses 2 for usage errors).
 ERROR_STATUS = 1
 
 
-def default_database_url() -> str:
-    """``$SNAPREG_DATABASE_URL``, else ``snapreg.sqlite`` in the current directory.
-
-    The file is named by its absolute path so that the manager, which runs its
-    instances elsewhere, and every later command agree on it.
-    """
-    from_environment = os.environ.get(DATABASE_URL_VARIABLE)
-    if from_environment:
-        return from_environment
-    return f"sqlite:///{Path.cwd() / DEFAULT_DATABASE_FILE}"
-
-
-database_option = click.option(
-    "--db",
-    "database_url",
-    metavar="URL",
-    default=default_database_url,
-    show_default=f"${DATABASE_URL_VARIABLE}, else ./{DEFAULT_DATABASE_FILE}",
-    help="SQLAlchemy URL of the database, e.g. sqlite:///runs.sqlite or"
-    " postgresql://user@host/db.",
-)
 campaign_option = click.option(
     "--campaign",
     metavar="NAME",
@@ -112,11 +92,21 @@ def cli() -> None:
     help="Resume from the campaign's newest workflow snapshot (from scratch if it"
     " has none).",
 )
+@click.option(
+    "--policy",
+    type=click.Choice(POLICIES),
+    default="all",
+    show_default=True,
+    help="Which workflow snapshots to write: every consistent combination that"
+    " contains a new snapshot, as muscle_manager does (their number can grow"
+    " exponentially), or only the newest one.",
+)
 @click.argument("manager_args", nargs=-1, type=click.UNPROCESSED)
 def manage(
     database_url: str,
     campaign: str | None,
     resume_latest: bool,
+    policy: Policy,
     manager_args: tuple[str, ...],
 ) -> None:
     """Run muscle_manager with its snapshots kept in the database.
@@ -132,6 +122,7 @@ def manage(
         database_url=database_url,
         campaign=campaign,
         resume_latest=resume_latest,
+        policy=policy,
         announce=lambda line: click.echo(f"snapreg: {line}", err=True),
     )
     sys.exit(status)

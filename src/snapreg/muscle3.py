@@ -38,6 +38,7 @@ from snapreg.database import (
     normalize_url,
 )
 from snapreg.errors import ConfigurationError, NotFoundError, SnapregError
+from snapreg.graph import Policy
 from snapreg.materialize import render
 from snapreg.reader import DatabaseReader
 from snapreg.registry import SnapshotRegistry
@@ -79,6 +80,7 @@ def manage(
     database_url: str,
     campaign: str | None = None,
     resume_latest: bool = False,
+    policy: Policy = "all",
     announce: Announce = print,
 ) -> int:
     """Run ``muscle_manager`` with snapreg's registry; return its exit status.
@@ -90,6 +92,8 @@ def manage(
         campaign: The campaign's name; default: the model's name.
         resume_latest: Resume from the campaign's newest workflow snapshot, or
             start from scratch (and say so) when it has none.
+        policy: Which workflow snapshots to write: ``"all"`` (as MUSCLE3) or
+            only the newest one per registration, ``"latest"``.
         announce: Receives one line per thing the user should know (which run,
             resumed from what), never the manager's own output.
 
@@ -135,6 +139,7 @@ def manage(
                 database_url=database_url,
                 campaign=campaign,
                 resumed_from=resumed_from,
+                policy=policy,
                 announce=announce,
                 cleanup=cleanup,
             ),
@@ -276,6 +281,7 @@ def _open_registry(
     database_url: str,
     campaign: str | None,
     resumed_from: int | None,
+    policy: Policy,
     announce: Announce,
     cleanup: ExitStack,
 ) -> SnapshotRegistry:
@@ -293,6 +299,7 @@ def _open_registry(
         campaign=campaign,
         new_run=True,
         resumed_from=resumed_from,
+        policy=policy,
     )
     cleanup.callback(registry.close)
     lineage = (

@@ -50,6 +50,7 @@ from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, StatementError
 
+from snapreg.cli_options import DATABASE_URL_VARIABLE, database_option
 from snapreg.database import (
     create_database_engine,
     describe_url,
@@ -66,8 +67,6 @@ from snapreg.errors import (
     TransientDatabaseError,
 )
 
-DATABASE_URL_VARIABLE = "SNAPREG_DATABASE_URL"
-DEFAULT_DATABASE_FILE = "snapreg.sqlite"
 OUTPUT_FORMATS = ("table", "csv", "json")
 
 # SQLSTATEs of PostgreSQL: a write in a read-only transaction, and an attempt to
@@ -190,14 +189,6 @@ class QueryResult:
 
     columns: tuple[str, ...]
     rows: list[tuple[Any, ...]]
-
-
-def default_database_url() -> str:
-    """``$SNAPREG_DATABASE_URL``, else ``snapreg.sqlite`` in the current directory."""
-    from_environment = os.environ.get(DATABASE_URL_VARIABLE)
-    if from_environment:
-        return from_environment
-    return f"sqlite:///{Path.cwd() / DEFAULT_DATABASE_FILE}"
 
 
 class ReadOnlyDatabase:
@@ -615,15 +606,7 @@ _PRINTERS: dict[str, Callable[[QueryResult], None]] = {
 
 @click.command("sql")
 @click.argument("statement")
-@click.option(
-    "--db",
-    "database_url",
-    metavar="URL",
-    default=default_database_url,
-    show_default=f"${DATABASE_URL_VARIABLE}, else ./{DEFAULT_DATABASE_FILE}",
-    help="SQLAlchemy URL of the database, e.g. sqlite:///runs.sqlite or"
-    " postgresql://user@host/db.",
-)
+@database_option
 @click.option(
     "--format",
     "output_format",
