@@ -475,7 +475,7 @@ def main() -> None:
             )
             muscle3 = seconds / count
 
-        def on_sqlite() -> tuple[float, int]:
+        def on_sqlite(scenario: Scenario = scenario) -> tuple[float, int]:
             with sqlite_url() as fresh:
                 return replay_snapreg(scenario.stream, fresh, scenario.policy)
 
@@ -492,7 +492,7 @@ def main() -> None:
         cells.append(f"{sqlite_time / sqlite_floor:.2f}")
         if use_postgres:
 
-            def on_postgres() -> tuple[float, int]:
+            def on_postgres(scenario: Scenario = scenario) -> tuple[float, int]:
                 with postgres_url() as fresh:
                     return replay_snapreg(scenario.stream, fresh, scenario.policy)
 
