@@ -471,7 +471,7 @@ def main() -> None:
         found = None
         if scenario.muscle3:
             seconds, found = median_time(
-                repeat, lambda: replay_muscle3(scenario.stream)
+                repeat, lambda stream=scenario.stream: replay_muscle3(stream)
             )
             muscle3 = seconds / count
 
