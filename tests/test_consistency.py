@@ -6,12 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from libmuscle.manager import snapshot_registry as muscle3_registry
-from libmuscle.manager.topology_store import TopologyStore
+from libmuscle.manager.topology_store import TopologyStore as MUSCLE3TopologyStore
 from ymmsl.v0_2 import Component, Conduit, Configuration, Model, Ports, Reference
 
 from snapreg import (
     ConnectionInfo,
     Topology,
+    TopologyStore,
     UnknownInstanceError,
     calc_consistency,
     calc_consistency_list,
@@ -157,7 +158,7 @@ def test_connections(uq: Configuration) -> None:
 def test_peers_equal_muscle3_topology_store(stream: object) -> None:
     config = stream.config  # type: ignore[attr-defined]
     ours = Topology.from_configuration(config)
-    theirs = TopologyStore(config)
+    theirs = MUSCLE3TopologyStore(config)
     for instance in ours.instances:
         assert ours.peers(instance) == {
             str(peer) for peer in theirs.get_peer_instances(Reference(instance))
@@ -181,3 +182,77 @@ def test_split_instance() -> None:
     assert split_instance("macro") == ("macro", ())
     with pytest.raises(UnknownInstanceError):
         split_instance("micro[2]x")
+
+
+def test_topology_store_answers_like_muscle3s(uq: Configuration) -> None:
+    ours = TopologyStore(uq)
+    theirs = MUSCLE3TopologyStore(uq)
+    for instance in Topology.from_configuration(uq).instances:
+        reference = Reference(instance)
+        assert sorted(map(str, ours.get_peer_instances(reference))) == sorted(
+            map(str, theirs.get_peer_instances(reference))
+        )
+    with pytest.raises(UnknownInstanceError):
+        ours.get_peer_instances("nope")
+
+
+def test_snapshot_nodes_check_consistency_as_muscle3s_do(uq: Configuration) -> None:
+    from libmuscle.manager.snapshot_registry import SnapshotNode as Muscle3Node
+    from libmuscle.manager.snapshot_registry import SnapshotRegistry as Muscle3Registry
+    from libmuscle.snapshot import SnapshotMetadata as Muscle3Metadata
+
+    from snapreg import SnapshotMetadata, SnapshotNode
+
+    muscle3 = Muscle3Registry(uq, None, MUSCLE3TopologyStore(uq))
+    topology = Topology.from_configuration(uq)
+    macro, rr = Reference("macro[1]"), Reference("rr")
+    cases = [  # rr sends back_out[1] to macro[1] and receives final_state_out
+        (
+            {"back_out": [0, 3], "back_in": [0, 2]},
+            {"muscle_settings_in": [3], "final_state_out": [2]},
+        ),
+        (
+            {"back_out": [0, 3], "back_in": [0, 2]},
+            {"muscle_settings_in": [4], "final_state_out": [2]},
+        ),
+        (
+            {"back_out": [0, 3], "back_in": [0, 2]},
+            {"muscle_settings_in": [3], "final_state_out": [3]},
+        ),
+        (
+            {"back_out": [0, 3], "back_in": [0, 2]},
+            {"muscle_settings_in": [5], "final_state_out": [2]},
+        ),
+        ({}, {"muscle_settings_in": [1], "final_state_out": [0]}),
+    ]
+    outcomes = set()
+    for rr_counts, macro_counts in cases:
+
+        def ours(counts: dict[str, list[int]], instance: Reference) -> SnapshotNode:
+            metadata = SnapshotMetadata(["t"], 1.0, 1.0, None, counts, False, "f")
+            return SnapshotNode(2, instance, metadata, frozenset())
+
+        def theirs(counts: dict[str, list[int]], instance: Reference) -> Muscle3Node:
+            metadata = Muscle3Metadata(["t"], 1.0, 1.0, None, counts, False, "f")
+            return Muscle3Node(2, instance, metadata, frozenset())
+
+        expected = theirs(rr_counts, rr).do_consistency_check(
+            theirs(macro_counts, macro), muscle3._get_connections(rr, macro)
+        )
+        mine = ours(rr_counts, rr)
+        peer = ours(macro_counts, macro)
+        # both MUSCLE3's connection triples and snapreg's are accepted
+        assert (
+            mine.do_consistency_check(peer, muscle3._get_connections(rr, macro))
+            is expected
+        )
+        assert (
+            ours(rr_counts, rr).do_consistency_check(
+                ours(macro_counts, macro), topology.connections("rr", "macro[1]")
+            )
+            is expected
+        )
+        assert (peer in mine.consistent_peers.get(macro, [])) is expected
+        assert (mine in peer.consistent_peers.get(rr, [])) is expected
+        outcomes.add(expected)
+    assert outcomes == {True, False}

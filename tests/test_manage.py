@@ -277,3 +277,29 @@ def test_policy_latest_writes_only_the_newest_restart_points(
     assert {str(k): str(v) for k, v in ymmsl.load(newest.path).resume.items()} == {
         str(k): str(v) for k, v in newest.resume.items()
     }
+
+
+def test_stock_muscle_manager_resumes_from_a_file_snapreg_wrote(
+    tmp_path: Path, stock_run: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'written.sqlite'}"
+    first = tmp_path / "first"
+    finished = simulation.run(simulation.manage_command(url, first), cwd=tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    with DatabaseReader(url) as reader:
+        middle = reader.workflow_snapshots(MODEL)[2]  # t = 0.5: half way
+    assert (
+        middle.path is not None
+        and middle.path.parent == (first / "snapshots").resolve()
+    )
+    # the file snapreg wrote, as it is, on stock muscle_manager's command line
+    second = tmp_path / "second"
+    resumed = simulation.run(
+        simulation.stock_command(second, middle.path), cwd=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    log = (second / "instances" / "macro" / "stderr.txt").read_text()
+    assert "Resumed from snapshot at t=0.5" in log, log[-2000:]
+    assert (second / simulation.FINAL_STATE).read_bytes() == (
+        stock_run / simulation.FINAL_STATE
+    ).read_bytes()

@@ -11,6 +11,7 @@ from snapreg.consistency import (
     Connection,
     ConnectionInfo,
     Topology,
+    TopologyStore,
     calc_consistency,
     calc_consistency_list,
     safe_get,
@@ -36,9 +37,6 @@ from snapreg.errors import (
 from snapreg.metadata import SnapshotMetadata
 from snapreg.registry import SnapshotRegistry
 from snapreg.snapshot import SnapshotNode, WorkflowSnapshot
-
-#: Kept for code written against MUSCLE3's names; snapreg's own is :class:`Topology`.
-TopologyStore = Topology
 
 __version__ = "0.1.0"
 

@@ -453,6 +453,32 @@ class Topology:
         return {}
 
 
+class TopologyStore:
+    """MUSCLE3's ``TopologyStore`` interface over snapreg's :class:`Topology`.
+
+    For code written against ``libmuscle.manager.topology_store.TopologyStore``:
+    built from a configuration, it answers ``get_peer_instances`` with yMMSL
+    References, and a registry accepts it (or MUSCLE3's own) as its peer source.
+    """
+
+    def __init__(self, config: Any) -> None:
+        """Describe the coupling of a yMMSL configuration (either version).
+
+        Raises:
+            ConfigurationError: if the configuration holds no usable model.
+        """
+        self.topology = Topology.from_configuration(config)
+
+    def get_peer_instances(self, instance: Any) -> list[Any]:
+        """The instances ``instance`` shares a conduit with, as References.
+
+        Raises:
+            UnknownInstanceError: if the model has no such instance.
+        """
+        name = self.topology.check_instance(instance)
+        return [_to_reference(peer) for peer in sorted(self.topology.peers(name))]
+
+
 def _to_reference(instance: str) -> Any:
     from ymmsl import v0_1
 
