@@ -19,7 +19,7 @@ import pytest
 import ymmsl
 from libmuscle.manager.topology_store import TopologyStore
 from libmuscle.snapshot import SnapshotMetadata as Muscle3Metadata
-from sqlalchemy import MetaData, create_engine, func, select, text
+from sqlalchemy import MetaData, create_engine, text
 from ymmsl import v0_1
 
 from snapreg import (
@@ -397,7 +397,20 @@ def _run_child_and_kill(url: str, folder: Path, kill_after: int) -> int:
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
+    # it went on until the kill landed: count what it acknowledged meanwhile
+    for line in child.stdout.read().splitlines():
+        if line.startswith(b"ack"):
+            acknowledged = int(line.split()[1]) + 1
     return acknowledged
+
+
+def _count(url: str, query: str) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(text(query)).scalar_one())
+    finally:
+        engine.dispose()
 
 
 def test_acknowledged_registrations_survive_a_crash(
@@ -405,14 +418,18 @@ def test_acknowledged_registrations_survive_a_crash(
 ) -> None:
     kill_after = len(STREAM.registrations) // 2
     acknowledged = _run_child_and_kill(persistent_database_url, tmp_path, kill_after)
-    assert acknowledged == kill_after
+    assert acknowledged >= kill_after
+    # Nothing acknowledged may be missing; the registration the child was in the
+    # middle of when it died may have committed before its acknowledgement.
+    stored = _count(persistent_database_url, "SELECT count(*) FROM submission")
+    assert acknowledged <= stored <= acknowledged + 1
     steps = run_oracle(STREAM)
     # the dead writer's lease is taken over at once: same host, process gone
     with SnapshotRegistry(
         STREAM.config, tmp_path, database_url=persistent_database_url
     ) as registry:
         assert registry.pending_count() == 0
-        for name, good in STREAM.registrations[acknowledged:]:
+        for name, good in STREAM.registrations[stored:]:
             registry.add_snapshot(name, good)
         expected = sorted(
             sorted(members) for step in steps for members in step.workflow_snapshots
@@ -424,19 +441,12 @@ def test_acknowledged_registrations_survive_a_crash(
             assert [n.num for n in registry.snapshots(instance)] == steps[-1].active[
                 instance
             ]
-    engine = create_engine(persistent_database_url)
-    with engine.connect() as connection:
-        submissions = connection.execute(
-            select(func.count()).select_from(text("submission"))
-        ).scalar()
-        orphans = connection.execute(
-            text(
-                "SELECT count(*) FROM submission s WHERE NOT EXISTS "
-                "(SELECT 1 FROM snapshot_node n WHERE n.submission_id = s.id)"
-            )
-        ).scalar()
-    engine.dispose()
-    assert submissions == acknowledged
+    orphans = _count(
+        persistent_database_url,
+        "SELECT count(*) FROM submission s WHERE NOT EXISTS "
+        "(SELECT 1 FROM snapshot_node n WHERE n.submission_id = s.id)",
+    )
+    assert _count(persistent_database_url, "SELECT count(*) FROM submission") == stored
     assert orphans == 0
     files = sorted(path.name for path in tmp_path.glob("snapshot_*.ymmsl"))
     assert len(files) == len(expected)
