@@ -736,9 +736,14 @@ def private_postgres() -> Iterator[PrivateServer]:
 
 @pytest.mark.postgres
 def test_a_restarted_server_loses_nothing_acknowledged(
-    private_postgres: PrivateServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    private_postgres: PrivateServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.WARNING)
+    # about 11 s of patience instead of 5: a restart on a busy machine can be slow
+    monkeypatch.setattr(database, "TRANSACTION_ATTEMPTS", 11)
     stream = macro_micro(22, num_micro=3, num_steps=25)
     url = private_postgres.create_database("restarted")
     folder = snapshot_folder(tmp_path)

@@ -94,6 +94,12 @@ TARGETED_POINTS = (
 
 KILL_POINTS = EXTERNAL_POINTS + TARGETED_POINTS
 
+_PER_TRANSACTION_POINTS = (
+    "registration-half-done",
+    "registration-before-commit",
+    "committed-before-files",
+)
+
 _EVENT_TIMEOUT = 180.0
 _BACKEND_GONE_TIMEOUT = 60.0
 
@@ -339,6 +345,7 @@ class TortureReport:
     registrations: int
     rounds: list[Round] = field(default_factory=list)
     seconds: float = 0.0
+    verify_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
     workflow_snapshots: int = 0
 
@@ -384,6 +391,7 @@ class TortureReport:
             "in_flight_at_kill": self.in_flight_outcomes,
             "workflow_snapshots": self.workflow_snapshots,
             "seconds": round(self.seconds, 1),
+            "verify_seconds": round(self.verify_seconds, 1),
             "problems": self.problems,
         }
 
@@ -454,22 +462,34 @@ def _forkserver() -> Any:
     return context
 
 
+def kill_targets(rng: random.Random, total: int, kills: int) -> list[int]:
+    """Where the kills aim: registration indices spread evenly at random.
+
+    Sorted, one per kill, and short of the last few registrations so that the
+    final child has some left to finish.
+    """
+    last = max(0, total - 1 - 4)
+    return sorted(rng.randint(0, last) for _ in range(kills))
+
+
 def _choose_plan(
-    rng: random.Random, point: str, start: int, total: int, kills_left: int
+    rng: random.Random, point: str, start: int, target: int | None, total: int
 ) -> KillPlan:
-    if kills_left == 0:
+    if target is None:
         return KillPlan("none")
-    remaining = total - start
-    # leave room for the kills still to come, a few registrations each
-    last_target = max(start, total - 1 - 4 * kills_left)
-    spacing = max(1, remaining // (kills_left + 1))
-    target = min(last_target, start + rng.randint(0, 2 * spacing))
+    if start >= total - 3:
+        # so close to the end that a child could finish before its kill
+        return KillPlan("while-opening", delay=rng.uniform(0.0, 0.01))
+    # a kill that made less progress than planned leaves its target to the next
+    target = max(start, target)
     if point == "after-ack":
         return KillPlan(point, after_ack=target, delay=rng.uniform(0.0, 0.02))
     if point == "while-opening":
         return KillPlan(point, delay=rng.uniform(0.0, 0.15))
-    # most moments come about once per registration or more often
-    occurrence = rng.randint(1, max(1, (target - start + 1) // 2))
+    # submissions and files come once per registration or more often; the worker
+    # may process several registrations in one transaction
+    per_moment = 4 if point in _PER_TRANSACTION_POINTS else 2
+    occurrence = rng.randint(1, max(1, (target - start + 1) // per_moment))
     return KillPlan(point, after_ack=target + 2, occurrence=occurrence)
 
 
@@ -602,9 +622,10 @@ def torture(
     try:
         start = 0
         points = _kill_points(rng)
+        targets = kill_targets(rng, total, kills)
         while True:
-            kills_left = max(0, kills - report.kills)
-            plan = _choose_plan(rng, next(points), start, total, kills_left)
+            target = targets[report.kills] if report.kills < kills else None
+            plan = _choose_plan(rng, next(points), start, target, total)
             application_name = f"snapreg-torture-{os.getpid()}-{len(report.rounds)}"
             job = ChildJob(
                 url=_with_application_name(url, application_name),
@@ -913,16 +934,15 @@ ORPHAN_QUERIES = {
         " WHERE n.run_id <> w.run_id"
     ),
     "workflow snapshots without one member per instance": (
-        "SELECT count(*) FROM workflow_snapshot w WHERE"
-        " (SELECT count(*) FROM workflow_snapshot_member m"
-        "  WHERE m.workflow_snapshot_id = w.id)"
-        " <> (SELECT count(DISTINCT n.instance) FROM workflow_snapshot_member m"
-        "     JOIN snapshot_node n ON n.id = m.snapshot_node_id"
-        "     WHERE m.workflow_snapshot_id = w.id)"
-        " OR (SELECT count(*) FROM workflow_snapshot_member m"
-        "     WHERE m.workflow_snapshot_id = w.id)"
-        " <> (SELECT count(*) FROM snapshot_node n"
-        "     WHERE n.run_id = w.run_id AND n.is_restart)"
+        "SELECT count(*) FROM workflow_snapshot w"
+        " LEFT JOIN (SELECT m.workflow_snapshot_id AS id, count(*) AS members,"
+        "  count(DISTINCT n.instance) AS instances FROM workflow_snapshot_member m"
+        "  JOIN snapshot_node n ON n.id = m.snapshot_node_id"
+        "  GROUP BY m.workflow_snapshot_id) c ON c.id = w.id"
+        " LEFT JOIN (SELECT run_id, count(*) AS restarts FROM snapshot_node"
+        "  WHERE is_restart GROUP BY run_id) r ON r.run_id = w.run_id"
+        " WHERE c.members IS NULL OR c.members <> c.instances"
+        " OR r.restarts IS NULL OR c.members <> r.restarts"
     ),
     "submissions that were never processed into a node": (
         "SELECT count(*) FROM submission s WHERE NOT EXISTS"
@@ -1096,7 +1116,9 @@ def run_and_verify(
         workdir=workdir,
         progress=progress,
     )
+    began = time.monotonic()
     report.problems = verify(url, folder, stream, campaign, expected)
+    report.verify_seconds = time.monotonic() - began
     report.workflow_snapshots = expected.workflow_snapshot_count
     return report
 
