@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 import secrets
 import threading
@@ -36,16 +35,16 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import ymmsl
-from sqlalchemy import Connection, Table, func, insert, select, text, update
+from sqlalchemy import Connection, Table, insert, select, update
 from sqlalchemy.orm import Session
 
-from snapreg import models, queries
-from snapreg.consistency import PeerSource, Topology, instance_sort_key, split_instance
+from snapreg import models, queries, tables
+from snapreg.consistency import PeerSource, Topology, instance_sort_key
 from snapreg.database import (
     Durability,
     create_database_engine,
@@ -60,11 +59,8 @@ from snapreg.database import (
 )
 from snapreg.errors import (
     ConfigurationError,
-    NotFoundError,
     RegistryClosedError,
-    TopologyMismatchError,
     WorkerError,
-    WriterConflictError,
 )
 from snapreg.graph import POLICIES, ActiveGraph, GraphNode, Policy
 from snapreg.materialize import (
@@ -80,9 +76,8 @@ from snapreg.metadata import (
     SnapshotMetadata,
     check_counts_not_decreasing,
     coerce_metadata,
-    restart_metadata,
-    storable_text,
 )
+from snapreg.runs import RunSetup, WriterLease, check_arguments, open_run
 from snapreg.snapshot import SnapshotNode, WorkflowSnapshot
 
 _logger = logging.getLogger(__name__)
@@ -90,47 +85,11 @@ _logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 DEFAULT_DATABASE_NAME = "snapreg.sqlite"
-# campaign.name is VARCHAR(255); row ids are 64-bit on PostgreSQL
-MAX_CAMPAIGN_NAME_LENGTH = 255
-MAX_ROW_ID = 2**63 - 1
 # SQLite accepts 32766 bound parameters per statement; stay well below.
 _IN_LIST_CHUNK = 10_000
 # Pending submissions processed per transaction by the worker: one commit for many
 # registrations when they arrive faster than commits can be paid one by one.
 _PROCESSING_BATCH = 64
-
-# The hot path runs Core statements on the ORM's tables (see run_in_connection).
-_RUN = cast(Table, models.Run.__table__)
-_SUBMISSION = cast(Table, models.Submission.__table__)
-_NODE = cast(Table, models.SnapshotNode.__table__)
-_EDGE = cast(Table, models.ConsistentPair.__table__)
-_WORKFLOW_SNAPSHOT = cast(Table, models.WorkflowSnapshot.__table__)
-_MEMBER = cast(Table, models.WorkflowSnapshotMember.__table__)
-_INSERT_EDGE = insert(_EDGE)
-
-
-def allocate_ids(connection: Connection, table: Table, count: int) -> list[int]:
-    """Reserve ``count`` new row ids of ``table``, ascending, in this transaction.
-
-    With the ids known in advance a batch is one plain multi-row insert; asking
-    the database for them with INSERT ... RETURNING in parameter order makes
-    SQLAlchemy fall back to one statement per row on SQLite. SQLite: the writer
-    holds the database's write lock from BEGIN IMMEDIATE, so max(id) + 1 onwards
-    is free. PostgreSQL: the column's own sequence.
-    """
-    if count == 0:
-        return []
-    if connection.dialect.name == "postgresql":
-        rows = connection.execute(
-            text(
-                "SELECT nextval(pg_get_serial_sequence(:table, 'id'))"
-                " FROM generate_series(1, :count)"
-            ),
-            {"table": table.name, "count": count},
-        ).scalars()
-        return sorted(rows)
-    highest = connection.execute(select(func.max(table.c.id))).scalar() or 0
-    return list(range(highest + 1, highest + 1 + count))
 
 
 def default_database_url(snapshot_folder: Path | None) -> str:
@@ -244,7 +203,7 @@ class SnapshotRegistry(threading.Thread):
             WriterConflictError: another live registry writes this run.
         """
         super().__init__(name="SnapshotRegistry")
-        _check_arguments(
+        check_arguments(
             snapshot_folder,
             topology_store,
             campaign=campaign,
@@ -271,10 +230,9 @@ class SnapshotRegistry(threading.Thread):
         self._write_engine = writer(self._engine)
         self._in_memory = is_memory_sqlite(url)
         self._campaign_name = campaign or self._topology.model_name
-        self._writer_timeout = writer_timeout
         self._heartbeat_interval = min(writer_timeout / 4, 15.0)
-        self._host, self._pid = host_and_pid()
-        self._token = secrets.token_hex(16)
+        host, pid = host_and_pid()
+        self._lease = WriterLease(host, pid, secrets.token_hex(16), writer_timeout)
         self._allocator = NameAllocator(self._folder) if self._folder else None
 
         # Guards the graph and the processing of registrations.
@@ -299,9 +257,16 @@ class SnapshotRegistry(threading.Thread):
 
         try:
             ensure_schema(self._engine, upgrade=upgrade)
+            setup = RunSetup(
+                self._campaign_name,
+                self._topology,
+                self._configuration_text,
+                self._folder,
+                self._lease,
+            )
             self._campaign_id, self._run_id, self._run_number = run_transaction(
                 self._write_engine,
-                lambda session: self._open_run(session, new_run, resumed_from),
+                lambda session: open_run(session, setup, new_run, resumed_from),
             )
             self._last_heartbeat = _monotonic()
             self._graph = self._load_state()
@@ -314,7 +279,10 @@ class SnapshotRegistry(threading.Thread):
         except BaseException:
             if hasattr(self, "_run_id"):
                 try:
-                    run_transaction(self._write_engine, self._release_writer)
+                    run_transaction(
+                        self._write_engine,
+                        lambda session: self._lease.release(session, self._run_id),
+                    )
                 except Exception:  # the original error matters more
                     _logger.warning("Could not release the writer lease", exc_info=True)
             self._engine.dispose()
@@ -504,7 +472,10 @@ class SnapshotRegistry(threading.Thread):
             try:
                 with self._lock:
                     self._retry_unwritten()
-                    run_transaction(self._write_engine, self._release_writer)
+                    run_transaction(
+                        self._write_engine,
+                        lambda session: self._lease.release(session, self._run_id),
+                    )
             except Exception:  # release is best effort; the lease times out anyway
                 _logger.warning(
                     "Could not release the run's writer lease", exc_info=True
@@ -518,203 +489,6 @@ class SnapshotRegistry(threading.Thread):
         self.close()
 
     # ------------------------------------------------------------ opening a run
-
-    def _open_run(
-        self, session: Session, new_run: bool, resumed_from: int | None
-    ) -> tuple[int, int, int]:
-        campaign = session.scalars(
-            select(models.Campaign).where(models.Campaign.name == self._campaign_name)
-        ).one_or_none()
-        if campaign is None:
-            campaign = models.Campaign(name=self._campaign_name)
-            session.add(campaign)
-            session.flush()
-        run = queries.latest_run(session, campaign.id)
-        if run is not None and run.writer_token == self._token:
-            # a retry after a commit whose answer was lost: the run is ours already
-            return campaign.id, run.id, run.number
-        signature = self._topology.signature()
-        if run is None or new_run:
-            if resumed_from is not None:
-                self._check_resumed_from(session, campaign.id, resumed_from)
-            run = self._create_run(
-                session,
-                campaign.id,
-                1 if run is None else run.number + 1,
-                signature,
-                resumed_from,
-            )
-        else:
-            if resumed_from is not None and resumed_from != (
-                run.resumed_from_workflow_snapshot_id
-            ):
-                raise ConfigurationError(
-                    "resumed_from is only for a new run; pass new_run=True"
-                )
-            if run.topology != signature:
-                raise TopologyMismatchError(
-                    f"campaign {self._campaign_name!r} run {run.number} was made with"
-                    " a model whose components or conduits differ from this"
-                    " configuration; start a new run (new_run=True) or use another"
-                    " campaign"
-                )
-            self._acquire_writer(session, run)
-            if self._folder is not None and run.snapshot_folder != str(
-                self._folder.resolve()
-            ):
-                run.snapshot_folder = str(self._folder.resolve())
-        return campaign.id, run.id, run.number
-
-    def _check_resumed_from(
-        self, session: Session, campaign_id: int, workflow_snapshot_id: int
-    ) -> None:
-        found = session.execute(
-            select(models.WorkflowSnapshot.id)
-            .join(models.Run, models.Run.id == models.WorkflowSnapshot.run_id)
-            .where(
-                models.WorkflowSnapshot.id == workflow_snapshot_id,
-                models.Run.campaign_id == campaign_id,
-            )
-        ).first()
-        if found is None:
-            raise NotFoundError(
-                f"campaign {self._campaign_name!r} has no workflow snapshot"
-                f" {workflow_snapshot_id} to resume from"
-            )
-
-    def _create_run(
-        self,
-        session: Session,
-        campaign_id: int,
-        number: int,
-        signature: str,
-        resumed_from: int | None,
-    ) -> models.Run:
-        now = datetime.now(timezone.utc)
-        run = models.Run(
-            campaign_id=campaign_id,
-            number=number,
-            model_name=self._topology.model_name,
-            topology=signature,
-            configuration=self._configuration_text,
-            snapshot_folder=str(self._folder.resolve()) if self._folder else None,
-            started_at=now,
-            resumed_from_workflow_snapshot_id=resumed_from,
-            writer_host=self._host,
-            writer_pid=self._pid,
-            writer_token=self._token,
-            writer_since=now,
-            writer_heartbeat_at=now,
-        )
-        session.add(run)
-        session.flush()
-        # Restart nodes first, as MUSCLE3 does: every instance may start afresh.
-        graph = ActiveGraph(self._topology)
-        restart = restart_metadata()
-        values = queries.node_row_values(restart)
-        connection = session.connection()
-        ids = allocate_ids(connection, _NODE, len(self._topology.instances))
-        connection.execute(
-            insert(_NODE),
-            [
-                {
-                    "id": node_id,
-                    "run_id": run.id,
-                    "instance": instance,
-                    "num": 1,
-                    "is_restart": True,
-                    "registered_at": now,
-                    **values,
-                }
-                for node_id, instance in zip(ids, self._topology.instances, strict=True)
-            ],
-        )
-        edges: list[dict[str, int]] = []
-        for node_id, instance in zip(ids, self._topology.instances, strict=True):
-            node = graph.new_node(node_id, instance, restart, True)
-            edges.extend(_edge_rows(node, graph.add(node)))
-        if edges:
-            connection.execute(_INSERT_EDGE, edges)
-        # --- topology rows for the SQL views (docs/schema.md, migration 0002) ---
-        # The peers of every instance, and every conduit between two peers with the
-        # port and slot of each side whose counts must agree (NULL: every slot).
-        topology = self._topology
-        peer_rows = [
-            {"run_id": run.id, "instance": instance, "peer_instance": peer}
-            for instance in topology.instances
-            for peer in sorted(topology.peers(instance))
-        ]
-        if peer_rows:
-            connection.execute(
-                insert(cast(Table, models.InstancePeer.__table__)), peer_rows
-            )
-        conduit_rows = [
-            {
-                "run_id": run.id,
-                "sender_instance": sender,
-                "receiver_instance": receiver,
-                "conduit": f"{split_instance(sender)[0]}.{rule.own_port} ->"
-                f" {split_instance(receiver)[0]}.{rule.peer_port}",
-                "sending_port": rule.own_port,
-                "sending_slot": rule.own_slot,
-                "receiving_port": rule.peer_port,
-                "receiving_slot": rule.peer_slot,
-            }
-            for sender in topology.instances
-            for receiver in sorted(topology.peers(sender))
-            for rule in topology.rules(sender, receiver)
-            if rule.is_sending
-        ]
-        if conduit_rows:
-            connection.execute(
-                insert(cast(Table, models.InstanceConduit.__table__)), conduit_rows
-            )
-        # --- end of topology rows ---
-        return run
-
-    def _acquire_writer(self, session: Session, run: models.Run) -> None:
-        now = datetime.now(timezone.utc)
-        if run.writer_token is not None and run.writer_token != self._token:
-            heartbeat = run.writer_heartbeat_at or run.writer_since or now
-            stale = now - heartbeat > timedelta(seconds=self._writer_timeout)
-            dead = run.writer_host == self._host and not _process_alive(run.writer_pid)
-            if not (stale or dead):
-                raise WriterConflictError(
-                    f"run {run.number} of campaign {self._campaign_name!r} is being"
-                    f" written by pid {run.writer_pid} on {run.writer_host} since"
-                    f" {_format_time(run.writer_since)} (last heartbeat"
-                    f" {_format_time(run.writer_heartbeat_at)}); only one registry"
-                    " may write a run. It is taken over"
-                    f" {self._writer_timeout:g} s after its last heartbeat."
-                )
-            _logger.warning(
-                "Taking over run %d of campaign %r from pid %s on %s (%s)",
-                run.number,
-                self._campaign_name,
-                run.writer_pid,
-                run.writer_host,
-                "process gone" if dead else "heartbeat too old",
-            )
-        run.writer_host = self._host
-        run.writer_pid = self._pid
-        run.writer_token = self._token
-        run.writer_since = now
-        run.writer_heartbeat_at = now
-
-    def _release_writer(self, session: Session) -> None:
-        session.execute(
-            update(models.Run)
-            .where(
-                models.Run.id == self._run_id, models.Run.writer_token == self._token
-            )
-            .values(
-                writer_token=None,
-                writer_host=None,
-                writer_pid=None,
-                writer_since=None,
-                writer_heartbeat_at=None,
-            )
-        )
 
     def _load_state(self) -> ActiveGraph:
         """Load the active graph, pending submissions and latest counts."""
@@ -826,9 +600,11 @@ class SnapshotRegistry(threading.Thread):
 
         def work(connection: Connection) -> Sequence[int]:
             self._heartbeat_if_due(connection)
-            submission_ids = allocate_ids(connection, _SUBMISSION, len(batch))
+            submission_ids = tables.allocate_ids(
+                connection, tables.SUBMISSION, len(batch)
+            )
             connection.execute(
-                insert(_SUBMISSION),
+                insert(tables.SUBMISSION),
                 [
                     {
                         "id": submission_id,
@@ -844,7 +620,7 @@ class SnapshotRegistry(threading.Thread):
 
         def landed(connection: Connection, ids: Sequence[int]) -> bool:
             # only this run's writer adds submissions to it
-            return self._row_exists(connection, _SUBMISSION, ids[0])
+            return self._row_exists(connection, tables.SUBMISSION, ids[0])
 
         ids: Sequence[int] = ()
         error: BaseException | None = None
@@ -919,7 +695,7 @@ class SnapshotRegistry(threading.Thread):
                     lambda connection: self._write_batch(connection, batch, now),
                     # only this run's writer adds nodes to it
                     landed=lambda connection, first_node: self._row_exists(
-                        connection, _NODE, first_node
+                        connection, tables.NODE, first_node
                     ),
                 )
         except BaseException:
@@ -984,11 +760,11 @@ class SnapshotRegistry(threading.Thread):
             The id of the batch's first node, to tell later whether it committed.
         """
         self._heartbeat_if_due(connection)
-        node_ids = allocate_ids(connection, _NODE, len(batch.nodes))
+        node_ids = tables.allocate_ids(connection, tables.NODE, len(batch.nodes))
         for (node, _), node_id in zip(batch.nodes, node_ids, strict=True):
             node.id = node_id
         connection.execute(
-            insert(_NODE),
+            insert(tables.NODE),
             [
                 {
                     "id": node.id,
@@ -1005,7 +781,7 @@ class SnapshotRegistry(threading.Thread):
         )
         if batch.edges:
             connection.execute(
-                _INSERT_EDGE,
+                tables.INSERT_EDGE,
                 [
                     {
                         "lower_node_id": min(node.id, peer.id),
@@ -1015,11 +791,11 @@ class SnapshotRegistry(threading.Thread):
                 ],
             )
         if batch.workflow_snapshots:
-            snapshot_ids = allocate_ids(
-                connection, _WORKFLOW_SNAPSHOT, len(batch.workflow_snapshots)
+            snapshot_ids = tables.allocate_ids(
+                connection, tables.WORKFLOW_SNAPSHOT, len(batch.workflow_snapshots)
             )
             connection.execute(
-                insert(_WORKFLOW_SNAPSHOT),
+                insert(tables.WORKFLOW_SNAPSHOT),
                 [
                     {
                         "id": snapshot_id,
@@ -1045,11 +821,13 @@ class SnapshotRegistry(threading.Thread):
                     {"workflow_snapshot_id": snapshot_id, "snapshot_node_id": member.id}
                     for member in item.nodes
                 )
-            connection.execute(insert(_MEMBER), member_rows)
+            connection.execute(insert(tables.MEMBER), member_rows)
         retired_ids = [node.id for node in batch.retired]
         for chunk in queries.chunks(retired_ids, _IN_LIST_CHUNK):
             connection.execute(
-                update(_NODE).where(_NODE.c.id.in_(chunk)).values(retired_at=now)
+                update(tables.NODE)
+                .where(tables.NODE.c.id.in_(chunk))
+                .values(retired_at=now)
             )
         return batch.nodes[0][0].id
 
@@ -1121,16 +899,11 @@ class SnapshotRegistry(threading.Thread):
             return
 
         def beat(work_connection: Connection) -> None:
-            renewed = work_connection.execute(
-                update(_RUN)
-                .where(_RUN.c.id == self._run_id, _RUN.c.writer_token == self._token)
-                .values(writer_heartbeat_at=datetime.now(timezone.utc))
+            self._lease.renew(
+                work_connection,
+                self._run_id,
+                f"run {self._run_number} of campaign {self._campaign_name!r}",
             )
-            if renewed.rowcount != 1:
-                raise WriterConflictError(
-                    f"run {self._run_number} of campaign {self._campaign_name!r} was"
-                    " taken over by another registry; this one stops writing"
-                )
 
         if connection is None:
             with self._write_lock:
@@ -1156,99 +929,11 @@ class SnapshotRegistry(threading.Thread):
             ) from self._error
 
 
-def _check_arguments(
-    snapshot_folder: Any,
-    topology_store: Any,
-    *,
-    campaign: Any,
-    new_run: Any,
-    resumed_from: Any,
-    upgrade: Any,
-    writer_timeout: Any,
-) -> None:
-    """Refuse unusable constructor arguments before anything touches the database.
-
-    Raises:
-        ConfigurationError: naming the argument.
-    """
-    if snapshot_folder is not None and not isinstance(
-        snapshot_folder, (str, os.PathLike)
-    ):
-        raise ConfigurationError(
-            f"snapshot_folder must be a path or None, not {snapshot_folder!r}"
-        )
-    if topology_store is not None and not callable(
-        getattr(topology_store, "get_peer_instances", None)
-    ):
-        raise ConfigurationError("topology_store must have a get_peer_instances method")
-    if campaign is not None and (
-        not isinstance(campaign, str)
-        or not campaign.strip()
-        or len(campaign) > MAX_CAMPAIGN_NAME_LENGTH
-        or not campaign.isprintable()
-        or not storable_text(campaign)
-    ):
-        raise ConfigurationError(
-            f"campaign must be printable text of 1 to {MAX_CAMPAIGN_NAME_LENGTH}"
-            f" characters, not {str(campaign)[:80]!r}"
-        )
-    for name, flag in (("new_run", new_run), ("upgrade", upgrade)):
-        if not isinstance(flag, bool):
-            raise ConfigurationError(f"{name} must be True or False, not {flag!r}")
-    if resumed_from is not None and (
-        isinstance(resumed_from, bool)
-        or not isinstance(resumed_from, int)
-        or not 1 <= resumed_from <= MAX_ROW_ID
-    ):
-        raise ConfigurationError(
-            f"resumed_from must be a workflow snapshot id, not {resumed_from!r}"
-        )
-    if (
-        isinstance(writer_timeout, bool)
-        or not isinstance(writer_timeout, (int, float))
-        or not math.isfinite(writer_timeout)
-        or writer_timeout <= 0
-    ):
-        raise ConfigurationError(
-            "writer_timeout must be a positive number of seconds,"
-            f" not {writer_timeout!r}"
-        )
-
-
-def _edge_rows(node: GraphNode, peers: list[GraphNode]) -> list[dict[str, int]]:
-    return [
-        {
-            "lower_node_id": min(node.id, peer.id),
-            "higher_node_id": max(node.id, peer.id),
-        }
-        for peer in peers
-        if peer is not node
-    ]
-
-
 def _configuration_text(config: Any) -> str:
     try:
         return str(ymmsl.dump(config))
     except Exception:  # a partial or hand-made configuration: keep what we can
         return repr(config)
-
-
-def _process_alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _format_time(moment: datetime | None) -> str:
-    if moment is None:
-        return "an unknown time"
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _monotonic() -> float:

@@ -1,0 +1,378 @@
+"""Campaigns, runs and the right to write a run.
+
+Opening a registry either continues a campaign's latest run (same topology, the
+writer lease taken over from a holder that is gone) or creates a new run: its row,
+its restart nodes (one per instance, num 1, with their edges) and the per-run
+topology rows the SQL views use. The writer lease lives on the run row: holder's
+host, pid, random token and heartbeat; a second registry is refused while the
+holder is alive and its heartbeat fresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.orm import Session
+
+from snapreg import models, queries, tables
+from snapreg.consistency import Topology, split_instance
+from snapreg.errors import (
+    ConfigurationError,
+    NotFoundError,
+    TopologyMismatchError,
+    WriterConflictError,
+)
+from snapreg.graph import ActiveGraph
+from snapreg.metadata import restart_metadata, storable_text
+
+_logger = logging.getLogger(__name__)
+
+# campaign.name is VARCHAR(255); row ids are 64-bit on PostgreSQL
+MAX_CAMPAIGN_NAME_LENGTH = 255
+MAX_ROW_ID = 2**63 - 1
+
+
+def check_arguments(
+    snapshot_folder: Any,
+    topology_store: Any,
+    *,
+    campaign: Any,
+    new_run: Any,
+    resumed_from: Any,
+    upgrade: Any,
+    writer_timeout: Any,
+) -> None:
+    """Refuse unusable registry arguments before anything touches the database.
+
+    Raises:
+        ConfigurationError: naming the argument.
+    """
+    if snapshot_folder is not None and not isinstance(
+        snapshot_folder, (str, os.PathLike)
+    ):
+        raise ConfigurationError(
+            f"snapshot_folder must be a path or None, not {snapshot_folder!r}"
+        )
+    if topology_store is not None and not callable(
+        getattr(topology_store, "get_peer_instances", None)
+    ):
+        raise ConfigurationError("topology_store must have a get_peer_instances method")
+    if campaign is not None and (
+        not isinstance(campaign, str)
+        or not campaign.strip()
+        or len(campaign) > MAX_CAMPAIGN_NAME_LENGTH
+        or not campaign.isprintable()
+        or not storable_text(campaign)
+    ):
+        raise ConfigurationError(
+            f"campaign must be printable text of 1 to {MAX_CAMPAIGN_NAME_LENGTH}"
+            f" characters, not {str(campaign)[:80]!r}"
+        )
+    for name, flag in (("new_run", new_run), ("upgrade", upgrade)):
+        if not isinstance(flag, bool):
+            raise ConfigurationError(f"{name} must be True or False, not {flag!r}")
+    if resumed_from is not None and (
+        isinstance(resumed_from, bool)
+        or not isinstance(resumed_from, int)
+        or not 1 <= resumed_from <= MAX_ROW_ID
+    ):
+        raise ConfigurationError(
+            f"resumed_from must be a workflow snapshot id, not {resumed_from!r}"
+        )
+    if (
+        isinstance(writer_timeout, bool)
+        or not isinstance(writer_timeout, (int, float))
+        or not math.isfinite(writer_timeout)
+        or writer_timeout <= 0
+    ):
+        raise ConfigurationError(
+            "writer_timeout must be a positive number of seconds,"
+            f" not {writer_timeout!r}"
+        )
+
+
+@dataclass(frozen=True)
+class WriterLease:
+    """This process's claim on a run: who it is, and how long a silence may last.
+
+    Attributes:
+        host: This machine's name.
+        pid: This process's id.
+        token: Random, unique to one registry.
+        timeout: Seconds without a heartbeat after which another registry may
+            take the run over.
+    """
+
+    host: str
+    pid: int
+    token: str
+    timeout: float
+
+    def acquire(self, run: models.Run, campaign: str) -> None:
+        """Take the run, unless a live holder with a fresh heartbeat has it.
+
+        Raises:
+            WriterConflictError: naming the holder (host, pid, since when).
+        """
+        now = datetime.now(timezone.utc)
+        if run.writer_token is not None and run.writer_token != self.token:
+            heartbeat = run.writer_heartbeat_at or run.writer_since or now
+            stale = now - heartbeat > timedelta(seconds=self.timeout)
+            dead = run.writer_host == self.host and not _process_alive(run.writer_pid)
+            if not (stale or dead):
+                raise WriterConflictError(
+                    f"run {run.number} of campaign {campaign!r} is being"
+                    f" written by pid {run.writer_pid} on {run.writer_host} since"
+                    f" {_format_time(run.writer_since)} (last heartbeat"
+                    f" {_format_time(run.writer_heartbeat_at)}); only one registry"
+                    " may write a run. It is taken over"
+                    f" {self.timeout:g} s after its last heartbeat."
+                )
+            _logger.warning(
+                "Taking over run %d of campaign %r from pid %s on %s (%s)",
+                run.number,
+                campaign,
+                run.writer_pid,
+                run.writer_host,
+                "process gone" if dead else "heartbeat too old",
+            )
+        self.stamp(run, now)
+
+    def stamp(self, run: models.Run, now: datetime) -> None:
+        """Write this lease into a run row."""
+        run.writer_host = self.host
+        run.writer_pid = self.pid
+        run.writer_token = self.token
+        run.writer_since = now
+        run.writer_heartbeat_at = now
+
+    def renew(self, connection: Connection, run_id: int, description: str) -> None:
+        """Record a heartbeat.
+
+        Raises:
+            WriterConflictError: another registry took the run over.
+        """
+        renewed = connection.execute(
+            update(tables.RUN)
+            .where(tables.RUN.c.id == run_id, tables.RUN.c.writer_token == self.token)
+            .values(writer_heartbeat_at=datetime.now(timezone.utc))
+        )
+        if renewed.rowcount != 1:
+            raise WriterConflictError(
+                f"{description} was taken over by another registry; this one stops"
+                " writing"
+            )
+
+    def release(self, session: Session, run_id: int) -> None:
+        """Give the run up, if it is still ours."""
+        session.execute(
+            update(models.Run)
+            .where(models.Run.id == run_id, models.Run.writer_token == self.token)
+            .values(
+                writer_token=None,
+                writer_host=None,
+                writer_pid=None,
+                writer_since=None,
+                writer_heartbeat_at=None,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """What a registry brings to the run it opens."""
+
+    campaign: str
+    topology: Topology
+    configuration_text: str
+    folder: Path | None
+    lease: WriterLease
+
+
+def open_run(
+    session: Session, setup: RunSetup, new_run: bool, resumed_from: int | None
+) -> tuple[int, int, int]:
+    """Continue the campaign's latest run, or create a new one, and take it.
+
+    Returns:
+        The campaign's id, the run's id and its number.
+
+    Raises:
+        TopologyMismatchError: continuing a run made with another model.
+        NotFoundError: ``resumed_from`` is not a workflow snapshot of the campaign.
+        WriterConflictError: another live registry writes the run.
+    """
+    campaign = session.scalars(
+        select(models.Campaign).where(models.Campaign.name == setup.campaign)
+    ).one_or_none()
+    if campaign is None:
+        campaign = models.Campaign(name=setup.campaign)
+        session.add(campaign)
+        session.flush()
+    run = queries.latest_run(session, campaign.id)
+    if run is not None and run.writer_token == setup.lease.token:
+        # a retry after a commit whose answer was lost: the run is ours already
+        return campaign.id, run.id, run.number
+    signature = setup.topology.signature()
+    if run is None or new_run:
+        if resumed_from is not None:
+            _check_resumed_from(session, setup.campaign, campaign.id, resumed_from)
+        run = _create_run(
+            session,
+            setup,
+            campaign.id,
+            1 if run is None else run.number + 1,
+            resumed_from,
+        )
+        return campaign.id, run.id, run.number
+    if (
+        resumed_from is not None
+        and resumed_from != run.resumed_from_workflow_snapshot_id
+    ):
+        raise ConfigurationError(
+            "resumed_from is only for a new run; pass new_run=True"
+        )
+    if run.topology != signature:
+        raise TopologyMismatchError(
+            f"campaign {setup.campaign!r} run {run.number} was made with a model"
+            " whose components or conduits differ from this configuration; start a"
+            " new run (new_run=True) or use another campaign"
+        )
+    setup.lease.acquire(run, setup.campaign)
+    if setup.folder is not None and run.snapshot_folder != str(setup.folder.resolve()):
+        run.snapshot_folder = str(setup.folder.resolve())
+    return campaign.id, run.id, run.number
+
+
+def _check_resumed_from(
+    session: Session, campaign: str, campaign_id: int, workflow_snapshot_id: int
+) -> None:
+    found = session.execute(
+        select(models.WorkflowSnapshot.id)
+        .join(models.Run, models.Run.id == models.WorkflowSnapshot.run_id)
+        .where(
+            models.WorkflowSnapshot.id == workflow_snapshot_id,
+            models.Run.campaign_id == campaign_id,
+        )
+    ).first()
+    if found is None:
+        raise NotFoundError(
+            f"campaign {campaign!r} has no workflow snapshot {workflow_snapshot_id}"
+            " to resume from"
+        )
+
+
+def _create_run(
+    session: Session,
+    setup: RunSetup,
+    campaign_id: int,
+    number: int,
+    resumed_from: int | None,
+) -> models.Run:
+    """A new run with its restart nodes, their edges and its topology rows."""
+    now = datetime.now(timezone.utc)
+    topology = setup.topology
+    run = models.Run(
+        campaign_id=campaign_id,
+        number=number,
+        model_name=topology.model_name,
+        topology=topology.signature(),
+        configuration=setup.configuration_text,
+        snapshot_folder=str(setup.folder.resolve()) if setup.folder else None,
+        started_at=now,
+        resumed_from_workflow_snapshot_id=resumed_from,
+    )
+    setup.lease.stamp(run, now)
+    session.add(run)
+    session.flush()
+    connection = session.connection()
+    # Restart nodes first, as MUSCLE3 does: every instance may start afresh.
+    graph = ActiveGraph(topology)
+    restart = restart_metadata()
+    values = queries.node_row_values(restart)
+    ids = tables.allocate_ids(connection, tables.NODE, len(topology.instances))
+    connection.execute(
+        insert(tables.NODE),
+        [
+            {
+                "id": node_id,
+                "run_id": run.id,
+                "instance": instance,
+                "num": 1,
+                "is_restart": True,
+                "registered_at": now,
+                **values,
+            }
+            for node_id, instance in zip(ids, topology.instances, strict=True)
+        ],
+    )
+    edges: list[dict[str, int]] = []
+    for node_id, instance in zip(ids, topology.instances, strict=True):
+        node = graph.new_node(node_id, instance, restart, True)
+        edges.extend(tables.edge_rows(node, graph.add(node)))
+    if edges:
+        connection.execute(tables.INSERT_EDGE, edges)
+    _write_topology_rows(connection, topology, run.id)
+    return run
+
+
+def _write_topology_rows(
+    connection: Connection, topology: Topology, run_id: int
+) -> None:
+    """The per-run rows the SQL views use (docs/schema.md, migration 0002).
+
+    The peers of every instance, and every conduit between two peers with the port
+    and slot of each side whose counts must agree (NULL: every slot), from the same
+    compiled rules the registry checks.
+    """
+    peer_rows = [
+        {"run_id": run_id, "instance": instance, "peer_instance": peer}
+        for instance in topology.instances
+        for peer in sorted(topology.peers(instance))
+    ]
+    if peer_rows:
+        connection.execute(insert(tables.INSTANCE_PEER), peer_rows)
+    conduit_rows = [
+        {
+            "run_id": run_id,
+            "sender_instance": sender,
+            "receiver_instance": receiver,
+            "conduit": f"{split_instance(sender)[0]}.{rule.own_port} ->"
+            f" {split_instance(receiver)[0]}.{rule.peer_port}",
+            "sending_port": rule.own_port,
+            "sending_slot": rule.own_slot,
+            "receiving_port": rule.peer_port,
+            "receiving_slot": rule.peer_slot,
+        }
+        for sender in topology.instances
+        for receiver in sorted(topology.peers(sender))
+        for rule in topology.rules(sender, receiver)
+        if rule.is_sending
+    ]
+    if conduit_rows:
+        connection.execute(insert(tables.INSTANCE_CONDUIT), conduit_rows)
+
+
+def _process_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _format_time(moment: datetime | None) -> str:
+    if moment is None:
+        return "an unknown time"
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
