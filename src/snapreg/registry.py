@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 
 import ymmsl
 from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
 from snapreg import models, queries, tables
@@ -165,7 +166,7 @@ class SnapshotRegistry(threading.Thread):
         snapshot_folder: Path | str | None,
         topology_store: PeerSource | None = None,
         *,
-        database_url: str | None = None,
+        database_url: str | URL | None = None,
         campaign: str | None = None,
         new_run: bool = False,
         resumed_from: int | None = None,
@@ -206,6 +207,7 @@ class SnapshotRegistry(threading.Thread):
         check_arguments(
             snapshot_folder,
             topology_store,
+            database_url=database_url,
             campaign=campaign,
             new_run=new_run,
             resumed_from=resumed_from,
@@ -223,7 +225,9 @@ class SnapshotRegistry(threading.Thread):
                 f"policy must be one of {', '.join(POLICIES)}, not {policy!r}"
             )
         self._policy: Policy = policy
-        url = normalize_url(database_url or default_database_url(self._folder))
+        url = normalize_url(
+            default_database_url(self._folder) if database_url is None else database_url
+        )
         self._url = url
         self._durability: Durability = durability
         self._engine = create_database_engine(url, durability=durability)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
 from snapreg import models, queries, tables
@@ -43,6 +44,7 @@ def check_arguments(
     snapshot_folder: Any,
     topology_store: Any,
     *,
+    database_url: Any,
     campaign: Any,
     new_run: Any,
     resumed_from: Any,
@@ -59,6 +61,14 @@ def check_arguments(
     ):
         raise ConfigurationError(
             f"snapshot_folder must be a path or None, not {snapshot_folder!r}"
+        )
+    if database_url is not None and not (
+        (isinstance(database_url, str) and database_url.strip())
+        or isinstance(database_url, URL)
+    ):
+        # only None means "the default": an empty or mistyped URL is a mistake
+        raise ConfigurationError(
+            f"database_url must be a SQLAlchemy URL or None, not {database_url!r}"
         )
     if topology_store is not None and not callable(
         getattr(topology_store, "get_peer_instances", None)
