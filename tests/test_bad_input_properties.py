@@ -78,7 +78,7 @@ def folder_state(folder: Path) -> dict[str, bytes]:
     return {
         str(path.relative_to(folder)): path.read_bytes()
         for path in sorted(folder.rglob("*"))
-        if path.is_file() and not path.name.startswith("snapreg.sqlite")
+        if path.is_file()
     }
 
 
@@ -399,8 +399,10 @@ bad_urls = st.one_of(
         lambda name: f"sqlite:///{name}\x00.sqlite", st.text(alphabet="ab", max_size=3)
     ),
     st.integers(),
+    # empty ones too: only None means "the default database"
     st.binary(max_size=5),
     st.lists(st.text(max_size=3), max_size=2),
+    st.just(""),
 )
 
 
@@ -684,17 +686,16 @@ CONSTRUCTOR_BUGS = [
         {"new_run": True, "resumed_from": 2**70},
         id="resumed_from beyond 64 bits",
     ),
+    pytest.param({"database_url": b""}, id="empty database URL"),
+    pytest.param({"database_url": ""}, id="empty database URL text"),
 ]
 
 
 @pytest.mark.parametrize("arguments", CONSTRUCTOR_BUGS)
 def test_constructor_holes_stay_closed(hole: Seeded, arguments: dict[str, Any]) -> None:
     hole.registry.close()
-    options = {"campaign": hole.campaign, **arguments}
+    options = {"campaign": hole.campaign, "database_url": hole.url, **arguments}
     folder = options.pop("snapshot_folder", hole.folder)
     hole.refuses(
-        "fixed hole",
-        lambda: SnapshotRegistry(
-            STREAM.config, folder, database_url=hole.url, **options
-        ),
+        "fixed hole", lambda: SnapshotRegistry(STREAM.config, folder, **options)
     )
