@@ -419,8 +419,11 @@ def _newest_workflow_snapshot(
     graph: ActiveGraph, node: GraphNode
 ) -> list[GraphNode] | None:
     """Arc consistency, then the newest node per instance; see the module docstring."""
+    narrowed = _narrow_own_peers(graph, node)
+    if narrowed is None:
+        return None
     domains: dict[str, set[GraphNode]] = {
-        instance: graph.candidates(instance)
+        instance: narrowed.get(instance) or graph.candidates(instance)
         for instance in graph.nodes
         if instance != node.instance
     }
