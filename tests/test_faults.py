@@ -31,7 +31,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -935,17 +935,26 @@ def test_a_holder_on_another_machine_is_taken_over_when_its_heartbeat_stops(
         heartbeat=datetime.now(timezone.utc),
     )
     before = database_rows(url)
+    # a fresh heartbeat: refused (with room to spare on a slow, busy machine)
     with pytest.raises(WriterConflictError) as refused:
-        SnapshotRegistry(STREAM.config, folder, database_url=url, writer_timeout=1.0)
+        SnapshotRegistry(STREAM.config, folder, database_url=url, writer_timeout=30.0)
     assert "pid 4242 on compute-node-17 since 2026-01-02 03:04:05 UTC" in str(
         refused.value
     )
     assert database_rows(url) == before
-    time.sleep(1.2)  # no heartbeat for longer than the timeout
+    # the holder falls silent: its last heartbeat is older than the timeout
+    set_lease(
+        url,
+        host="compute-node-17",
+        pid=4242,
+        token="f" * 32,
+        since=since,
+        heartbeat=datetime.now(timezone.utc) - timedelta(seconds=31),
+    )
     with (
         caplog.at_level(logging.WARNING),
         SnapshotRegistry(
-            STREAM.config, folder, database_url=url, writer_timeout=1.0
+            STREAM.config, folder, database_url=url, writer_timeout=30.0
         ) as registry,
     ):
         registry.start()
