@@ -19,7 +19,7 @@ import pytest
 import ymmsl
 from libmuscle.manager.topology_store import TopologyStore
 from libmuscle.snapshot import SnapshotMetadata as Muscle3Metadata
-from sqlalchemy import MetaData, create_engine, text
+from sqlalchemy import create_engine, text
 from ymmsl import v0_1
 
 from snapreg import (
@@ -37,6 +37,7 @@ from snapreg import (
 from snapreg.materialize import NameAllocator
 from support.oracle import run_oracle
 from support.streams import macro_micro
+from support.torture import database_rows
 
 STREAM = macro_micro(11, num_micro=3, num_steps=3)
 
@@ -58,26 +59,6 @@ def metadata(
         "is_final_snapshot": final,
         "snapshot_filename": filename,
     }
-
-
-def database_state(url: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table, to check that nothing changed."""
-    engine = create_engine(url)
-    try:
-        tables = MetaData()
-        tables.reflect(engine)
-        with engine.connect() as connection:
-            return {
-                name: sorted(
-                    (
-                        tuple(map(repr, row))
-                        for row in connection.execute(table.select())
-                    ),
-                )
-                for name, table in tables.tables.items()
-            }
-    finally:
-        engine.dispose()
 
 
 BAD_INPUTS: list[tuple[str, Any, Any, type[Exception]]] = [
@@ -146,13 +127,13 @@ def test_bad_input_is_refused_and_changes_nothing(
     ) as registry:
         for name, good in STREAM.registrations[:half]:
             registry.add_snapshot(name, good)
-        before = database_state(persistent_database_url)
+        before = database_rows(persistent_database_url)
         files_before = sorted(tmp_path.iterdir())
         with pytest.raises(error) as raised:
             getattr(registry, entry)(instance, bad)
         assert isinstance(raised.value, InvalidInputError)
         assert str(raised.value)
-        assert database_state(persistent_database_url) == before
+        assert database_rows(persistent_database_url) == before
         assert sorted(tmp_path.iterdir()) == files_before
         # and it goes on exactly as if the bad input had never come
         for index in range(half, len(STREAM.registrations)):
