@@ -500,3 +500,38 @@ def test_snapshot_metadata_class_is_accepted(database_url: str) -> None:
             ["x"], 1.0, 2.0, 3.0, {"f_i": [0]}, True, "f"
         )
         assert node.num == 2 and not node.is_restart and node.active
+
+
+FORGETFUL_CHILD = textwrap.dedent(
+    """
+    import pickle, sys
+    from snapreg import SnapshotRegistry
+    stream = pickle.loads(sys.stdin.buffer.read())
+    registry = SnapshotRegistry(stream.config, sys.argv[2], database_url=sys.argv[1])
+    registry.start()
+    registry.register_snapshot(*stream.registrations[0])
+    print("acknowledged", flush=True)
+    """  # and exits without shutdown(), join() or close()
+)
+
+
+def test_a_forgotten_worker_never_keeps_the_process_alive(
+    persistent_database_url: str, tmp_path: Path
+) -> None:
+    import pickle
+
+    finished = subprocess.run(
+        [sys.executable, "-c", FORGETFUL_CHILD, persistent_database_url, str(tmp_path)],
+        input=pickle.dumps(STREAM),
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert b"acknowledged" in finished.stdout
+    # what was acknowledged is there, processed now if the worker had not yet
+    with SnapshotRegistry(
+        STREAM.config, tmp_path, database_url=persistent_database_url
+    ) as registry:
+        instance = STREAM.registrations[0][0]
+        assert [node.num for node in registry.history(instance)] == [1, 2]

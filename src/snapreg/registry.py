@@ -203,7 +203,11 @@ class SnapshotRegistry(threading.Thread):
             StorageUnavailableError: the database cannot be opened.
             WriterConflictError: another live registry writes this run.
         """
-        super().__init__(name="SnapshotRegistry")
+        # A daemon: every acknowledged registration is committed before
+        # register_snapshot returns, so a process that exits without shutdown()
+        # loses nothing (the rest is processed when the run is next opened), and
+        # a forgotten registry can never keep the interpreter from exiting.
+        super().__init__(name="SnapshotRegistry", daemon=True)
         check_arguments(
             snapshot_folder,
             topology_store,
