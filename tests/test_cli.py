@@ -19,7 +19,7 @@ import pytest
 import ymmsl
 from sqlalchemy import create_engine, inspect
 
-from snapreg import SnapshotMetadata, SnapshotRegistry, reader
+from snapreg import SnapshotMetadata, SnapshotRegistry, database, reader
 from snapreg.database import head_revision
 from support import simulation
 from support.command_line import Outcome, invoke
@@ -479,7 +479,8 @@ def test_an_old_schema_names_the_upgrade_command(
     # migrated to; the readers must refuse it and never migrate it themselves.
     current = head_revision()
     monkeypatch.setattr(reader, "head_revision", lambda: "9999_future")
-    monkeypatch.setattr(reader, "known_revisions", lambda: {current, "9999_future"})
+    monkeypatch.setattr(database, "head_revision", lambda: "9999_future")
+    monkeypatch.setattr(database, "known_revisions", lambda: {current, "9999_future"})
 
     for command in (["campaigns"], ["workflows"], ["show", "1"], ["history", "macro"]):
         message = _error(invoke(capsys, *command, "--db", campaign.url))
@@ -494,8 +495,8 @@ def test_a_newer_schema_is_refused(
     campaign: Campaign,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(reader, "head_revision", lambda: "0000_past")
-    monkeypatch.setattr(reader, "known_revisions", lambda: {"0000_past"})
+    monkeypatch.setattr(database, "head_revision", lambda: "0000_past")
+    monkeypatch.setattr(database, "known_revisions", lambda: {"0000_past"})
 
     assert "newer than this snapreg knows" in _error(
         invoke(capsys, "workflows", "--db", campaign.url)

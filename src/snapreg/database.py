@@ -390,6 +390,45 @@ def upgrade_database(url: str | URL, revision: str = "head") -> str:
         engine.dispose()
 
 
+SchemaState = Literal["current", "empty", "older"]
+
+
+def schema_state(engine: Engine) -> SchemaState:
+    """Whether the database's schema is this code's newest, absent, or older.
+
+    Raises:
+        SchemaOutOfDateError: snapreg's tables without a schema revision: they
+            were not made by snapreg's migrations.
+        SchemaTooNewError: a revision this code does not know, from a newer snapreg.
+    """
+    revision = current_revision(engine)
+    head = head_revision()
+    if revision == head:
+        return "current"
+    if revision is None:
+        if _has_snapreg_tables(engine):
+            raise SchemaOutOfDateError(
+                f"{describe_url(engine.url)} holds snapreg tables without a schema"
+                " revision; they were not made by snapreg's migrations"
+            )
+        return "empty"
+    if revision not in known_revisions():
+        raise SchemaTooNewError(
+            f"{describe_url(engine.url)} has schema revision {revision}, newer than"
+            f" this snapreg knows (newest: {head}); upgrade snapreg"
+        )
+    return "older"
+
+
+def out_of_date(engine: Engine) -> SchemaOutOfDateError:
+    """The error for an older schema, naming the command that upgrades it."""
+    location = describe_url(engine.url)
+    return SchemaOutOfDateError(
+        f"{location} has schema revision {current_revision(engine)}, older than"
+        f" {head_revision()}; upgrade it with: snapreg db upgrade --db '{location}'"
+    )
+
+
 def ensure_schema(engine: Engine, *, upgrade: bool = False) -> None:
     """Make sure the database has exactly the schema this code expects.
 
@@ -403,32 +442,14 @@ def ensure_schema(engine: Engine, *, upgrade: bool = False) -> None:
     """
 
     def check() -> None:
-        revision = current_revision(engine)
-        head = head_revision()
-        if revision == head:
-            return
-        if revision is None:
-            if _has_snapreg_tables(engine):
-                raise SchemaOutOfDateError(
-                    f"{describe_url(engine.url)} holds snapreg tables but no schema"
-                    " revision; it was not made by snapreg's migrations"
-                )
+        state = schema_state(engine)
+        if state == "empty":
             upgrade_engine(engine)
-            return
-        if revision not in known_revisions():
-            raise SchemaTooNewError(
-                f"{describe_url(engine.url)} has schema revision {revision}, newer"
-                f" than this snapreg knows (newest: {head}); upgrade snapreg"
-            )
-        if upgrade:
-            _logger.info("Upgrading %s from %s to %s", engine.url, revision, head)
+        elif state == "older":
+            if not upgrade:
+                raise out_of_date(engine)
+            _logger.info("Upgrading %s to %s", engine.url, head_revision())
             upgrade_engine(engine)
-            return
-        raise SchemaOutOfDateError(
-            f"{describe_url(engine.url)} has schema revision {revision}, older than"
-            f" {head}. Upgrade it with: snapreg db upgrade --db"
-            f" '{describe_url(engine.url)}'"
-        )
 
     _translate_connect_errors(engine, check)
 

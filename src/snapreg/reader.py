@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import ymmsl
-from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased
 
@@ -36,15 +36,14 @@ from snapreg.database import (
     head_revision,
     host_and_pid,
     is_memory_sqlite,
-    known_revisions,
     normalize_url,
+    out_of_date,
     run_transaction,
+    schema_state,
 )
 from snapreg.errors import (
     ConfigurationError,
     NotFoundError,
-    SchemaOutOfDateError,
-    SchemaTooNewError,
     StorageUnavailableError,
     UnknownInstanceError,
 )
@@ -230,32 +229,14 @@ class DatabaseReader:
         return SchemaStatus(self.location, revision, head_revision())
 
     def _check_schema(self) -> None:
-        status = self.schema_status()
-        if status.up_to_date:
-            return
-        upgrade = f"snapreg db upgrade --db '{self.location}'"
-        if status.revision is None:
-            has_tables = self._connecting(
-                lambda: inspect(self._engine).has_table("snapshot_node")
-            )
-            if has_tables:
-                raise SchemaOutOfDateError(
-                    f"{self.location} holds snapreg tables without a schema revision;"
-                    " they were not made by snapreg's migrations"
-                )
+        state = self._connecting(lambda: schema_state(self._engine))
+        if state == "empty":
             raise NotFoundError(
                 f"{self.location} holds no snapreg data yet (create the schema"
-                f" with: {upgrade})"
+                f" with: snapreg db upgrade --db '{self.location}')"
             )
-        if status.revision not in known_revisions():
-            raise SchemaTooNewError(
-                f"{self.location} has schema revision {status.revision}, newer than"
-                f" this snapreg knows (newest: {status.head}); upgrade snapreg"
-            )
-        raise SchemaOutOfDateError(
-            f"{self.location} has schema revision {status.revision}, older than"
-            f" {status.head}; upgrade it with: {upgrade}"
-        )
+        if state == "older":
+            raise self._connecting(lambda: out_of_date(self._engine))
 
     # --------------------------------------------------------------- campaigns
 
