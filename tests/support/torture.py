@@ -488,7 +488,7 @@ def _choose_plan(
         return KillPlan(point, delay=rng.uniform(0.0, 0.15))
     # submissions and files come once per registration or more often; the worker
     # may process several registrations in one transaction
-    per_moment = 4 if point in _PER_TRANSACTION_POINTS else 2
+    per_moment = 8 if point in _PER_TRANSACTION_POINTS else 2
     occurrence = rng.randint(1, max(1, (target - start + 1) // per_moment))
     return KillPlan(point, after_ack=target + 2, occurrence=occurrence)
 
