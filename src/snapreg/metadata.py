@@ -9,6 +9,7 @@ object afterwards cannot change what was registered.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,13 @@ _FIELDS = (
 # operators and most clients lose precision, and no simulation sends that many.
 MAX_MESSAGE_COUNT = 2**63 - 1
 MAX_FILENAME_LENGTH = 4096
+
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f]")
+# Port names and triggers already found valid: instances report the same few
+# again and again, so checking each once keeps validation cheap. Strings only
+# (a str subclass could compare equal and be something else), bounded.
+_VALID_TEXT: set[str] = set()
+_VALID_TEXT_LIMIT = 10_000
 
 
 @dataclass
@@ -144,16 +152,30 @@ def storable_text(value: str) -> bool:
     return True
 
 
+def _known_valid(text: Any) -> bool:
+    return type(text) is str and text in _VALID_TEXT
+
+
+def _remember_valid(text: str) -> None:
+    if type(text) is str and len(_VALID_TEXT) < _VALID_TEXT_LIMIT:
+        _VALID_TEXT.add(text)
+
+
 def _triggers(value: Any) -> list[str]:
-    if not isinstance(value, (list, tuple)) or not all(
-        isinstance(trigger, str) for trigger in value
-    ):
+    if not isinstance(value, (list, tuple)):
         raise InvalidMetadataError(f"triggers must be a list of strings, not {value!r}")
     for trigger in value:
+        if _known_valid(trigger):
+            continue
+        if not isinstance(trigger, str):
+            raise InvalidMetadataError(
+                f"triggers must be a list of strings, not {value!r}"
+            )
         if not storable_text(trigger):
             raise InvalidMetadataError(
                 f"trigger {trigger!r} contains a NUL character or is not valid Unicode"
             )
+        _remember_valid(trigger)
     return list(value)
 
 
@@ -193,29 +215,36 @@ def _counts(value: Any) -> dict[str, list[int]]:
         )
     counts: dict[str, list[int]] = {}
     for port, slots in value.items():
-        if (
-            not isinstance(port, str)
-            or not port.isidentifier()
-            or not storable_text(port)
-        ):
-            raise InvalidMetadataError(
-                f"port_message_counts: {port!r} is not a port name"
-            )
+        if not _known_valid(port):
+            if (
+                not isinstance(port, str)
+                or not port.isidentifier()
+                or not storable_text(port)
+            ):
+                raise InvalidMetadataError(
+                    f"port_message_counts: {port!r} is not a port name"
+                )
+            _remember_valid(port)
         if not isinstance(slots, (list, tuple)):
             raise InvalidMetadataError(
                 f"port_message_counts[{port}] must be a list of counts, not {slots!r}"
             )
-        for count in slots:
-            if (
-                isinstance(count, bool)
-                or not isinstance(count, int)
-                or not 0 <= count <= MAX_MESSAGE_COUNT
-            ):
-                raise InvalidMetadataError(
-                    f"port_message_counts[{port}] must hold non-negative integers,"
-                    f" not {count!r}"
-                )
-        counts[port] = [int(count) for count in slots]
+        copied = [int(count) for count in slots if type(count) is int]
+        if len(copied) != len(slots) or (
+            copied and not 0 <= min(copied) <= max(copied) <= MAX_MESSAGE_COUNT
+        ):
+            for count in slots:  # find the culprit; int subclasses other than bool
+                if (
+                    isinstance(count, bool)
+                    or not isinstance(count, int)
+                    or not 0 <= count <= MAX_MESSAGE_COUNT
+                ):
+                    raise InvalidMetadataError(
+                        f"port_message_counts[{port}] must hold non-negative"
+                        f" integers, not {count!r}"
+                    )
+            copied = [int(count) for count in slots]
+        counts[port] = copied
     return counts
 
 
@@ -226,7 +255,7 @@ def _filename(value: Any) -> str:
         raise InvalidMetadataError(
             f"snapshot_filename {value[:80]!r} is not a usable file name"
         )
-    if any(ord(char) < 32 for char in value):
+    if _CONTROL_CHARACTER.search(value):
         raise InvalidMetadataError(
             f"snapshot_filename {value[:80]!r} contains control characters"
         )
