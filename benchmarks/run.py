@@ -288,8 +288,14 @@ def median_time(
 # ---------------------------------------------------------- group commit, history
 
 
-def group_commit(url: str, total: int = 10_000, threads: int = 8) -> tuple[float, int]:
+def group_commit(
+    url: str, total: int = 10_000, threads: int = 8
+) -> tuple[float, float, int]:
     """Seconds for ``threads`` threads to register ``total`` snapshots, all processed.
+
+    Returns:
+        The wall-clock seconds, the process's CPU seconds meanwhile (all threads),
+        and the number of registrations.
 
     Each thread is one instance of a macro with seven micros; register_snapshot
     returns only after its submission is committed.
@@ -323,17 +329,17 @@ def group_commit(url: str, total: int = 10_000, threads: int = 8) -> tuple[float
         worker.start()
     barrier.wait()
     start = time.perf_counter()
+    cpu_start = time.process_time()
     for worker in workers:
         worker.join()
-    acknowledged = time.perf_counter() - start
     while registry.pending_count():
         time.sleep(0.001)
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     registry.shutdown()
     registry.join()
     registry.close()
-    del acknowledged
-    return elapsed, sum(len(items) for items in work.values())
+    return elapsed, cpu, sum(len(items) for items in work.values())
 
 
 def history(url: str, retired: int) -> tuple[float, float, float, float]:
@@ -503,17 +509,20 @@ def main() -> None:
         emit("| " + " | ".join(cells) + " |")
     if not arguments.only or "group" in arguments.only:
         emit()
-        with sqlite_url() as url:
-            seconds, registered = group_commit(url)
-        emit(
-            f"group commit: {registered} registrations from 8 threads through"
-            f" register_snapshot, all committed and processed in {seconds:.2f} s (SQLite)"
-        )
-        if use_postgres:
-            with postgres_url() as url:
-                seconds, registered = group_commit(url)
+        for backend, make_url in (("SQLite", sqlite_url), ("PostgreSQL", postgres_url)):
+            if backend == "PostgreSQL" and not use_postgres:
+                continue
+            runs = []
+            for _ in range(repeat):
+                with make_url() as url:
+                    runs.append(group_commit(url))
+            seconds = statistics.median(run[0] for run in runs)
+            cpu = statistics.median(run[1] for run in runs)
+            registered = runs[0][2]
             emit(
-                f"group commit: {registered} registrations, {seconds:.2f} s (PostgreSQL)"
+                f"group commit ({backend}): {registered} registrations from 8 threads"
+                f" through register_snapshot, all committed and processed in"
+                f" {seconds:.2f} s (median of {repeat}; {cpu:.2f} s of CPU)"
             )
     if arguments.history and (not arguments.only or "history" in arguments.only):
         emit()
