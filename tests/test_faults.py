@@ -45,7 +45,6 @@ from snapreg import (
     InvalidInputError,
     SnapshotRegistry,
     TransientDatabaseError,
-    WorkerError,
     WriterConflictError,
 )
 from snapreg.database import create_database_engine, network_filesystem_of
@@ -281,30 +280,34 @@ def test_a_brief_sqlite_lock_is_waited_out(
 
 
 @pytest.mark.usefixtures("impatient")
-def test_the_worker_reports_a_lasting_lock_and_nothing_is_lost(
-    tmp_path: Path,
+def test_the_worker_waits_out_a_lasting_lock_and_keeps_the_lease(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "registry.sqlite"
     url = f"sqlite:///{path}"
     folder = snapshot_folder(tmp_path)
-    registry = SnapshotRegistry(STREAM.config, folder, database_url=url)
     half = len(STREAM.registrations) // 2
-    replay(registry, STREAM, 0, half)  # acknowledged, not processed yet
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
+    # a heartbeat every 0.5 s: several fall inside the lock below
+    registry = SnapshotRegistry(
+        STREAM.config, folder, database_url=url, writer_timeout=2.0
+    )
     registry.start()
-    with pytest.raises(WorkerError) as failed:
-        registry.join(timeout=30)  # the worker gives up on the lock
-    assert isinstance(failed.value.__cause__, TransientDatabaseError)
+    replay(registry, STREAM, 0, half)
+    other = sqlite3.connect(path, isolation_level=None)
+    caplog.set_level(logging.WARNING)
+    other.execute("BEGIN IMMEDIATE")  # longer than the retries of one heartbeat
+    deadline = time.monotonic() + 30
+    while not any("writer lease" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, "no heartbeat failed"
+        time.sleep(0.05)
+    time.sleep(1.0)  # the worker retries with pauses meanwhile
     other.execute("ROLLBACK")
     other.close()
-    with pytest.raises(WorkerError):
-        registry.close()
-    # reopening processes what was acknowledged, once
-    with SnapshotRegistry(STREAM.config, folder, database_url=url) as reopened:
-        assert reopened.pending_count() == 0
-        reopened.start()
-        replay(reopened, STREAM, half)
+    assert registry.is_alive()
+    replay(registry, STREAM, half)  # the lease is still this registry's
+    registry.close()  # no WorkerError
+    giving_up = [r for r in caplog.records if "writer lease" in r.getMessage()]
+    assert giving_up and all(r.levelno == logging.WARNING for r in giving_up)
     check_campaign(url, folder, STREAM, tmp_path, campaign_of(STREAM))
 
 
@@ -510,8 +513,11 @@ def test_a_connection_dropped_in_the_middle_of_a_registration_is_retried(
         wait_until_processed(registry)
         with engine.connect() as connection:
             connection.exec_driver_sql("UPDATE fault_control SET armed = true")
-        # acknowledged at once; the worker then hangs inside its transaction
-        replay(registry, STREAM, half, half + 1)
+        # the registration hangs inside its transaction
+        hanging = threading.Thread(
+            target=replay, args=(registry, STREAM, half, half + 1)
+        )
+        hanging.start()
         deadline = time.monotonic() + 30
         with engine.connect() as connection:
             while True:
@@ -533,6 +539,8 @@ def test_a_connection_dropped_in_the_middle_of_a_registration_is_retried(
             connection.execute(
                 text("SELECT pg_terminate_backend(:pid)"), {"pid": sleeping[0]}
             )
+        hanging.join(timeout=60)
+        assert not hanging.is_alive()
         replay(registry, STREAM, half + 1)
     engine.dispose()
     assert any("terminating connection" in retry for retry in retries_logged(caplog))
@@ -634,12 +642,21 @@ def test_a_lost_commit_answer_does_not_break_processing(
 ) -> None:
     url, proxy = commit_cutting_url
     folder = snapshot_folder(tmp_path)
+    # the first registration after the third that completes a workflow snapshot
+    with SnapshotRegistry(STREAM.config, None) as in_memory:
+        completing = next(
+            index
+            for index, registration in enumerate(STREAM.registrations)
+            if in_memory.add_snapshot(*registration) and index > 3
+        )
     with SnapshotRegistry(STREAM.config, folder, database_url=url) as registry:
-        replay(registry, STREAM, 0, 3)  # acknowledged; no worker yet
+        registry.start()
+        replay(registry, STREAM, 0, completing)
+        # its COMMIT (submission, node, edges, workflow snapshot) loses its answer
         proxy.cut_next_commit.set()
-        registry.start()  # the worker's first COMMIT loses its answer
-        replay(registry, STREAM, 3)
-    assert proxy.cuts == 1
+        replay(registry, STREAM, completing, completing + 1)
+        assert proxy.cuts == 1
+        replay(registry, STREAM, completing + 1)
     check_campaign(url, folder, STREAM, tmp_path, campaign_of(STREAM))
 
 

@@ -446,8 +446,13 @@ def test_worker_errors_reach_the_caller_and_nothing_is_lost(
     monkeypatch.setattr("snapreg.graph.ActiveGraph.find_workflow_snapshots", broken)
     registry.start()
     name, good = STREAM.registrations[0]
-    registry.register_snapshot(name, good)
-    registry.shutdown()
+    registry.register_snapshot(name, good)  # acknowledged: stored unprocessed
+    # processing is broken for good: later registrations are refused, not stored
+    second_name, second = STREAM.registrations[1]
+    with pytest.raises(WorkerError, match="search exploded"):
+        registry.register_snapshot(second_name, second)
+    with pytest.raises(WorkerError, match="search exploded"):
+        registry.shutdown()
     with pytest.raises(WorkerError, match="search exploded"):
         registry.join()
     with pytest.raises(WorkerError):

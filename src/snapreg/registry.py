@@ -11,11 +11,13 @@ Two entry points, as in MUSCLE3:
 
 * :meth:`SnapshotRegistry.add_snapshot` processes a registration synchronously and
   returns the workflow snapshots it completed.
-* :meth:`SnapshotRegistry.register_snapshot` records the registration durably (a
-  ``submission`` row, committed before it returns) and leaves the processing to the
-  worker thread. Registrations that arrive while a commit is in flight share the
-  next commit. Submissions left unprocessed by a crash are processed when the run is
-  opened again, in order.
+* :meth:`SnapshotRegistry.register_snapshot` is MUSCLE3's threaded entry point:
+  registrations that arrive from several threads at once share one transaction
+  (group commit), which stores each as a ``submission`` row and processes it; it
+  returns once that has committed. Should processing fail for a reason other than
+  the database's availability, the submissions are committed alone and processed
+  when the run is opened again, in order. The worker thread renews the writer
+  lease while no registrations come.
 
 Only one registry may write a run at a time; the right to write is a lease on the
 ``run`` row (holder's host, pid, token and heartbeat), taken over only when the
@@ -28,6 +30,7 @@ import itertools
 import logging
 import os
 import secrets
+import sqlite3
 import threading
 import time
 import uuid
@@ -40,14 +43,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import ymmsl
-from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy import Connection, Table, select, update
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from snapreg import models, queries, tables
 from snapreg.consistency import PeerSource, Topology, instance_sort_key
 from snapreg.database import (
     Durability,
+    HeldConnection,
     create_database_engine,
     describe_url,
     ensure_schema,
@@ -61,7 +66,9 @@ from snapreg.database import (
 from snapreg.errors import (
     ConfigurationError,
     RegistryClosedError,
+    TransientDatabaseError,
     WorkerError,
+    WriterConflictError,
 )
 from snapreg.graph import POLICIES, ActiveGraph, GraphNode, Policy
 from snapreg.materialize import (
@@ -91,6 +98,11 @@ _IN_LIST_CHUNK = 10_000
 # Pending submissions processed per transaction by the worker: one commit for many
 # registrations when they arrive faster than commits can be paid one by one.
 _PROCESSING_BATCH = 64
+# How often a leader yields to let concurrent registrations join its commit.
+_GATHER_ROUNDS = 8
+# The worker's pauses between attempts while the database is unavailable.
+_FIRST_BACKOFF = 0.1
+_MAX_BACKOFF = 5.0
 
 
 def default_database_url(snapshot_folder: Path | None) -> str:
@@ -107,6 +119,11 @@ class _Staged:
     instance: str
     metadata: SnapshotMetadata
     previous_counts: dict[str, list[int]] | None
+    #: notified when this registration is committed, failed, or leads
+    wakeup: threading.Condition
+    #: the submission row's id in the transaction under way
+    allocated_id: int | None = None
+    #: set once that transaction has committed: the acknowledgement
     submission_id: int | None = None
     error: BaseException | None = None
 
@@ -135,7 +152,9 @@ class _Found:
 class _Batch:
     """The rows a batch of registrations will write, gathered before writing."""
 
-    nodes: list[tuple[GraphNode, int | None]] = field(default_factory=list)
+    nodes: list[tuple[GraphNode, int | _Staged | None]] = field(default_factory=list)
+    #: registrations whose submission rows commit with the batch
+    staged: list[_Staged] = field(default_factory=list)
     edges: list[tuple[GraphNode, GraphNode]] = field(default_factory=list)
     workflow_snapshots: list[_Found] = field(default_factory=list)
     retired: list[GraphNode] = field(default_factory=list)
@@ -236,6 +255,8 @@ class SnapshotRegistry(threading.Thread):
         self._durability: Durability = durability
         self._engine = create_database_engine(url, durability=durability)
         self._write_engine = writer(self._engine)
+        # the registration path's transactions, one at a time (under self._lock)
+        self._writes = HeldConnection(self._write_engine)
         self._in_memory = is_memory_sqlite(url)
         self._campaign_name = campaign or self._topology.model_name
         self._heartbeat_interval = min(writer_timeout / 4, 15.0)
@@ -251,16 +272,20 @@ class SnapshotRegistry(threading.Thread):
         self._write_lock: AbstractContextManager[Any] = (
             self._lock if self._in_memory else nullcontext()
         )
-        self._committing = False
         # Guards what register_snapshot stages and what the worker takes.
-        self._queue_lock = threading.Condition()
-        self._staged: list[_Staged] = []
+        self._queue_mutex = threading.Lock()
+        self._queue_lock = threading.Condition(self._queue_mutex)
+        # registrations waiting for their commit, oldest (the leader) first
+        self._staged: deque[_Staged] = deque()
+        self._last_batch_size = 0
         self._pending: deque[_Pending] = deque()
         self._last_counts: dict[str, dict[str, list[int]]] = {}
         self._stopping = False
         self._closed = False
         self._error: BaseException | None = None
         self._unwritten: list[_Found] = []
+        # True while the in-memory graph may hold rows that never committed
+        self._graph_stale = False
         self._last_heartbeat = 0.0
 
         try:
@@ -293,6 +318,7 @@ class SnapshotRegistry(threading.Thread):
                     )
                 except Exception:  # the original error matters more
                     _logger.warning("Could not release the writer lease", exc_info=True)
+            self._writes.close()
             self._engine.dispose()
             raise
 
@@ -354,7 +380,13 @@ class SnapshotRegistry(threading.Thread):
             return self._publish(outcome)
 
     def register_snapshot(self, instance: Any, snapshot: Any) -> None:
-        """Register a new snapshot; durable when this returns, processed later.
+        """Register a new snapshot; durable when this returns.
+
+        Registrations from threads that call at the same time share one
+        transaction (group commit). When no earlier registration waits for
+        processing, they are processed in that same transaction; otherwise (after
+        a database hiccup) they are queued and processed in order, by the next
+        registration or by the worker thread.
 
         Args:
             instance: The instance that created the snapshot.
@@ -363,8 +395,13 @@ class SnapshotRegistry(threading.Thread):
         Raises:
             InvalidInputError: bad instance or metadata; nothing was written.
             TransientDatabaseError: the submission could not be committed.
+            WriterConflictError: another registry took the run over.
+            WorkerError: processing failed earlier for a reason other than the
+                database's availability; nothing more is accepted (what was
+                acknowledged is processed when the run is next opened).
         """
         self._check_open()
+        self._refuse_if_failed()
         name = self._topology.check_instance(instance)
         metadata = coerce_metadata(snapshot)
         with self._queue_lock:
@@ -372,16 +409,20 @@ class SnapshotRegistry(threading.Thread):
             check_counts_not_decreasing(
                 name, previous or {}, metadata.port_message_counts
             )
-            staged = _Staged(name, metadata, previous)
+            staged = _Staged(
+                name, metadata, previous, threading.Condition(self._queue_mutex)
+            )
             self._last_counts[name] = metadata.port_message_counts
             self._staged.append(staged)
-            # Group commit: while one thread commits, the others stage and wait;
-            # the next thread to find no commit in flight commits all staged ones.
+            # Group commit: the oldest waiting registration leads; it commits
+            # itself and every one behind it in one transaction, then wakes them
+            # and hands the lead to the next one in line. Only the threads
+            # concerned are woken.
             while staged.submission_id is None and staged.error is None:
-                if self._committing:
-                    self._queue_lock.wait()
-                else:
+                if self._staged[0] is staged:
                     self._commit_staged()
+                else:
+                    staged.wakeup.wait()
         if staged.error is not None:
             raise staged.error
 
@@ -420,30 +461,41 @@ class SnapshotRegistry(threading.Thread):
             return len(self._pending)
 
     def run(self) -> None:
-        """The worker thread: process acknowledged submissions in order."""
+        """The worker thread: keep the writer lease while no registrations come.
+
+        Registrations are processed in the transaction that acknowledges them
+        (see :meth:`register_snapshot`), and renew the lease when it is due. The
+        worker renews it in between; a database that is unavailable for a while
+        is waited out, with growing pauses between attempts.
+        """
+        backoff = 0.0
         try:
             while True:
                 with self._queue_lock:
-                    while not self._pending and not self._stopping:
-                        if not self._queue_lock.wait(timeout=self._heartbeat_interval):
-                            break
-                    if not self._pending:
-                        if self._stopping:
-                            return
-                        idle = True
-                    else:
-                        idle = False
-                with self._lock:
-                    if idle:
-                        self._heartbeat_if_due(force=True)
-                    else:
-                        self._process_pending_batch()
+                    if not self._stopping:
+                        due = self._last_heartbeat + self._heartbeat_interval
+                        self._queue_lock.wait(
+                            timeout=backoff or max(due - _monotonic(), 0.0)
+                        )
+                    if self._stopping:
+                        return
+                try:
+                    with self._lock:
+                        self._heartbeat_if_due(force=bool(backoff))
+                    backoff = 0.0
+                except TransientDatabaseError as err:
+                    backoff = min(max(backoff * 2, _FIRST_BACKOFF), _MAX_BACKOFF)
+                    _logger.warning(
+                        "Could not renew the writer lease; retrying in %.1f s: %s",
+                        backoff,
+                        err,
+                    )
         except BaseException as err:
             _logger.exception("The snapshot registry worker stopped on an error")
             self._error = err
 
     def shutdown(self) -> None:
-        """Stop the worker once every submission so far has been processed.
+        """Stop the worker thread (every acknowledged registration is processed).
 
         Raises:
             WorkerError: if the worker had already failed.
@@ -488,6 +540,8 @@ class SnapshotRegistry(threading.Thread):
                 _logger.warning(
                     "Could not release the run's writer lease", exc_info=True
                 )
+            with self._lock:
+                self._writes.close()
             self._engine.dispose()
 
     def __enter__(self) -> SnapshotRegistry:
@@ -602,46 +656,25 @@ class SnapshotRegistry(threading.Thread):
         Called with ``_queue_lock`` held; releases it while the commit runs so
         that other threads can stage theirs for the next one.
         """
-        batch, self._staged = self._staged, []
-        self._committing = True
-        now = datetime.now(timezone.utc)
-
-        def work(connection: Connection) -> Sequence[int]:
-            self._heartbeat_if_due(connection)
-            submission_ids = tables.allocate_ids(
-                connection, tables.SUBMISSION, len(batch)
-            )
-            connection.execute(
-                insert(tables.SUBMISSION),
-                [
-                    {
-                        "id": submission_id,
-                        "run_id": self._run_id,
-                        "instance": item.instance,
-                        "snapshot_metadata": queries.metadata_to_json(item.metadata),
-                        "submitted_at": now,
-                    }
-                    for item, submission_id in zip(batch, submission_ids, strict=True)
-                ],
-            )
-            return submission_ids
-
-        def landed(connection: Connection, ids: Sequence[int]) -> bool:
-            # only this run's writer adds submissions to it
-            return self._row_exists(connection, tables.SUBMISSION, ids[0])
-
-        ids: Sequence[int] = ()
+        if self._last_batch_size > 1:
+            self._gather_followers()
+        batch = list(self._staged)
+        self._last_batch_size = len(batch)
         error: BaseException | None = None
         self._queue_lock.release()
         try:
-            with self._write_lock:
-                ids = run_in_connection(self._write_engine, work, landed=landed)
+            with self._lock:
+                if not self._process_staged(batch):
+                    self._queue_staged(batch)
         except BaseException as err:  # handed to every waiting registration
             error = err
         finally:
             self._queue_lock.acquire()
-            self._committing = False
-            self._queue_lock.notify_all()
+            for item in batch:
+                self._staged.popleft()
+                item.wakeup.notify()
+            if self._staged:
+                self._staged[0].wakeup.notify()  # the next leader
         if error is not None:
             for item in reversed(batch):
                 item.error = error
@@ -653,9 +686,112 @@ class SnapshotRegistry(threading.Thread):
                     else:
                         self._last_counts[item.instance] = item.previous_counts
             return
+        for item in batch:
+            item.submission_id = item.allocated_id
+
+    def _gather_followers(self) -> None:
+        """Let registrations that are on their way join the leader's commit.
+
+        Called by the leader, with ``_queue_lock`` held, when the previous commit
+        was shared: threads register concurrently, and those just acknowledged
+        are probably about to stage their next one. Yielding the interpreter
+        until no more arrive (a few times at most) fills the commit. A lone
+        registering thread never gets here and pays nothing.
+        """
+        waiting = len(self._staged)
+        for _ in range(_GATHER_ROUNDS):
+            self._queue_lock.release()
+            time.sleep(0)
+            self._queue_lock.acquire()
+            if len(self._staged) == waiting:
+                return
+            waiting = len(self._staged)
+
+    def _process_staged(self, batch: list[_Staged]) -> bool:
+        """Process staged registrations with their submissions, in one transaction.
+
+        Whatever was queued before goes first, so the order is kept.
+
+        Returns:
+            False if they were not processed (nothing of them was written)
+            because processing failed for a reason other than the database's
+            availability: they are then to be stored unprocessed.
+
+        Raises:
+            TransientDatabaseError: the database stayed unavailable through every
+                retry; nothing of them was written.
+        """
+        if self._error is not None:
+            return False
+        try:
+            self._drain_pending()
+            self._process(
+                [(item.instance, item.metadata, item) for item in batch], staged=batch
+            )
+        except (TransientDatabaseError, DBAPIError, sqlite3.Error):
+            raise  # the database's answer, for the caller; nothing was written
+        except WriterConflictError as err:
+            self._error = err  # this registry must not write the run any more
+            raise
+        except Exception as err:
+            _logger.error(
+                "Processing registrations failed; later ones are refused, and what"
+                " was acknowledged is processed when the run is opened again",
+                exc_info=err,
+            )
+            self._error = err
+            return False
+        return True
+
+    def _queue_staged(self, batch: list[_Staged]) -> None:
+        """Commit only the submissions of staged registrations; queue them."""
+        now = datetime.now(timezone.utc)
+
+        def work(connection: Connection) -> Sequence[int]:
+            self._heartbeat_if_due(connection)
+            self._insert_submissions(
+                connection,
+                batch,
+                tables.allocate_ids(connection, tables.SUBMISSION, len(batch)),
+                now,
+            )
+            return [item.allocated_id or 0 for item in batch]
+
+        def landed(connection: Connection, ids: Sequence[int]) -> bool:
+            # only this run's writer adds submissions to it
+            return self._row_exists(connection, tables.SUBMISSION, ids[0])
+
+        with self._write_lock:
+            ids = run_in_connection(self._writes, work, landed=landed)
+        with self._queue_lock:
+            for item, submission_id in zip(batch, ids, strict=True):
+                item.allocated_id = submission_id
+                self._pending.append(
+                    _Pending(submission_id, item.instance, item.metadata)
+                )
+            self._queue_lock.notify_all()
+
+    def _insert_submissions(
+        self,
+        connection: Connection,
+        batch: list[_Staged],
+        ids: list[int],
+        now: datetime,
+    ) -> None:
+        """Insert the submission rows of staged registrations, with these ids."""
+        rows = []
         for item, submission_id in zip(batch, ids, strict=True):
-            item.submission_id = submission_id
-            self._pending.append(_Pending(submission_id, item.instance, item.metadata))
+            item.allocated_id = submission_id
+            rows.append(
+                {
+                    "id": submission_id,
+                    "run_id": self._run_id,
+                    "instance": item.instance,
+                    "snapshot_metadata": queries.metadata_to_json(item.metadata),
+                    "submitted_at": now,
+                }
+            )
+        connection.execute(tables.INSERT_SUBMISSION, rows)
 
     def _drain_pending(self) -> None:
         while self._process_pending_batch():
@@ -680,7 +816,9 @@ class SnapshotRegistry(threading.Thread):
         return True
 
     def _process(
-        self, registrations: list[tuple[str, SnapshotMetadata, int | None]]
+        self,
+        registrations: list[tuple[str, SnapshotMetadata, int | _Staged | None]],
+        staged: list[_Staged] | None = None,
     ) -> list[_Outcome]:
         """Process registrations in order, in one transaction; write files after.
 
@@ -689,17 +827,26 @@ class SnapshotRegistry(threading.Thread):
         batch of registrations costs a handful of round trips and one commit. If the
         transaction fails, the in-memory graph is reloaded from the database, where
         nothing of the batch exists.
+
+        Args:
+            registrations: (instance, metadata, submission) in order; the
+                submission is its row id if already committed, its staged form if
+                its row commits with this batch, None for ``add_snapshot``.
+            staged: The staged registrations whose submission rows to insert.
         """
         now = datetime.now(timezone.utc)
+        if self._graph_stale:
+            self._graph = run_transaction(self._engine, self._load_graph)
+            self._graph_stale = False
         try:
-            batch = _Batch()
+            batch = _Batch(staged=staged or [])
             outcomes = [
                 self._register(batch, instance, metadata, submission_id, now)
                 for instance, metadata, submission_id in registrations
             ]
             with self._write_lock:
                 run_in_connection(
-                    self._write_engine,
+                    self._writes,
                     lambda connection: self._write_batch(connection, batch, now),
                     # only this run's writer adds nodes to it
                     landed=lambda connection, first_node: self._row_exists(
@@ -707,7 +854,10 @@ class SnapshotRegistry(threading.Thread):
                     ),
                 )
         except BaseException:
+            # the graph holds what did not commit: reload it, now or before next use
+            self._graph_stale = True
             self._graph = run_transaction(self._engine, self._load_graph)
+            self._graph_stale = False
             raise
         for outcome in outcomes:
             self._write_files(outcome.found)
@@ -718,12 +868,12 @@ class SnapshotRegistry(threading.Thread):
         batch: _Batch,
         instance: str,
         metadata: SnapshotMetadata,
-        submission_id: int | None,
+        submission: int | _Staged | None,
         now: datetime,
     ) -> _Outcome:
         """Apply one registration to the in-memory graph and note its rows."""
         node = self._graph.new_node(0, instance, metadata, False)
-        batch.nodes.append((node, submission_id))
+        batch.nodes.append((node, submission))
         batch.edges.extend(
             (node, peer) for peer in self._graph.add(node) if peer is not node
         )
@@ -768,11 +918,22 @@ class SnapshotRegistry(threading.Thread):
             The id of the batch's first node, to tell later whether it committed.
         """
         self._heartbeat_if_due(connection)
-        node_ids = tables.allocate_ids(connection, tables.NODE, len(batch.nodes))
-        for (node, _), node_id in zip(batch.nodes, node_ids, strict=True):
+        ids = tables.allocate_many(
+            connection,
+            {
+                tables.SUBMISSION: len(batch.staged),
+                tables.NODE: len(batch.nodes),
+                tables.WORKFLOW_SNAPSHOT: len(batch.workflow_snapshots),
+            },
+        )
+        if batch.staged:
+            self._insert_submissions(
+                connection, batch.staged, ids[tables.SUBMISSION], now
+            )
+        for (node, _), node_id in zip(batch.nodes, ids[tables.NODE], strict=True):
             node.id = node_id
         connection.execute(
-            insert(tables.NODE),
+            tables.INSERT_NODE,
             [
                 {
                     "id": node.id,
@@ -780,11 +941,13 @@ class SnapshotRegistry(threading.Thread):
                     "instance": node.instance,
                     "num": node.num,
                     "is_restart": False,
-                    "submission_id": submission_id,
+                    "submission_id": submission.allocated_id
+                    if isinstance(submission, _Staged)
+                    else submission,
                     "registered_at": now,
                     **queries.node_row_values(node.metadata),
                 }
-                for node, submission_id in batch.nodes
+                for node, submission in batch.nodes
             ],
         )
         if batch.edges:
@@ -799,11 +962,9 @@ class SnapshotRegistry(threading.Thread):
                 ],
             )
         if batch.workflow_snapshots:
-            snapshot_ids = tables.allocate_ids(
-                connection, tables.WORKFLOW_SNAPSHOT, len(batch.workflow_snapshots)
-            )
+            snapshot_ids = ids[tables.WORKFLOW_SNAPSHOT]
             connection.execute(
-                insert(tables.WORKFLOW_SNAPSHOT),
+                tables.INSERT_WORKFLOW_SNAPSHOT,
                 [
                     {
                         "id": snapshot_id,
@@ -829,7 +990,7 @@ class SnapshotRegistry(threading.Thread):
                     {"workflow_snapshot_id": snapshot_id, "snapshot_node_id": member.id}
                     for member in item.nodes
                 )
-            connection.execute(insert(tables.MEMBER), member_rows)
+            connection.execute(tables.INSERT_MEMBER, member_rows)
         retired_ids = [node.id for node in batch.retired]
         for chunk in queries.chunks(retired_ids, _IN_LIST_CHUNK):
             connection.execute(
@@ -915,7 +1076,7 @@ class SnapshotRegistry(threading.Thread):
 
         if connection is None:
             with self._write_lock:
-                run_in_connection(self._write_engine, beat)
+                run_in_connection(self._writes, beat)
         else:
             beat(connection)
         self._last_heartbeat = _monotonic()
@@ -929,6 +1090,12 @@ class SnapshotRegistry(threading.Thread):
     def _check_open(self) -> None:
         if self._closed:
             raise RegistryClosedError("this snapshot registry is closed")
+
+    def _refuse_if_failed(self) -> None:
+        """Refuse new registrations once the registry cannot go on."""
+        if isinstance(self._error, WriterConflictError):
+            raise WriterConflictError(str(self._error)) from self._error
+        self._raise_worker_error()
 
     def _raise_worker_error(self) -> None:
         if self._error is not None:

@@ -8,9 +8,12 @@ insert.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from functools import lru_cache
 from typing import cast
 
-from sqlalchemy import Connection, Table, func, insert, select, text
+from sqlalchemy import Connection, Table, insert, text
+from sqlalchemy.sql.elements import TextClause
 
 from snapreg import models
 from snapreg.graph import GraphNode
@@ -24,6 +27,10 @@ MEMBER = cast(Table, models.WorkflowSnapshotMember.__table__)
 INSTANCE_PEER = cast(Table, models.InstancePeer.__table__)
 INSTANCE_CONDUIT = cast(Table, models.InstanceConduit.__table__)
 INSERT_EDGE = insert(EDGE)
+INSERT_NODE = insert(NODE)
+INSERT_SUBMISSION = insert(SUBMISSION)
+INSERT_WORKFLOW_SNAPSHOT = insert(WORKFLOW_SNAPSHOT)
+INSERT_MEMBER = insert(MEMBER)
 
 
 def allocate_ids(connection: Connection, table: Table, count: int) -> list[int]:
@@ -35,19 +42,53 @@ def allocate_ids(connection: Connection, table: Table, count: int) -> list[int]:
     holds the database's write lock from BEGIN IMMEDIATE, so max(id) + 1 onwards
     is free. PostgreSQL: the column's own sequence.
     """
-    if count == 0:
-        return []
+    return allocate_many(connection, {table: count})[table]
+
+
+def allocate_many(
+    connection: Connection, counts: Mapping[Table, int]
+) -> dict[Table, list[int]]:
+    """:func:`allocate_ids` for several tables at once, in one statement."""
+    wanted = tuple((table, count) for table, count in counts.items() if count > 0)
+    allocated: dict[Table, list[int]] = {table: [] for table in counts}
+    if not wanted:
+        return allocated
+    names = tuple(table.name for table, _ in wanted)
     if connection.dialect.name == "postgresql":
         rows = connection.execute(
-            text(
-                "SELECT nextval(pg_get_serial_sequence(:table, 'id'))"
-                " FROM generate_series(1, :count)"
-            ),
-            {"table": table.name, "count": count},
-        ).scalars()
-        return sorted(rows)
-    highest = connection.execute(select(func.max(table.c.id))).scalar() or 0
-    return list(range(highest + 1, highest + 1 + count))
+            _sequence_statement(names),
+            {f"count{index}": count for index, (_, count) in enumerate(wanted)},
+        )
+        for position, row_id in rows:
+            allocated[wanted[position][0]].append(row_id)
+        for ids in allocated.values():
+            ids.sort()
+        return allocated
+    highest = connection.execute(_max_statement(names)).one()
+    for (table, count), top in zip(wanted, highest, strict=True):
+        start = (top or 0) + 1
+        allocated[table] = list(range(start, start + count))
+    return allocated
+
+
+@lru_cache(maxsize=64)
+def _sequence_statement(names: tuple[str, ...]) -> TextClause:
+    """PostgreSQL: the next values of each table's id sequence, as many as asked."""
+    return text(
+        " UNION ALL ".join(
+            f"SELECT {index} AS t, nextval(pg_get_serial_sequence('{name}', 'id'))"
+            f" AS id FROM generate_series(1, :count{index})"
+            for index, name in enumerate(names)
+        )
+    )
+
+
+@lru_cache(maxsize=64)
+def _max_statement(names: tuple[str, ...]) -> TextClause:
+    """SQLite: each table's highest id (built once: it is on the hot path)."""
+    return text(
+        "SELECT " + ", ".join(f"(SELECT max(id) FROM {name})" for name in names)
+    )
 
 
 def edge_rows(node: GraphNode, peers: list[GraphNode]) -> list[dict[str, int]]:

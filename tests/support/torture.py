@@ -64,7 +64,7 @@ from typing import Any
 import yaml
 from sqlalchemy import Engine, MetaData, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool, Pool
+from sqlalchemy.pool import NullPool
 
 from snapreg import SnapshotRegistry
 from snapreg.database import normalize_url
@@ -185,9 +185,10 @@ class _TargetedKill:
     """Counts occurrences of the planned moment and dies at the chosen one.
 
     SQLAlchemy's events tell what a transaction does: the tables it inserts into
-    (``after_cursor_execute``), that it is about to commit (``commit``, before the
-    driver's commit) and that the commit is done (the pool's ``checkin``, when the
-    connection comes back after the commit, before the registry goes on).
+    (``after_cursor_execute``) and that it is about to commit (``commit``, before
+    the driver's commit). That a commit is done shows in what the registry does
+    next: it acknowledges the registrations (``_commit_staged`` returns) and
+    writes the files of the workflow snapshots it found (``_write_files``).
     """
 
     def __init__(self, plan: KillPlan) -> None:
@@ -220,7 +221,7 @@ class _TargetedKill:
         event.listen(Engine, "after_cursor_execute", self._after_execute)
         event.listen(Engine, "commit", self._before_commit)
         event.listen(Engine, "rollback", self._rolled_back)
-        event.listen(Pool, "checkin", self._checked_in)
+        self._install_registry_hooks()
 
     def _after_execute(
         self, conn: Any, cursor: Any, statement: str, *args: Any
@@ -233,30 +234,35 @@ class _TargetedKill:
         inserted.add(table)
         if table == "submission":
             self.arrive("submission-uncommitted")
-        elif table == "snapshot_node" and "submission" not in inserted:
+        elif table == "snapshot_node":
             self.arrive("registration-half-done")
 
     def _before_commit(self, conn: Any) -> None:
         inserted = self._tables("inserted")
-        committed = self._tables("committed")
-        committed |= inserted
-        inserted.clear()
-        if "snapshot_node" in committed and "submission" not in committed:
+        if "snapshot_node" in inserted:
             self.arrive("registration-before-commit")
+        inserted.clear()
 
     def _rolled_back(self, conn: Any) -> None:
         self._tables("inserted").clear()
-        self._tables("committed").clear()
 
-    def _checked_in(self, dbapi_connection: Any, record: Any) -> None:
-        committed = self._tables("committed")
-        if "submission" in committed:
-            committed.clear()
-            self.arrive("submission-committed")
-        elif "workflow_snapshot" in committed:
-            committed.clear()
-            self.arrive("committed-before-files")
-        committed.clear()
+    def _install_registry_hooks(self) -> None:
+        commit_staged = SnapshotRegistry._commit_staged
+        write_files = SnapshotRegistry._write_files
+
+        def committed(registry: SnapshotRegistry) -> None:
+            batch = list(registry._staged)
+            commit_staged(registry)
+            if any(item.error is None for item in batch):
+                self.arrive("submission-committed")
+
+        def before_files(registry: SnapshotRegistry, found: list[Any]) -> None:
+            if any(item.path is not None for item in found):
+                self.arrive("committed-before-files")
+            write_files(registry, found)
+
+        SnapshotRegistry._commit_staged = committed  # type: ignore[method-assign]
+        SnapshotRegistry._write_files = before_files  # type: ignore[method-assign]
 
     def _install_file_hook(self) -> None:
         real_replace = os.replace
