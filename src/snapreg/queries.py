@@ -44,22 +44,35 @@ def metadata_from_row(row: Any) -> SnapshotMetadata:
     )
 
 
+#: the snapshot_node columns that hold the metadata, in the order of node_values
+NODE_METADATA_COLUMNS = (
+    "triggers",
+    "wallclock_time",
+    "simulation_time",
+    "next_simulation_time",
+    "port_message_counts",
+    "is_final",
+    "snapshot_filename",
+)
+
+
 def node_row_values(metadata: SnapshotMetadata) -> dict[str, Any]:
     """The snapshot_node columns that hold the metadata."""
+    return dict(zip(NODE_METADATA_COLUMNS, node_values(metadata), strict=True))
+
+
+def node_values(metadata: SnapshotMetadata) -> tuple[Any, ...]:
+    """:func:`node_row_values` as a tuple, in the order of NODE_METADATA_COLUMNS."""
     next_time = metadata.next_timestamp
-    return {
-        "triggers": list(metadata.triggers),
-        "wallclock_time": metadata.wallclock_time,
-        "simulation_time": None
-        if math.isnan(metadata.timestamp)
-        else metadata.timestamp,
-        "next_simulation_time": None
-        if next_time is None or math.isnan(next_time)
-        else next_time,
-        "port_message_counts": metadata.port_message_counts,
-        "is_final": metadata.is_final_snapshot,
-        "snapshot_filename": metadata.snapshot_filename,
-    }
+    return (
+        list(metadata.triggers),
+        metadata.wallclock_time,
+        None if math.isnan(metadata.timestamp) else metadata.timestamp,
+        None if next_time is None or math.isnan(next_time) else next_time,
+        metadata.port_message_counts,
+        metadata.is_final_snapshot,
+        metadata.snapshot_filename,
+    )
 
 
 def _encode_float(value: float | None) -> float | str | None:

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import ymmsl
-from sqlalchemy import Connection, Table, select, update
+from sqlalchemy import Connection, Table, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -783,15 +783,15 @@ class SnapshotRegistry(threading.Thread):
         for item, submission_id in zip(batch, ids, strict=True):
             item.allocated_id = submission_id
             rows.append(
-                {
-                    "id": submission_id,
-                    "run_id": self._run_id,
-                    "instance": item.instance,
-                    "snapshot_metadata": queries.metadata_to_json(item.metadata),
-                    "submitted_at": now,
-                }
+                (
+                    submission_id,
+                    self._run_id,
+                    item.instance,
+                    queries.metadata_to_json(item.metadata),
+                    now,
+                )
             )
-        connection.execute(tables.INSERT_SUBMISSION, rows)
+        tables.FAST_SUBMISSION.execute(connection, rows)
 
     def _drain_pending(self) -> None:
         while self._process_pending_batch():
@@ -932,35 +932,31 @@ class SnapshotRegistry(threading.Thread):
             )
         for (node, _), node_id in zip(batch.nodes, ids[tables.NODE], strict=True):
             node.id = node_id
-        connection.execute(
-            tables.INSERT_NODE,
+        tables.FAST_NODE.execute(
+            connection,
             [
-                {
-                    "id": node.id,
-                    "run_id": self._run_id,
-                    "instance": node.instance,
-                    "num": node.num,
-                    "is_restart": False,
-                    "submission_id": submission.allocated_id
+                (
+                    node.id,
+                    self._run_id,
+                    node.instance,
+                    node.num,
+                    False,
+                    submission.allocated_id
                     if isinstance(submission, _Staged)
                     else submission,
-                    "registered_at": now,
-                    **queries.node_row_values(node.metadata),
-                }
+                    now,
+                    *queries.node_values(node.metadata),
+                )
                 for node, submission in batch.nodes
             ],
         )
-        if batch.edges:
-            connection.execute(
-                tables.INSERT_EDGE,
-                [
-                    {
-                        "lower_node_id": min(node.id, peer.id),
-                        "higher_node_id": max(node.id, peer.id),
-                    }
-                    for node, peer in batch.edges
-                ],
-            )
+        tables.FAST_EDGE.execute(
+            connection,
+            [
+                (min(node.id, peer.id), max(node.id, peer.id))
+                for node, peer in batch.edges
+            ],
+        )
         if batch.workflow_snapshots:
             snapshot_ids = ids[tables.WORKFLOW_SNAPSHOT]
             connection.execute(
@@ -981,23 +977,16 @@ class SnapshotRegistry(threading.Thread):
                     )
                 ],
             )
-            member_rows: list[dict[str, int]] = []
+            member_rows: list[tuple[int, int]] = []
             for item, snapshot_id in zip(
                 batch.workflow_snapshots, snapshot_ids, strict=True
             ):
                 item.id = snapshot_id
-                member_rows.extend(
-                    {"workflow_snapshot_id": snapshot_id, "snapshot_node_id": member.id}
-                    for member in item.nodes
-                )
-            connection.execute(tables.INSERT_MEMBER, member_rows)
+                member_rows.extend((snapshot_id, member.id) for member in item.nodes)
+            tables.FAST_MEMBER.execute(connection, member_rows)
         retired_ids = [node.id for node in batch.retired]
         for chunk in queries.chunks(retired_ids, _IN_LIST_CHUNK):
-            connection.execute(
-                update(tables.NODE)
-                .where(tables.NODE.c.id.in_(chunk))
-                .values(retired_at=now)
-            )
+            connection.execute(tables.RETIRE_NODES, {"ids": chunk, "now": now})
         return batch.nodes[0][0].id
 
     def _write_files(self, found: list[_Found]) -> None:

@@ -1,0 +1,102 @@
+"""The registration path's own inserts store exactly what SQLAlchemy's would."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import insert, text
+
+from snapreg import SnapshotRegistry, tables
+from snapreg.database import create_database_engine, writer
+from snapreg.metadata import SnapshotMetadata
+from snapreg.queries import NODE_METADATA_COLUMNS, metadata_to_json, node_values
+from support.streams import macro_micro
+
+STREAM = macro_micro(3, num_micro=2, num_steps=2)
+
+ODD = SnapshotMetadata(
+    triggers=["time 1.5 ≥ every 0.5", 'écrit "quoted" \\ back', ""],
+    wallclock_time=1e-300,
+    timestamp=float("nan"),
+    next_timestamp=None,
+    port_message_counts={"f_init": [0, 2**62, 7], "o_i": []},
+    is_final_snapshot=True,
+    snapshot_filename="/tmp/snap shot/ünïcode 'x'.pack",
+)
+
+
+def _rows(connection: Any, table: str, ids: tuple[int, int]) -> list[dict[str, Any]]:
+    """Two rows as the driver returns them, without the columns that must differ."""
+    rows = connection.exec_driver_sql(
+        f"SELECT * FROM {table} WHERE id IN ({ids[0]}, {ids[1]}) ORDER BY id"
+    ).all()
+    differing = {"id", "submission_id", "num"}
+    return [
+        {key: value for key, value in row._mapping.items() if key not in differing}
+        for row in rows
+    ]
+
+
+def test_fast_inserts_store_what_sqlalchemy_stores(
+    persistent_database_url: str,
+) -> None:
+    with SnapshotRegistry(
+        STREAM.config, None, database_url=persistent_database_url
+    ) as registry:
+        run_id = registry.run_id
+    engine = writer(create_database_engine(persistent_database_url))
+    now = datetime(2026, 11, 26, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    try:
+        with engine.begin() as connection:
+            first = (
+                connection.execute(text("SELECT max(id) FROM submission")).scalar() or 0
+            ) + 1
+            second = first + 1
+            data = metadata_to_json(ODD)
+            tables.FAST_SUBMISSION.execute(
+                connection, [(first, run_id, "micro[1]", data, now)]
+            )
+            connection.execute(
+                insert(tables.SUBMISSION),
+                {
+                    "id": second,
+                    "run_id": run_id,
+                    "instance": "micro[1]",
+                    "snapshot_metadata": data,
+                    "submitted_at": now,
+                },
+            )
+            node_first = (
+                connection.execute(text("SELECT max(id) FROM snapshot_node")).scalar()
+                or 0
+            ) + 1
+            node_second = node_first + 1
+            tables.FAST_NODE.execute(
+                connection,
+                [
+                    (node_first, run_id, "micro[1]", 90, False, first, now)
+                    + node_values(ODD)
+                ],
+            )
+            connection.execute(
+                insert(tables.NODE),
+                {
+                    "id": node_second,
+                    "run_id": run_id,
+                    "instance": "micro[1]",
+                    "num": 91,
+                    "is_restart": False,
+                    "submission_id": second,
+                    "registered_at": now,
+                    **dict(zip(NODE_METADATA_COLUMNS, node_values(ODD), strict=True)),
+                },
+            )
+        with engine.connect() as connection:
+            submissions = _rows(connection, "submission", (first, second))
+            nodes = _rows(connection, "snapshot_node", (node_first, node_second))
+    finally:
+        engine.dispose()
+    assert len(submissions) == 2 and submissions[0] == submissions[1]
+    assert len(nodes) == 2 and nodes[0] == nodes[1]
+    assert nodes[0]["snapshot_filename"] == ODD.snapshot_filename
