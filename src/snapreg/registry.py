@@ -959,19 +959,19 @@ class SnapshotRegistry(threading.Thread):
         )
         if batch.workflow_snapshots:
             snapshot_ids = ids[tables.WORKFLOW_SNAPSHOT]
-            connection.execute(
-                tables.INSERT_WORKFLOW_SNAPSHOT,
+            tables.FAST_WORKFLOW_SNAPSHOT.execute(
+                connection,
                 [
-                    {
-                        "id": snapshot_id,
-                        "run_id": self._run_id,
+                    (
+                        snapshot_id,
+                        self._run_id,
                         # without a folder there is no file; keep paths unique
-                        "path": str(item.path.resolve())
+                        str(item.path.resolve())
                         if item.path is not None
                         else f"(no file) run {self._run_id} {uuid.uuid4().hex}",
-                        "description": item.description,
-                        "created_at": now,
-                    }
+                        item.description,
+                        now,
+                    )
                     for item, snapshot_id in zip(
                         batch.workflow_snapshots, snapshot_ids, strict=True
                     )
@@ -984,9 +984,9 @@ class SnapshotRegistry(threading.Thread):
                 item.id = snapshot_id
                 member_rows.extend((snapshot_id, member.id) for member in item.nodes)
             tables.FAST_MEMBER.execute(connection, member_rows)
-        retired_ids = [node.id for node in batch.retired]
-        for chunk in queries.chunks(retired_ids, _IN_LIST_CHUNK):
-            connection.execute(tables.RETIRE_NODES, {"ids": chunk, "now": now})
+        tables.FAST_RETIRE.execute(
+            connection, [(node.id, now) for node in batch.retired]
+        )
         return batch.nodes[0][0].id
 
     def _write_files(self, found: list[_Found]) -> None:

@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, insert, text, update
 from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.sql.elements import TextClause
 
 from snapreg import models
@@ -29,14 +30,6 @@ MEMBER = cast(Table, models.WorkflowSnapshotMember.__table__)
 INSTANCE_PEER = cast(Table, models.InstancePeer.__table__)
 INSTANCE_CONDUIT = cast(Table, models.InstanceConduit.__table__)
 INSERT_EDGE = insert(EDGE)
-INSERT_WORKFLOW_SNAPSHOT = insert(WORKFLOW_SNAPSHOT)
-# Built once: a statement built per call pays for its cache key each time, and
-# that of a literal datetime in .values() is surprisingly dear.
-RETIRE_NODES = (
-    update(NODE)
-    .where(NODE.c.id.in_(bindparam("ids", expanding=True)))
-    .values(retired_at=bindparam("now"))
-)
 
 
 def allocate_ids(connection: Connection, table: Table, count: int) -> list[int]:
@@ -70,7 +63,7 @@ def allocate_many(
         for ids in allocated.values():
             ids.sort()
         return allocated
-    highest = connection.execute(_max_statement(names)).one()
+    highest = connection.exec_driver_sql(_max_statement(names)).one()
     for (table, count), top in zip(wanted, highest, strict=True):
         start = (top or 0) + 1
         allocated[table] = list(range(start, start + count))
@@ -90,11 +83,9 @@ def _sequence_statement(names: tuple[str, ...]) -> TextClause:
 
 
 @lru_cache(maxsize=64)
-def _max_statement(names: tuple[str, ...]) -> TextClause:
+def _max_statement(names: tuple[str, ...]) -> str:
     """SQLite: each table's highest id (built once: it is on the hot path)."""
-    return text(
-        "SELECT " + ", ".join(f"(SELECT max(id) FROM {name})" for name in names)
-    )
+    return "SELECT " + ", ".join(f"(SELECT max(id) FROM {name})" for name in names)
 
 
 def edge_rows(node: GraphNode, peers: list[GraphNode]) -> list[dict[str, int]]:
@@ -118,65 +109,95 @@ _Prepared = tuple[
 ]
 
 
-class FastInsert:
-    """A multi-row INSERT of fixed columns, compiled once per dialect.
+class FastStatement:
+    """A statement executed many times, compiled once per dialect.
 
-    ``Connection.execute(insert(table), rows)`` pays, per statement, a cache lookup
-    and, per row, a walk through a dictionary of parameters; on the registration
-    path that was a large share of the time. Here the statement is compiled once
-    and sent with ``exec_driver_sql``, each value converted by its column's own
-    bind processor, so the rows stored are exactly those SQLAlchemy would store;
-    the engine's events still see the statement.
+    ``Connection.execute(statement, rows)`` pays, per call, a cache lookup and,
+    per row, a walk through a dictionary of parameters; on the registration path
+    that was a large share of the time. Here the statement is compiled once and
+    sent with ``exec_driver_sql``, each value converted by its parameter's own
+    bind processor, so what is stored is exactly what SQLAlchemy would store; the
+    engine's events still see every statement.
     """
 
-    def __init__(self, table: Table, columns: Sequence[str]) -> None:
-        self.table = table
-        self.columns = tuple(columns)
+    def __init__(
+        self,
+        statement: Insert | Update,
+        names: Sequence[str],
+        *,
+        insert_columns: bool = False,
+    ) -> None:
+        """Prepare a statement; nothing is compiled before its first use.
+
+        Args:
+            statement: The statement, its parameters named.
+            names: The parameters, in the order each row gives their values.
+            insert_columns: ``statement`` is a bare INSERT whose columns are
+                ``names``.
+        """
+        self.statement = statement
+        self.names = tuple(names)
+        self._insert_columns = insert_columns
         self._prepared: dict[str, _Prepared] = {}
 
     def execute(self, connection: Connection, rows: Iterable[Sequence[Any]]) -> None:
-        """Insert rows, each a sequence of values in the order of ``columns``."""
+        """Execute once per row (one executemany); each row in ``names`` order."""
         dialect = connection.dialect
         prepared = self._prepared.get(dialect.name)
         if prepared is None:
             prepared = self._prepared[dialect.name] = self._prepare(dialect)
-        sql, order, processors, names = prepared
+        sql, order, processors, keys = prepared
         converted: list[Any] = []
         for row in rows:
             values = [
                 value if process is None else process(value)
                 for value, process in zip(row, processors, strict=True)
             ]
-            if names is None:
+            if keys is None:
                 converted.append(tuple(values[index] for index in order))
             else:
-                converted.append(dict(zip(names, values, strict=True)))
+                converted.append(dict(zip(keys, values, strict=True)))
         if converted:
             connection.exec_driver_sql(sql, converted)
 
     def _prepare(self, dialect: Dialect) -> _Prepared:
-        compiled = insert(self.table).compile(
-            dialect=dialect, column_keys=list(self.columns)
+        compiled = self.statement.compile(
+            dialect=dialect,
+            column_keys=list(self.names) if self._insert_columns else None,
         )
+        binds = [compiled.binds[name] for name in self.names]
         processors = tuple(
-            self.table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-            for name in self.columns
+            bind.type.dialect_impl(dialect).bind_processor(dialect) for bind in binds
         )
         if compiled.positional:
             positions = compiled.positiontup or []
-            order = tuple(self.columns.index(name) for name in positions)
+            order = tuple(self.names.index(name) for name in positions)
             return compiled.string, order, processors, None
-        names = tuple(compiled.binds[name].key for name in self.columns)
-        return compiled.string, (), processors, names
+        return compiled.string, (), processors, tuple(bind.key for bind in binds)
 
 
-FAST_SUBMISSION = FastInsert(
+def fast_insert(table: Table, columns: Sequence[str]) -> FastStatement:
+    """A :class:`FastStatement` inserting rows of these columns into the table."""
+    return FastStatement(insert(table), columns, insert_columns=True)
+
+
+FAST_SUBMISSION = fast_insert(
     SUBMISSION, ("id", "run_id", "instance", "snapshot_metadata", "submitted_at")
 )
-FAST_NODE = FastInsert(
+FAST_NODE = fast_insert(
     NODE,
     ("id", "run_id", "instance", "num", "is_restart", "submission_id", "registered_at")
     + NODE_METADATA_COLUMNS,
 )
-FAST_EDGE = FastInsert(EDGE, ("lower_node_id", "higher_node_id"))
-FAST_MEMBER = FastInsert(MEMBER, ("workflow_snapshot_id", "snapshot_node_id"))
+FAST_EDGE = fast_insert(EDGE, ("lower_node_id", "higher_node_id"))
+FAST_WORKFLOW_SNAPSHOT = fast_insert(
+    WORKFLOW_SNAPSHOT, ("id", "run_id", "path", "description", "created_at")
+)
+FAST_MEMBER = fast_insert(MEMBER, ("workflow_snapshot_id", "snapshot_node_id"))
+# one row per node: (node id, retirement time)
+FAST_RETIRE = FastStatement(
+    update(NODE)
+    .where(NODE.c.id == bindparam("node_id", type_=NODE.c.id.type))
+    .values(retired_at=bindparam("now", type_=NODE.c.retired_at.type)),
+    ("node_id", "now"),
+)
