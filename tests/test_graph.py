@@ -8,10 +8,13 @@ equal, instance by instance, than every other (so it is unique and maximal).
 from __future__ import annotations
 
 import itertools
+import random
+from typing import Any
 
 import pytest
 
-from snapreg.consistency import Topology
+import snapreg.graph as graph_module
+from snapreg.consistency import Topology, rules_hold
 from snapreg.graph import ActiveGraph, GraphNode, Policy
 from snapreg.metadata import coerce_metadata, restart_metadata
 from support.streams import Stream, all_streams, macro_micro, near_miss
@@ -103,3 +106,134 @@ def test_counters_follow_the_graph() -> None:
         assert graph.instances_without_candidates == sum(
             1 for name in topology.instances if not graph.candidates(name)
         )
+
+
+# ------------------------------------------------- bisection over a peer's nodes
+
+
+def lagged(stream: Stream, seed: int) -> Stream:
+    """The same registrations in another valid order: instances fall behind.
+
+    Each instance keeps its own order; at every step a random instance, favouring
+    one, goes next. Instances that run ahead pile up active nodes, the case that
+    bisection over a peer's nodes is for.
+    """
+    rng = random.Random(seed)
+    queues: dict[str, list[Any]] = {}
+    for registration in stream.registrations:
+        queues.setdefault(registration[0], []).append(registration)
+    favourite = rng.choice(sorted(queues))
+    order = []
+    while queues:
+        names = sorted(queues)
+        name = favourite if favourite in queues and rng.random() < 0.6 else None
+        name = name or rng.choice(names)
+        order.append(queues[name].pop(0))
+        if not queues[name]:
+            del queues[name]
+    return Stream(stream.name + f"~lagged{seed}", stream.config, order)
+
+
+def edges_and_snapshots(
+    stream: Stream, policy: Policy
+) -> tuple[list[set[int]], list[list[frozenset[tuple[str, int]]]]]:
+    """Every node's consistent peers (by id) and every registration's findings."""
+    topology = Topology.from_configuration(stream.config)
+    graph = ActiveGraph(topology)
+    ids = itertools.count(1)
+    nodes = []
+    for instance in topology.instances:
+        graph.add(graph.new_node(next(ids), instance, restart_metadata(), True))
+    findings = []
+    for instance, metadata in stream.registrations:
+        node = graph.new_node(next(ids), instance, coerce_metadata(metadata), False)
+        linked = graph.add(node)
+        nodes.append({peer.id for peer in linked})
+        found = graph.find_workflow_snapshots(node, policy)
+        findings.append(
+            [frozenset((m.instance, m.num) for m in members) for members in found]
+        )
+        if found:
+            graph.retire(graph.plan_retirement(found))
+    return nodes, findings
+
+
+@pytest.mark.parametrize("policy", ["all", "latest"])
+@pytest.mark.parametrize("seed", range(8))
+def test_bisection_finds_what_checking_every_node_finds(
+    seed: int, policy: Policy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = macro_micro(
+        seed,
+        num_micro=3,
+        num_steps=6,
+        micro_intermediate=False,
+        macro_intermediate=True,
+    )
+    stream = lagged(base if seed % 2 else near_miss(base, seed), seed)
+    bisected = 0
+    within_reach = graph_module.ActiveGraph._within_reach
+
+    def counting(self: ActiveGraph, node: GraphNode, peer: str, rules: Any) -> Any:
+        nonlocal bisected
+        found = within_reach(self, node, peer, rules)
+        bisected += found is not self.nodes[peer]
+        return found
+
+    monkeypatch.setattr(graph_module, "_BISECT_FROM", 10**9)
+    expected = edges_and_snapshots(stream, policy)
+    monkeypatch.setattr(graph_module, "_BISECT_FROM", 1)
+    monkeypatch.setattr(graph_module.ActiveGraph, "_within_reach", counting)
+    assert edges_and_snapshots(stream, policy) == expected
+    assert bisected > len(stream.registrations) // 2
+    assert any(expected[1])
+
+
+def test_counts_that_go_down_are_searched_in_full(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # never sent by a registry (counts only grow), but a graph must not rely on it
+    stream = macro_micro(5, num_micro=1, num_steps=8, micro_intermediate=False)
+    topology = Topology.from_configuration(stream.config)
+    rules = topology.rules("macro", "micro[0]")
+    monkeypatch.setattr(graph_module, "_BISECT_FROM", 1)
+    micro = [
+        coerce_metadata(metadata)
+        for instance, metadata in stream.registrations
+        if instance != "macro"
+    ]
+    macro = [
+        coerce_metadata(metadata)
+        for instance, metadata in stream.registrations
+        if instance == "macro"
+    ]
+
+    def check_macro(graph: ActiveGraph, metadata: Any) -> None:
+        node = graph.new_node(next(ids), "macro", metadata, False)
+        linked = graph.add(node)
+        assert linked == [
+            peer
+            for peer in graph.nodes["micro[0]"]
+            if rules_hold(
+                node.metadata.port_message_counts,
+                peer.metadata.port_message_counts,
+                peer.is_restart,
+                rules,
+            )
+        ]
+
+    ids = itertools.count(1)
+    # descending from the start
+    graph = ActiveGraph(topology)
+    for metadata in reversed(micro):
+        graph.add(graph.new_node(next(ids), "micro[0]", metadata, False))
+    for metadata in macro:
+        check_macro(graph, metadata)
+    # ascending at first (bisection in use), then a lower one arrives
+    graph = ActiveGraph(topology)
+    for metadata in micro[1:]:
+        graph.add(graph.new_node(next(ids), "micro[0]", metadata, False))
+    check_macro(graph, macro[0])
+    graph.add(graph.new_node(next(ids), "micro[0]", micro[0], False))
+    for metadata in macro:
+        check_macro(graph, metadata)

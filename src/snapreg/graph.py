@@ -31,17 +31,28 @@ answer. That is polynomial: O(edges) work per pruning pass.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from snapreg.consistency import Topology, rules_hold
+from snapreg.consistency import MessageCounts, Rule, Topology, rules_hold
 from snapreg.metadata import SnapshotMetadata
 
 Policy = Literal["all", "latest"]
 POLICIES: tuple[Policy, ...] = ("all", "latest")
+
+# A peer with at least this many active nodes is searched by bisection.
+_BISECT_FROM = 8
+
+
+def _count(counts: MessageCounts, port: str, slot: int | None) -> int:
+    """The count of one slot of a port; a missing one is zero."""
+    values = counts.get(port, ())
+    index = slot or 0
+    return values[index] if index < len(values) else 0
 
 
 class GraphNode:
@@ -122,6 +133,8 @@ class ActiveGraph:
             instance: 0 for instance in topology.instances
         }
         self.instances_without_candidates = len(topology.instances)
+        # per instance, per (port, slot): whether its active nodes' counts ascend
+        self._order: dict[str, dict[tuple[str, int], bool]] = {}
 
     # ----------------------------------------------------------------- structure
 
@@ -149,7 +162,7 @@ class ActiveGraph:
         own_counts = node.metadata.port_message_counts
         for peer in node.peers:
             rules = self.topology.rules(node.instance, peer)
-            for peer_node in self.nodes[peer]:
+            for peer_node in self._within_reach(node, peer, rules):
                 if rules_hold(
                     own_counts,
                     peer_node.metadata.port_message_counts,
@@ -171,7 +184,60 @@ class ActiveGraph:
         for lower_id, higher_id in edges:
             self._link(by_id[lower_id], by_id[higher_id])
 
+    def _within_reach(
+        self, node: GraphNode, peer: str, rules: tuple[Rule, ...]
+    ) -> list[GraphNode]:
+        """The peer's nodes that can be consistent with ``node``, a few to check.
+
+        Every rule compares one count of each side, and consistent counts differ
+        by at most one. A peer's counts never decrease from one node to the next
+        (checked, not assumed: see :meth:`_ascending`), so the nodes whose count
+        on the first rule is within one of ``node``'s are a contiguous run, found
+        by bisection instead of checking every active node of the peer.
+        """
+        peer_nodes = self.nodes[peer]
+        if len(peer_nodes) < _BISECT_FROM or not rules:
+            return peer_nodes
+        rule = rules[0]
+        key = (rule.peer_port, rule.peer_slot or 0)
+        if not self._ascending(peer, key):
+            return peer_nodes
+        own = _count(node.metadata.port_message_counts, rule.own_port, rule.own_slot)
+        port, slot = key
+
+        def count(candidate: GraphNode) -> int:
+            return _count(candidate.metadata.port_message_counts, port, slot)
+
+        low = bisect.bisect_left(peer_nodes, own - 1, key=count)
+        high = bisect.bisect_right(peer_nodes, own + 1, lo=low, key=count)
+        return peer_nodes[low:high]
+
+    def _ascending(self, instance: str, key: tuple[str, int]) -> bool:
+        """Whether the instance's active nodes have non-decreasing counts at key.
+
+        Worked out once per key, then kept up to date as nodes are added.
+        """
+        known = self._order.setdefault(instance, {})
+        ascending = known.get(key)
+        if ascending is None:
+            port, slot = key
+            counts = [
+                _count(node.metadata.port_message_counts, port, slot)
+                for node in self.nodes[instance]
+            ]
+            ascending = all(a <= b for a, b in itertools.pairwise(counts))
+            known[key] = ascending
+        return ascending
+
     def _insert(self, node: GraphNode) -> None:
+        known = self._order.get(node.instance)
+        nodes = self.nodes[node.instance]
+        if known and nodes:
+            last = nodes[-1].metadata.port_message_counts
+            counts = node.metadata.port_message_counts
+            for (port, slot), ascending in known.items():
+                if ascending and _count(counts, port, slot) < _count(last, port, slot):
+                    known[(port, slot)] = False
         self.nodes[node.instance].append(node)
         self.next_num[node.instance] = node.num + 1
         if node.locally_consistent:  # an instance without peers
