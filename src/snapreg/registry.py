@@ -98,8 +98,10 @@ _IN_LIST_CHUNK = 10_000
 # Pending submissions processed per transaction by the worker: one commit for many
 # registrations when they arrive faster than commits can be paid one by one.
 _PROCESSING_BATCH = 64
-# How often a leader yields to let concurrent registrations join its commit.
+# A leader waits for concurrent registrations to join its commit while they
+# keep coming, at most this often, and no longer than this for the next one.
 _GATHER_ROUNDS = 8
+_GATHER_PAUSE = 0.0001
 # The worker's pauses between attempts while the database is unavailable.
 _FIRST_BACKOFF = 0.1
 _MAX_BACKOFF = 5.0
@@ -278,6 +280,8 @@ class SnapshotRegistry(threading.Thread):
         # registrations waiting for their commit, oldest (the leader) first
         self._staged: deque[_Staged] = deque()
         self._last_batch_size = 0
+        # notified when a registration joins the queue
+        self._arrival = threading.Condition(self._queue_mutex)
         self._pending: deque[_Pending] = deque()
         self._last_counts: dict[str, dict[str, list[int]]] = {}
         self._stopping = False
@@ -414,6 +418,7 @@ class SnapshotRegistry(threading.Thread):
             )
             self._last_counts[name] = metadata.port_message_counts
             self._staged.append(staged)
+            self._arrival.notify()  # a leader gathering followers
             # Group commit: the oldest waiting registration leads; it commits
             # itself and every one behind it in one transaction, then wakes them
             # and hands the lead to the next one in line. Only the threads
@@ -694,18 +699,16 @@ class SnapshotRegistry(threading.Thread):
 
         Called by the leader, with ``_queue_lock`` held, when the previous commit
         was shared: threads register concurrently, and those just acknowledged
-        are probably about to stage their next one. Yielding the interpreter
-        until no more arrive (a few times at most) fills the commit. A lone
-        registering thread never gets here and pays nothing.
+        are probably about to send their next one. The leader waits while they
+        keep arriving (each arrival wakes it at once), and goes ahead as soon as
+        none has come for a moment. A lone registering thread never gets here and
+        pays nothing.
         """
-        waiting = len(self._staged)
         for _ in range(_GATHER_ROUNDS):
-            self._queue_lock.release()
-            time.sleep(0)
-            self._queue_lock.acquire()
+            waiting = len(self._staged)
+            self._arrival.wait(timeout=_GATHER_PAUSE)
             if len(self._staged) == waiting:
                 return
-            waiting = len(self._staged)
 
     def _process_staged(self, batch: list[_Staged]) -> bool:
         """Process staged registrations with their submissions, in one transaction.
