@@ -280,6 +280,8 @@ class SnapshotRegistry(threading.Thread):
         # registrations waiting for their commit, oldest (the leader) first
         self._staged: deque[_Staged] = deque()
         self._last_batch_size = 0
+        # per registering thread: the condition it waits on
+        self._threads = threading.local()
         # notified when a registration joins the queue
         self._arrival = threading.Condition(self._queue_mutex)
         self._pending: deque[_Pending] = deque()
@@ -413,9 +415,7 @@ class SnapshotRegistry(threading.Thread):
             check_counts_not_decreasing(
                 name, previous or {}, metadata.port_message_counts
             )
-            staged = _Staged(
-                name, metadata, previous, threading.Condition(self._queue_mutex)
-            )
+            staged = _Staged(name, metadata, previous, self._wakeup_of_this_thread())
             self._last_counts[name] = metadata.port_message_counts
             self._staged.append(staged)
             self._arrival.notify()  # a leader gathering followers
@@ -693,6 +693,13 @@ class SnapshotRegistry(threading.Thread):
             return
         for item in batch:
             item.submission_id = item.allocated_id
+
+    def _wakeup_of_this_thread(self) -> threading.Condition:
+        """The condition this thread waits on for its registration (one at a time)."""
+        wakeup: threading.Condition | None = getattr(self._threads, "wakeup", None)
+        if wakeup is None:
+            wakeup = self._threads.wakeup = threading.Condition(self._queue_mutex)
+        return wakeup
 
     def _gather_followers(self) -> None:
         """Let registrations that are on their way join the leader's commit.
