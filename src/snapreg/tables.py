@@ -100,6 +100,8 @@ def edge_rows(node: GraphNode, peers: list[GraphNode]) -> list[dict[str, int]]:
     ]
 
 
+_UNSET = object()
+
 # compiled SQL, positional order, bind processors, parameter names (if named)
 _Prepared = tuple[
     str,
@@ -148,11 +150,26 @@ class FastStatement:
             prepared = self._prepared[dialect.name] = self._prepare(dialect)
         sql, order, processors, keys = prepared
         converted: list[Any] = []
+        # rows of one call often share a value (the time of the batch, its run):
+        # a value identical to the previous row's is converted once
+        converting = [
+            (index, process)
+            for index, process in enumerate(processors)
+            if process is not None
+        ]
+        last_in: list[Any] = [_UNSET] * len(processors)
+        last_out: list[Any] = [None] * len(processors)
         for row in rows:
-            values = [
-                value if process is None else process(value)
-                for value, process in zip(row, processors, strict=True)
-            ]
+            if len(row) != len(processors):
+                raise ValueError(f"{len(row)} values for {len(processors)} parameters")
+            values = list(row)
+            for index, process in converting:
+                value = values[index]
+                if value is last_in[index]:
+                    values[index] = last_out[index]
+                else:
+                    last_in[index] = value
+                    values[index] = last_out[index] = process(value)
             if keys is None:
                 converted.append(tuple(values[index] for index in order))
             else:
