@@ -101,7 +101,7 @@ _PROCESSING_BATCH = 64
 # A leader waits for concurrent registrations to join its commit while they
 # keep coming, at most this often, and no longer than this for the next one.
 _GATHER_ROUNDS = 8
-_GATHER_PAUSE = 0.0001
+_GATHER_PAUSE = 0.00001
 # The worker's pauses between attempts while the database is unavailable.
 _FIRST_BACKOFF = 0.1
 _MAX_BACKOFF = 5.0
