@@ -371,6 +371,7 @@ def history(url: str, retired: int) -> tuple[float, float, float, float]:
         registry.close()
         return seconds, peak / 2**20
 
+    measure("warm-up")  # first-use costs (compiling statements) are not history's
     fresh = measure("fresh")
     with SnapshotRegistry(
         stream.config, None, database_url=url, campaign="old"
