@@ -1217,3 +1217,59 @@ if __name__ == "__main__":
     sys.modules["__main__"].__spec__ = None
     del sys.modules["__main__"].__file__
     sys.exit(torture_main())
+
+
+# ----------------------------------------------- group commit under SIGKILL
+
+
+def group_commit_child(
+    url: str,
+    spec: dict[str, Any],
+    starts: dict[str, int],
+    channel: Connection,
+) -> None:
+    """Register each instance's snapshots from its own thread, from ``starts`` on.
+
+    Every acknowledgement is reported to the parent as (instance, index); the
+    parent kills this process at a moment of its choosing.
+    """
+    stream = macro_micro(**spec)
+    work: dict[str, list[Any]] = {}
+    for instance, fields in stream.registrations:
+        work.setdefault(instance, []).append(fields)
+    registry = SnapshotRegistry(stream.config, None, database_url=url)
+    registry.start()
+    lock = threading.Lock()
+
+    def register(instance: str) -> None:
+        for index in range(starts.get(instance, 0), len(work[instance])):
+            registry.register_snapshot(instance, work[instance][index])
+            with lock:
+                channel.send((instance, index))
+
+    threads = [threading.Thread(target=register, args=(name,)) for name in work]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    registry.close()
+    channel.send(("done", -1))
+
+
+def group_commit_context() -> Any:
+    """Where group commit children come from (a fork server, as for the torture)."""
+    return _forkserver()
+
+
+def wait_for_sessions_to_end(url: str, application_name: str) -> None:
+    """After a kill on PostgreSQL: wait until the child's sessions are gone."""
+    engine = inspection_engine(url)
+    try:
+        _wait_for_sessions_to_end(engine, application_name)
+    finally:
+        engine.dispose()
+
+
+def with_application_name(url: str, name: str) -> str:
+    """The URL with a PostgreSQL application name, to find the child's sessions."""
+    return _with_application_name(url, name)
