@@ -14,7 +14,6 @@ Every method runs one short transaction and issues a constant number of queries
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -48,6 +47,7 @@ from snapreg.errors import (
     UnknownInstanceError,
 )
 from snapreg.materialize import render
+from snapreg.runs import process_alive
 from snapreg.snapshot import SnapshotNode, WorkflowSnapshot
 
 _T = TypeVar("_T")
@@ -584,19 +584,9 @@ def _run_status(row: models.Run) -> RunStatus:
         return "ended"
     host, _ = host_and_pid()
     if row.writer_host == host and row.writer_pid is not None:
-        return "running" if _process_alive(row.writer_pid) else "interrupted"
+        return "running" if process_alive(row.writer_pid) else "interrupted"
     heartbeat = row.writer_heartbeat_at or row.writer_since
     if heartbeat is None:
         return "interrupted"
     fresh = datetime.now(timezone.utc) - _utc(heartbeat) < STALE_WRITER_AFTER
     return "running" if fresh else "interrupted"
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

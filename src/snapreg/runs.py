@@ -135,7 +135,7 @@ class WriterLease:
         if run.writer_token is not None and run.writer_token != self.token:
             heartbeat = run.writer_heartbeat_at or run.writer_since or now
             stale = now - heartbeat > timedelta(seconds=self.timeout)
-            dead = run.writer_host == self.host and not _process_alive(run.writer_pid)
+            dead = run.writer_host == self.host and not process_alive(run.writer_pid)
             if not (stale or dead):
                 raise WriterConflictError(
                     f"run {run.number} of campaign {campaign!r} is being"
@@ -370,7 +370,8 @@ def _write_topology_rows(
         connection.execute(insert(tables.INSTANCE_CONDUIT), conduit_rows)
 
 
-def _process_alive(pid: int | None) -> bool:
+def process_alive(pid: int | None) -> bool:
+    """Whether a process with this pid runs on this host."""
     if pid is None:
         return False
     try:
