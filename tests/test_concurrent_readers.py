@@ -1,7 +1,7 @@
 """Readers never block the writer and never see half a registration.
 
 A real registry registers a realistic stream of a few hundred snapshots through
-``register_snapshot`` (acknowledged submissions, processed by its worker thread)
+``register_snapshot`` (each stored and processed in one transaction)
 while several other processes query the same database over and over through
 snapreg's read-only path (:class:`snapreg.sql.ReadOnlyDatabase`), on a SQLite file
 and on PostgreSQL. Each read is one transaction of several statements, and what it

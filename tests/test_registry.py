@@ -534,7 +534,7 @@ def test_a_forgotten_worker_never_keeps_the_process_alive(
     )
     assert finished.returncode == 0, finished.stderr
     assert b"acknowledged" in finished.stdout
-    # what was acknowledged is there, processed now if the worker had not yet
+    # what was acknowledged is there
     with SnapshotRegistry(
         STREAM.config, tmp_path, database_url=persistent_database_url
     ) as registry:

@@ -95,8 +95,8 @@ _T = TypeVar("_T")
 DEFAULT_DATABASE_NAME = "snapreg.sqlite"
 # SQLite accepts 32766 bound parameters per statement; stay well below.
 _IN_LIST_CHUNK = 10_000
-# Pending submissions processed per transaction by the worker: one commit for many
-# registrations when they arrive faster than commits can be paid one by one.
+# Submissions stored unprocessed (a crash, a failed processing) are processed this
+# many per transaction when the run is opened again.
 _PROCESSING_BATCH = 64
 # A leader waits for concurrent registrations to join its commit while they
 # keep coming, at most this often, and no longer than this for the next one.
@@ -358,8 +358,8 @@ class SnapshotRegistry(threading.Thread):
     def add_snapshot(self, instance: Any, snapshot: Any) -> list[WorkflowSnapshot]:
         """Register a snapshot and process it now, in one committed transaction.
 
-        Submissions still waiting for the worker are processed first, so the order
-        of registrations is kept.
+        Registrations stored unprocessed (see :meth:`register_snapshot`) are
+        processed first, so the order of registrations is kept.
 
         Args:
             instance: The instance that created the snapshot (Reference or str).
@@ -720,7 +720,8 @@ class SnapshotRegistry(threading.Thread):
     def _process_staged(self, batch: list[_Staged]) -> bool:
         """Process staged registrations with their submissions, in one transaction.
 
-        Whatever was queued before goes first, so the order is kept.
+        Nothing older waits: submissions are only ever stored unprocessed once
+        processing has failed for good, and then this is not tried any more.
 
         Returns:
             False if they were not processed (nothing of them was written)
@@ -734,7 +735,6 @@ class SnapshotRegistry(threading.Thread):
         if self._error is not None:
             return False
         try:
-            self._drain_pending()
             self._process(
                 [(item.instance, item.metadata, item) for item in batch], staged=batch
             )
@@ -754,7 +754,7 @@ class SnapshotRegistry(threading.Thread):
         return True
 
     def _queue_staged(self, batch: list[_Staged]) -> None:
-        """Commit only the submissions of staged registrations; queue them."""
+        """Commit only the submissions of staged registrations, left unprocessed."""
         now = datetime.now(timezone.utc)
 
         def work(connection: Connection) -> Sequence[int]:
@@ -779,7 +779,6 @@ class SnapshotRegistry(threading.Thread):
                 self._pending.append(
                     _Pending(submission_id, item.instance, item.metadata)
                 )
-            self._queue_lock.notify_all()
 
     def _insert_submissions(
         self,
