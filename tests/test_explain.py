@@ -19,26 +19,10 @@ from snapreg import SnapshotRegistry
 from snapreg.consistency import Topology, counts_consistent
 from snapreg.explain import count_mismatches, explain_campaign
 from support.command_line import invoke
+from support.models import MACRO_MICRO_YMMSL
 from support.streams import all_streams
 
-MACRO_MICRO = """
-ymmsl_version: v0.2
-models:
-  coupled:
-    components:
-      macro:
-        ports: {o_i: state_out, s: state_in}
-        implementation: macro
-        description: macro model
-      micro:
-        ports: {f_init: initial_state, o_f: final_state}
-        implementation: micro
-        description: micro model
-        multiplicity: 2
-    conduits:
-      macro.state_out: micro.initial_state
-      micro.final_state: macro.state_in
-"""
+MACRO_MICRO = MACRO_MICRO_YMMSL
 
 CHAIN = """
 ymmsl_version: v0.2

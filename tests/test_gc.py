@@ -22,25 +22,9 @@ from snapreg import SnapshotRegistry, models
 from snapreg.cleanup import delete_files, plan_cleanup
 from snapreg.database import create_database_engine
 from support.command_line import invoke
+from support.models import MACRO_MICRO_YMMSL
 
-MODEL = """
-ymmsl_version: v0.2
-models:
-  coupled:
-    components:
-      macro:
-        ports: {o_i: state_out, s: state_in}
-        implementation: macro
-        description: macro model
-      micro:
-        ports: {f_init: initial_state, o_f: final_state}
-        implementation: micro
-        description: micro model
-        multiplicity: 2
-    conduits:
-      macro.state_out: micro.initial_state
-      micro.final_state: macro.state_in
-"""
+MODEL = MACRO_MICRO_YMMSL
 CHECKPOINTS = 5
 
 
