@@ -173,7 +173,7 @@ def test_group_commit_killed_at_random_loses_nothing(
     stream = macro_micro(**KILL_SPEC)  # type: ignore[arg-type]
     work = _per_instance(stream)
     rng = random.Random(7)
-    context = torture.group_commit_context()
+    context = torture.forkserver()
     starts: dict[str, int] = {}
     kills = 0
     for round_number in range(KILLS + 1):
@@ -201,7 +201,11 @@ def test_group_commit_killed_at_random_loses_nothing(
                 break
         child.join(timeout=60)
         receiver.close()
-        torture.wait_for_sessions_to_end(persistent_database_url, name)
+        inspection = torture.inspection_engine(persistent_database_url)
+        try:
+            torture.wait_for_sessions_to_end(inspection, name)
+        finally:
+            inspection.dispose()
         stored = _stored_per_instance(persistent_database_url)
         for instance, items in work.items():
             have = stored.get(instance, [])

@@ -402,7 +402,7 @@ class TortureReport:
         }
 
 
-def _with_application_name(url: str, name: str) -> str:
+def with_application_name(url: str, name: str) -> str:
     parsed = normalize_url(url)
     if parsed.get_backend_name() != "postgresql":
         return url
@@ -435,7 +435,7 @@ def stored_registrations(engine: Engine, campaign: str) -> int:
         )
 
 
-def _wait_for_sessions_to_end(engine: Engine, application_name: str) -> None:
+def wait_for_sessions_to_end(engine: Engine, application_name: str) -> None:
     """On PostgreSQL, wait until the killed child's server sessions are gone.
 
     A COMMIT the child sent just before it died may still be completing on the
@@ -460,7 +460,7 @@ def _wait_for_sessions_to_end(engine: Engine, application_name: str) -> None:
         time.sleep(0.01)
 
 
-def _forkserver() -> Any:
+def forkserver() -> Any:
     context = multiprocessing.get_context("forkserver")
     # Children fork from a server that has already imported snapreg: a kill point
     # costs milliseconds, not a second of imports.
@@ -576,7 +576,7 @@ def _play_round(
         played.finished = False
     elif child.exitcode != 0 or not played.finished:
         raise RuntimeError(f"child exited with {child.exitcode} ({job.plan})")
-    _wait_for_sessions_to_end(engine, application_name)
+    wait_for_sessions_to_end(engine, application_name)
     played.stored_after = stored_registrations(engine, job.campaign)
     acknowledged = played.acknowledged[-1] + 1 if played.acknowledged else job.start
     upper = acknowledged + (1 if played.in_flight is not None else 0)
@@ -618,7 +618,7 @@ def torture(
         The rounds played; :func:`verify` checks the result.
     """
     rng = random.Random(seed)
-    context = _forkserver()
+    context = forkserver()
     campaign_file = workdir / "campaign.pickle"
     save_campaign(stream, campaign_file)
     total = len(stream.registrations)
@@ -634,7 +634,7 @@ def torture(
             plan = _choose_plan(rng, next(points), start, target, total)
             application_name = f"snapreg-torture-{os.getpid()}-{len(report.rounds)}"
             job = ChildJob(
-                url=_with_application_name(url, application_name),
+                url=with_application_name(url, application_name),
                 folder=str(folder),
                 campaign_file=str(campaign_file),
                 campaign=campaign,
@@ -1254,22 +1254,3 @@ def group_commit_child(
         thread.join()
     registry.close()
     channel.send(("done", -1))
-
-
-def group_commit_context() -> Any:
-    """Where group commit children come from (a fork server, as for the torture)."""
-    return _forkserver()
-
-
-def wait_for_sessions_to_end(url: str, application_name: str) -> None:
-    """After a kill on PostgreSQL: wait until the child's sessions are gone."""
-    engine = inspection_engine(url)
-    try:
-        _wait_for_sessions_to_end(engine, application_name)
-    finally:
-        engine.dispose()
-
-
-def with_application_name(url: str, name: str) -> str:
-    """The URL with a PostgreSQL application name, to find the child's sessions."""
-    return _with_application_name(url, name)
