@@ -35,6 +35,11 @@ from support.command_line import invoke
 MODEL = "reaction_diffusion"
 
 
+def fresh_copy(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
+    """A copy of the stock fresh run directory, to change or import."""
+    return stock_runs.copy_run(stock_runs.fresh_run(tmp_path_factory), tmp_path / "run")
+
+
 def manager_files(run_dir: Path) -> set[ResumeKey]:
     """The resume mappings of the workflow snapshot files the manager wrote."""
     found = manager_workflow_snapshots(run_dir)
@@ -57,9 +62,7 @@ def test_a_fresh_run_imports_to_the_workflow_snapshots_the_manager_wrote(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    run_dir = stock_runs.copy_run(
-        stock_runs.fresh_run(tmp_path_factory), tmp_path / "run"
-    )
+    run_dir = fresh_copy(tmp_path_factory, tmp_path)
     outcome = invoke(capsys, "import", str(run_dir), "--db", persistent_database_url)
 
     assert outcome.status == 0, outcome.stderr
@@ -157,9 +160,7 @@ def _replayed(configuration: object, order: list) -> list[ResumeKey]:  # type: i
 def test_without_the_manager_files_the_wallclock_order_is_used(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
-    run_dir = stock_runs.copy_run(
-        stock_runs.fresh_run(tmp_path_factory), tmp_path / "run"
-    )
+    run_dir = fresh_copy(tmp_path_factory, tmp_path)
     written = manager_files(run_dir)
     shutil.rmtree(run_dir / "snapshots")
     url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
@@ -175,9 +176,7 @@ def test_a_run_directory_is_imported_once_per_campaign(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    run_dir = stock_runs.copy_run(
-        stock_runs.fresh_run(tmp_path_factory), tmp_path / "run"
-    )
+    run_dir = fresh_copy(tmp_path_factory, tmp_path)
     url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
     assert invoke(capsys, "import", str(run_dir), "--db", url).status == 0
 
@@ -213,9 +212,7 @@ def test_a_damaged_snapshot_file_is_named(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    run_dir = stock_runs.copy_run(
-        stock_runs.fresh_run(tmp_path_factory), tmp_path / "run"
-    )
+    run_dir = fresh_copy(tmp_path_factory, tmp_path)
     damaged = run_dir / "instances" / "micro[1]" / "snapshots" / "micro-1_3.pack"
     damaged.write_bytes(b"9 not a snapshot")
     url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
