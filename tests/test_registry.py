@@ -35,6 +35,7 @@ from snapreg import (
     WriterConflictError,
 )
 from snapreg.materialize import NameAllocator
+from support.entries import call_entry, register_or_raise
 from support.oracle import run_oracle
 from support.streams import macro_micro
 from support.torture import database_rows
@@ -66,6 +67,19 @@ BAD_INPUTS: list[tuple[str, Any, Any, type[Exception]]] = [
     ("index out of range", "micro[9]", metadata({}), UnknownInstanceError),
     ("missing index", "micro", metadata({}), UnknownInstanceError),
     ("not an instance", "micro[", metadata({}), UnknownInstanceError),
+    (
+        "index of 5000 digits",
+        "micro[" + "9" * 5000 + "]",
+        metadata({}),
+        UnknownInstanceError,
+    ),
+    (
+        "index of 30 digits",
+        "micro[" + "9" * 30 + "]",
+        metadata({}),
+        UnknownInstanceError,
+    ),
+    ("index not ASCII digits", "micro[\u00b2]", metadata({}), UnknownInstanceError),
     ("negative count", "macro", metadata({"o_i": [-1]}), InvalidMetadataError),
     ("float count", "macro", metadata({"o_i": [1.5]}), InvalidMetadataError),
     ("bool count", "macro", metadata({"o_i": [True]}), InvalidMetadataError),
@@ -130,7 +144,7 @@ def test_bad_input_is_refused_and_changes_nothing(
         before = database_rows(persistent_database_url)
         files_before = sorted(tmp_path.iterdir())
         with pytest.raises(error) as raised:
-            getattr(registry, entry)(instance, bad)
+            call_entry(registry, entry, instance, bad)
         assert isinstance(raised.value, InvalidInputError)
         assert str(raised.value)
         assert database_rows(persistent_database_url) == before
@@ -150,7 +164,7 @@ def test_counts_lower_than_before_are_refused(database_url: str) -> None:
         with pytest.raises(InvalidMetadataError, match="port o_i slot 1 is 1, lower"):
             registry.add_snapshot("macro", metadata({"o_i": [2, 1, 2], "s": [1, 1, 1]}))
         with pytest.raises(InvalidMetadataError, match="port s slot 0 is 0"):
-            registry.register_snapshot("macro", metadata({"o_i": [2, 2, 2]}))
+            register_or_raise(registry, "macro", metadata({"o_i": [2, 2, 2]}))
         registry.add_snapshot("macro", metadata({"o_i": [2, 2, 2], "s": [1, 1, 1]}))
         assert [node.num for node in registry.history("macro")] == [1, 2, 3]
 
@@ -233,16 +247,6 @@ def test_without_a_folder_nothing_is_written(tmp_path: Path, monkeypatch: Any) -
     assert list(tmp_path.iterdir()) == []
 
 
-def test_default_database_lives_in_the_snapshot_folder(tmp_path: Path) -> None:
-    with SnapshotRegistry(STREAM.config, tmp_path) as registry:
-        registry.add_snapshot(*STREAM.registrations[0])
-    assert (tmp_path / "snapreg.sqlite").exists()
-    with SnapshotRegistry(STREAM.config, tmp_path) as registry:
-        assert registry.run_number == 1
-        name = STREAM.registrations[0][0]
-        assert [node.num for node in registry.history(name)] == [1, 2]
-
-
 def test_runs_and_campaigns(persistent_database_url: str, tmp_path: Path) -> None:
     url = persistent_database_url
     with SnapshotRegistry(STREAM.config, tmp_path, database_url=url) as first:
@@ -312,6 +316,15 @@ def test_configuration_errors(tmp_path: Path) -> None:
         SnapshotRegistry(v0_1.PartialConfiguration(), tmp_path)
     with pytest.raises(ConfigurationError, match="not a database URL"):
         SnapshotRegistry(STREAM.config, tmp_path, database_url="::nonsense::")
+    no_instances = ymmsl.load(
+        "ymmsl_version: v0.2\nmodels:\n  zero:\n    components:\n"
+        "      a:\n        ports: {}\n        description: none of it\n"
+        "        multiplicity: [3, 0]\n"
+    )
+    url = f"sqlite:///{tmp_path / 'zero.sqlite'}"
+    with pytest.raises(ConfigurationError, match=r"model zero has no instances"):
+        SnapshotRegistry(no_instances, tmp_path, database_url=url)
+    assert not (tmp_path / "zero.sqlite").exists()
 
 
 def test_a_second_writer_is_refused_with_the_holder_named(
@@ -446,17 +459,17 @@ def test_worker_errors_reach_the_caller_and_nothing_is_lost(
     monkeypatch.setattr("snapreg.graph.ActiveGraph.find_workflow_snapshots", broken)
     registry.start()
     name, good = STREAM.registrations[0]
-    registry.register_snapshot(name, good)  # acknowledged: stored unprocessed
+    # acknowledged: stored unprocessed
+    assert registry.register_snapshot(name, good) is True
     # processing is broken for good: later registrations are refused, not stored
     second_name, second = STREAM.registrations[1]
     with pytest.raises(WorkerError, match="search exploded"):
-        registry.register_snapshot(second_name, second)
+        register_or_raise(registry, second_name, second)
     with pytest.raises(WorkerError, match="search exploded"):
         registry.shutdown()
     with pytest.raises(WorkerError, match="search exploded"):
         registry.join()
-    with pytest.raises(WorkerError):
-        registry.close()
+    registry.close()  # join ended the run already: a no-op
     monkeypatch.undo()
     with SnapshotRegistry(
         STREAM.config, tmp_path, database_url=persistent_database_url

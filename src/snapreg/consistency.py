@@ -202,6 +202,18 @@ def rules_hold(
     return True
 
 
+#: More digits than any index of a model that fits in memory can have.
+_MAX_INDEX_DIGITS = 18
+
+
+def _shortened(text: str, limit: int = 80) -> str:
+    """Text for a message, cut in the middle when longer than ``limit``."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}...{text[-half:]}"
+
+
 def split_instance(instance: str) -> tuple[str, tuple[int, ...]]:
     """Split ``"micro[2][5]"`` into ``("micro", (2, 5))``.
 
@@ -215,9 +227,17 @@ def split_instance(instance: str) -> tuple[str, tuple[int, ...]]:
         return name, ()
     indices: list[int] = []
     for part in ("[" + rest).split("]")[:-1]:
-        if not part.startswith("[") or not part[1:].isdigit():
-            raise UnknownInstanceError(f"{instance!r} is not an instance name")
-        indices.append(int(part[1:]))
+        digits = part[1:]
+        if not part.startswith("[") or not (digits.isascii() and digits.isdigit()):
+            raise UnknownInstanceError(
+                f"{_shortened(instance)!r} is not an instance name"
+            )
+        if len(digits) > _MAX_INDEX_DIGITS:  # no model has that many instances
+            raise UnknownInstanceError(
+                f"{_shortened(instance)!r}: an index of {len(digits)} digits is out of"
+                " range"
+            )
+        indices.append(int(digits))
     if not instance.endswith("]"):
         raise UnknownInstanceError(f"{instance!r} is not an instance name")
     return name, tuple(indices)
@@ -296,6 +316,11 @@ class Topology:
             )
         if not components:
             raise ConfigurationError(f"model {model.name} has no components")
+        if not any(all(dims) for dims in components.values()):
+            raise ConfigurationError(
+                f"model {model.name} has no instances: every component has a"
+                " multiplicity of 0"
+            )
         conduits: list[ConduitInfo] = []
         for conduit in model.conduits:
             sender = str(conduit.sending_component())
@@ -355,12 +380,12 @@ class Topology:
         if component not in self.components:
             known = ", ".join(sorted(self.components))
             raise UnknownInstanceError(
-                f"instance {name!r}: component {component!r} is not in model "
+                f"instance {_shortened(name)!r}: component {component!r} is not in model "
                 f"{self.model_name} (components: {known})"
             )
         dims = self.components[component]
         raise UnknownInstanceError(
-            f"instance {name!r}: component {component!r} has multiplicity "
+            f"instance {_shortened(name)!r}: component {component!r} has multiplicity "
             f"{list(dims)}, so its instances are {component}"
             + "".join(f"[0..{size - 1}]" for size in dims)
         )
