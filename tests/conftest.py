@@ -105,6 +105,19 @@ def empty_postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
         postgres_server.drop_database(name)
 
 
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Path:
+    """pytest's folder for the test, one level down, so that its parent is the test's.
+
+    A registry given no database URL keeps its SQLite file beside its snapshot
+    folder; tests that use ``tmp_path`` as that folder must not share the file with
+    every other test of the session, whose folders share pytest's parent folder.
+    """
+    own = tmp_path / "test"
+    own.mkdir()
+    return own
+
+
 BACKENDS = [
     pytest.param("sqlite-memory", id="sqlite-memory"),
     pytest.param("sqlite-file", id="sqlite-file"),

@@ -22,6 +22,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from snapreg import (
 )
 from snapreg.cli import main as snapreg_main
 from snapreg.metadata import MAX_FILENAME_LENGTH, MAX_MESSAGE_COUNT
+from support.entries import call_entry
 from support.oracle import run_oracle
 from support.streams import METADATA_FIELDS, macro_micro
 from support.torture import inspection_engine
@@ -307,7 +309,7 @@ unknown_instance = st.one_of(
 def test_bad_metadata_is_refused_and_changes_nothing(
     seeded: Seeded, entry: str
 ) -> None:
-    call = getattr(seeded.registry, entry)
+    call = partial(call_entry, seeded.registry, entry)
 
     @budget(40)
     @given(bad_metadata)
@@ -324,7 +326,7 @@ def test_bad_metadata_is_refused_and_changes_nothing(
 def test_unknown_instances_are_refused_and_change_nothing(
     seeded: Seeded, entry: str
 ) -> None:
-    call = getattr(seeded.registry, entry)
+    call = partial(call_entry, seeded.registry, entry)
 
     @budget(15)
     @given(unknown_instance)
@@ -643,7 +645,7 @@ def hole(
 @pytest.mark.parametrize("metadata", METADATA_BUGS)
 @pytest.mark.parametrize("entry", ["add_snapshot", "register_snapshot"])
 def test_metadata_holes_stay_closed(hole: Seeded, entry: str, metadata: Any) -> None:
-    call = getattr(hole.registry, entry)
+    call = partial(call_entry, hole.registry, entry)
     refused = hole.refuses("fixed hole", lambda: call(NEXT_INSTANCE, metadata))
     assert isinstance(refused, InvalidInputError)
     hole.finish_like_muscle3()

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from snapreg import SnapshotRegistry
+from support.entries import register_or_raise
 from support.streams import Stream, macro_micro
 from support.torture import (
     TARGETED_POINTS,
@@ -122,7 +123,7 @@ def test_the_checks_find_what_they_look_for(
     ) as registry:
         registry.start()
         for instance, metadata in SMALL.registrations:
-            registry.register_snapshot(instance, metadata)
+            register_or_raise(registry, instance, metadata)
     assert verify(url, folder, SMALL, "small", small_expected) == []
     message, statement = CORRUPTIONS[corruption]
     if corruption == "file deleted":

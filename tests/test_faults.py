@@ -48,6 +48,7 @@ from snapreg import (
     WriterConflictError,
 )
 from snapreg.database import create_database_engine, network_filesystem_of
+from support.entries import register_or_raise
 from support.streams import Stream, chain, macro_micro
 from support.torture import (
     database_rows,
@@ -70,7 +71,7 @@ def replay(
 ) -> None:
     """Submit registrations ``start:stop`` through register_snapshot."""
     for instance, metadata in stream.registrations[start:stop]:
-        registry.register_snapshot(instance, metadata)
+        register_or_raise(registry, instance, metadata)
 
 
 def assert_all_processed(registry: SnapshotRegistry) -> None:
@@ -187,17 +188,18 @@ def test_opening_sqlite_on_a_network_filesystem_warns(
 ) -> None:
     local = tmp_path / "local"
     shared = tmp_path / "shared"
-    local.mkdir()
-    shared.mkdir()
+    # the database goes beside the snapshot folder: on the file system mounted there
+    (local / "snapshots").mkdir(parents=True)
+    (shared / "snapshots").mkdir(parents=True)
     mounts = fake_mounts(
         tmp_path, ["/dev/sda1 / ext4 rw 0 0", f"srv:/x {shared} nfs rw 0 0"]
     )
     monkeypatch.setattr(database, "MOUNTS_FILE", mounts)
     with caplog.at_level(logging.WARNING, logger="snapreg.database"):
-        with SnapshotRegistry(STREAM.config, local):
+        with SnapshotRegistry(STREAM.config, local / "snapshots"):
             pass
         assert not [r for r in caplog.records if "network file system" in r.message]
-        with SnapshotRegistry(STREAM.config, shared):
+        with SnapshotRegistry(STREAM.config, shared / "snapshots"):
             pass
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(
@@ -236,7 +238,7 @@ def test_a_sqlite_lock_that_outlasts_the_retries_is_reported_as_transient(
     try:
         caplog.set_level(logging.WARNING)
         with pytest.raises(TransientDatabaseError, match="3 times") as refused:
-            registry.register_snapshot(*STREAM.registrations[half])
+            register_or_raise(registry, *STREAM.registrations[half])
         assert not isinstance(refused.value, InvalidInputError)
         assert "locked" in str(refused.value)
         retries = retries_logged(caplog)
@@ -332,7 +334,7 @@ def test_a_postgresql_lock_that_outlasts_the_retries_is_reported_as_transient(
     try:
         caplog.set_level(logging.WARNING)
         with pytest.raises(TransientDatabaseError, match="lock timeout") as refused:
-            registry.register_snapshot(*STREAM.registrations[half])
+            register_or_raise(registry, *STREAM.registrations[half])
         assert not isinstance(refused.value, InvalidInputError)
         assert len(retries_logged(caplog)) == 2
     finally:
@@ -426,7 +428,7 @@ def test_failures_that_persist_or_are_not_transient_are_not_retried_forever(
             caplog.at_level(logging.WARNING),
             pytest.raises(TransientDatabaseError, match="injected always"),
         ):
-            registry.register_snapshot(*STREAM.registrations[2])
+            register_or_raise(registry, *STREAM.registrations[2])
         assert len(retries_logged(caplog)) == 2
         assert database_rows(postgres_url) == before
         caplog.clear()
@@ -437,7 +439,7 @@ def test_failures_that_persist_or_are_not_transient_are_not_retried_forever(
         inject_failures(postgres_url, "check", "submission", "23514", None)
         caplog.set_level(logging.WARNING)
         with pytest.raises(Exception, match="injected check") as refused:
-            registry.register_snapshot(*STREAM.registrations[2])
+            register_or_raise(registry, *STREAM.registrations[2])
         assert not isinstance(
             refused.value, (TransientDatabaseError, InvalidInputError)
         )
@@ -624,7 +626,7 @@ def test_a_lost_commit_answer_does_not_duplicate_a_submission(
     with SnapshotRegistry(STREAM.config, None, database_url=url) as registry:
         replay(registry, STREAM, 0, 3)
         proxy.cut_next_commit.set()
-        registry.register_snapshot(*STREAM.registrations[3])
+        assert registry.register_snapshot(*STREAM.registrations[3]) is True
         assert proxy.cuts == 1
     engine = inspection_engine(postgres_url)
     with engine.connect() as connection:
@@ -770,7 +772,7 @@ def test_a_restarted_server_loses_nothing_acknowledged(
     def instances() -> None:
         for index, (instance, metadata) in enumerate(stream.registrations):
             try:
-                registry.register_snapshot(instance, metadata)
+                register_or_raise(registry, instance, metadata)
             except BaseException as err:  # noqa: BLE001 - reported below
                 refused.append(err)
                 return
@@ -817,7 +819,8 @@ HOLDER = textwrap.dedent(
         try:
             if command == "register":
                 for index in range(int(arguments[0]), int(arguments[1])):
-                    registry.register_snapshot(*stream.registrations[index])
+                    if not registry.register_snapshot(*stream.registrations[index]):
+                        raise registry.refusals[-1].error
                 while registry.pending_count():
                     time.sleep(0.01)
                 print("ok", flush=True)

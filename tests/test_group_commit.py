@@ -25,6 +25,7 @@ from snapreg import SnapshotRegistry
 from snapreg.database import normalize_url
 from snapreg.queries import metadata_from_json
 from support import torture
+from support.entries import register_or_raise
 from support.oracle import run_oracle
 from support.streams import Stream, macro_micro
 
@@ -88,7 +89,7 @@ def test_concurrent_registrations_share_commits_and_lose_nothing(
         barrier.wait()
         try:
             for fields in items:
-                registry.register_snapshot(instance, fields)
+                register_or_raise(registry, instance, fields)
                 acknowledged[instance] += 1
         except BaseException as err:  # noqa: BLE001 - reported below
             failures.append(err)

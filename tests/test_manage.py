@@ -172,6 +172,63 @@ def test_a_registry_that_cannot_open_does_not_leave_the_manager_hanging(
     assert "Traceback" not in finished.stderr
 
 
+def test_a_refused_registration_never_leaves_an_instance_waiting(
+    tmp_path: Path,
+) -> None:
+    # MUSCLE3's request handler answers an instance only when register_snapshot
+    # returns; refusals must be answered, logged in one line, and the run go on.
+    model = tmp_path / "refused.ymmsl"
+    component = Path(simulation.__file__).with_name("refused_snapshots.py")
+    model.write_text(
+        textwrap.dedent(
+            f"""\
+            ymmsl_version: v0.2
+            models:
+              refused:
+                components:
+                  solo:
+                    ports: {{}}
+                    description: sends metadata snapreg refuses
+                    implementation: solo
+            programs:
+              solo:
+                executable: {sys.executable}
+                args: {component}
+            resources:
+              refused.solo:
+                threads: 1
+            """
+        ),
+        encoding="utf-8",
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    database = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    command = simulation.snapreg_command(
+        "manage", "--db", database, "--start-all", "--run-dir", str(run_dir), str(model)
+    )
+    finished = simulation.run(command, tmp_path, timeout=60)
+
+    assert finished.returncode == 0, finished.stderr
+    log = (run_dir / "muscle3_manager.log").read_text(encoding="utf-8")
+    refusals = [line for line in log.splitlines() if "did not register" in line]
+    assert len(refusals) == 3  # two refusals, one summary at the end
+    assert "snapshot of solo (InvalidMetadataError: wallclock_time" in refusals[0]
+    assert "snapshot of solo (InvalidMetadataError: " in refusals[1]
+    assert "lower" in refusals[1]
+    assert refusals[2].endswith(
+        "did not register 2 snapshot(s) of this run; the"
+        " errors were logged when they happened"
+    )
+    with DatabaseReader(database) as reader:
+        (snapshot,) = reader.workflow_snapshots("refused")
+        (campaign,) = reader.campaigns()
+    assert {str(k): str(v) for k, v in snapshot.resume.items()} == {
+        "solo": "/accepted/good.pack"
+    }
+    assert campaign.runs[0].status == "ended"
+
+
 def test_without_muscle3_manage_says_how_to_install_it(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,

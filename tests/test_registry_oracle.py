@@ -14,6 +14,7 @@ import pytest
 import ymmsl
 
 from snapreg import SnapshotRegistry, WorkflowSnapshot
+from support.entries import register_or_raise
 from support.oracle import OracleStep, run_oracle
 from support.streams import Stream, all_streams, macro_micro
 
@@ -103,7 +104,7 @@ def test_worker_thread_gives_the_same_workflow_snapshots(
     registry = SnapshotRegistry(stream.config, tmp_path, database_url=database_url)
     registry.start()
     for instance, metadata in stream.registrations:
-        registry.register_snapshot(instance, metadata)
+        register_or_raise(registry, instance, metadata)
     registry.shutdown()
     registry.join()
     try:

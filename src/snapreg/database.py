@@ -146,6 +146,31 @@ def normalize_url(url: str | URL) -> URL:
     return parsed
 
 
+#: The environment variable that names the database when no URL is given.
+DATABASE_URL_VARIABLE = "SNAPREG_DATABASE_URL"
+#: The SQLite file's name when snapreg chooses where the database goes.
+DEFAULT_DATABASE_FILE = "snapreg.sqlite"
+
+
+def default_database_url(beside: Path | None) -> str:
+    """Where a campaign's database is when no URL is given.
+
+    ``$SNAPREG_DATABASE_URL`` when set: the one way for the several manager starts
+    of a campaign, each with a run directory of its own, to share one database.
+    Else ``snapreg.sqlite`` in the folder ``beside`` (for MUSCLE3's manager, the run
+    directory that holds the snapshot folder), or in memory without one.
+
+    Args:
+        beside: The folder that holds the database file, or None.
+    """
+    from_environment = os.environ.get(DATABASE_URL_VARIABLE)
+    if from_environment:
+        return from_environment
+    if beside is None:
+        return "sqlite://"
+    return f"sqlite:///{Path(beside).resolve() / DEFAULT_DATABASE_FILE}"
+
+
 def describe_url(url: str | URL) -> str:
     """The URL with any password hidden, for messages and logs."""
     return normalize_url(url).render_as_string(hide_password=True)

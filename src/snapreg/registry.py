@@ -54,6 +54,7 @@ from snapreg.database import (
     Durability,
     HeldConnection,
     create_database_engine,
+    default_database_url,
     describe_url,
     ensure_schema,
     host_and_pid,
@@ -66,6 +67,7 @@ from snapreg.database import (
 from snapreg.errors import (
     ConfigurationError,
     RegistryClosedError,
+    SnapregError,
     TransientDatabaseError,
     WorkerError,
     WriterConflictError,
@@ -92,7 +94,6 @@ _logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-DEFAULT_DATABASE_NAME = "snapreg.sqlite"
 # SQLite accepts 32766 bound parameters per statement; stay well below.
 _IN_LIST_CHUNK = 10_000
 # Submissions stored unprocessed (a crash, a failed processing) are processed this
@@ -107,11 +108,18 @@ _FIRST_BACKOFF = 0.1
 _MAX_BACKOFF = 5.0
 
 
-def default_database_url(snapshot_folder: Path | None) -> str:
-    """``sqlite:///<snapshot_folder>/snapreg.sqlite``, or in memory without a folder."""
-    if snapshot_folder is None:
-        return "sqlite://"
-    return f"sqlite:///{Path(snapshot_folder).resolve() / DEFAULT_DATABASE_NAME}"
+@dataclass(frozen=True)
+class Refusal:
+    """A registration that :meth:`SnapshotRegistry.register_snapshot` did not store.
+
+    Attributes:
+        instance: The instance that sent it.
+        error: Why: a :class:`~snapreg.errors.SnapregError` for what snapreg
+            refuses or cannot store, anything else for a bug.
+    """
+
+    instance: str
+    error: Exception
 
 
 @dataclass
@@ -203,8 +211,10 @@ class SnapshotRegistry(threading.Thread):
                 or a ``ymmsl.v0_1`` ``PartialConfiguration``/``Configuration``.
             snapshot_folder: Where workflow snapshot files go; None writes none.
             topology_store: Optional source of peers (MUSCLE3's TopologyStore).
-            database_url: SQLAlchemy URL. Default: ``snapreg.sqlite`` in the
-                snapshot folder, or an in-memory database without a folder.
+            database_url: SQLAlchemy URL. Default: ``$SNAPREG_DATABASE_URL``,
+                else ``snapreg.sqlite`` beside the snapshot folder (in the folder
+                that holds it: for MUSCLE3, the run directory), or an in-memory
+                database without a folder. Never inside the snapshot folder.
             campaign: Campaign name; default: the model's name.
             new_run: Start a new run even if the campaign has one to continue.
             resumed_from: Id of the workflow snapshot a new run resumes from.
@@ -250,8 +260,14 @@ class SnapshotRegistry(threading.Thread):
                 f"policy must be one of {', '.join(POLICIES)}, not {policy!r}"
             )
         self._policy: Policy = policy
+        # The snapshot folder holds workflow snapshot files and nothing else, as
+        # MUSCLE3's does: users' scripts and MUSCLE3's tests read every entry.
         url = normalize_url(
-            default_database_url(self._folder) if database_url is None else database_url
+            default_database_url(
+                None if self._folder is None else self._folder.resolve().parent
+            )
+            if database_url is None
+            else database_url
         )
         self._url = url
         self._durability: Durability = durability
@@ -290,6 +306,7 @@ class SnapshotRegistry(threading.Thread):
         self._closed = False
         self._error: BaseException | None = None
         self._unwritten: list[_Found] = []
+        self._refusals: list[Refusal] = []
         # True while the in-memory graph may hold rows that never committed
         self._graph_stale = False
         self._last_heartbeat = 0.0
@@ -385,27 +402,60 @@ class SnapshotRegistry(threading.Thread):
                 self._last_counts[name] = metadata.port_message_counts
             return self._publish(outcome)
 
-    def register_snapshot(self, instance: Any, snapshot: Any) -> None:
-        """Register a new snapshot; durable when this returns.
+    def register_snapshot(self, instance: Any, snapshot: Any) -> bool:
+        """Register a new snapshot; stored and processed when this returns True.
+
+        MUSCLE3's threaded entry point, called from the manager's request
+        handlers. Like MUSCLE3's own, it never raises: an exception here would end
+        the handler's thread without an answer, and the instance would wait for
+        ever. A registration that snapreg refuses or cannot store is logged as one
+        error line, kept in :attr:`refusals`, and answered with False; the run goes
+        on without that snapshot. Use :meth:`add_snapshot` to have the error
+        raised instead.
 
         Registrations from threads that call at the same time share one
-        transaction (group commit). When no earlier registration waits for
-        processing, they are processed in that same transaction; otherwise (after
-        a database hiccup) they are queued and processed in order, by the next
-        registration or by the worker thread.
+        transaction (group commit), which stores and processes them all.
 
         Args:
             instance: The instance that created the snapshot.
             snapshot: Metadata describing the snapshot.
 
-        Raises:
-            InvalidInputError: bad instance or metadata; nothing was written.
-            TransientDatabaseError: the submission could not be committed.
-            WriterConflictError: another registry took the run over.
-            WorkerError: processing failed earlier for a reason other than the
-                database's availability; nothing more is accepted (what was
-                acknowledged is processed when the run is next opened).
+        Returns:
+            True once the registration is durable and processed; False if it was
+            refused (bad instance or metadata: nothing was written), could not be
+            committed (the database stayed unavailable), or this registry cannot
+            write any more (closed, taken over, or failed earlier: what it
+            acknowledged is processed when the run is next opened).
         """
+        try:
+            self._register_durably(instance, snapshot)
+        except Exception as err:  # every failure is answered; see the docstring
+            self._refuse(instance, err)
+            return False
+        return True
+
+    @property
+    def refusals(self) -> list[Refusal]:
+        """The registrations :meth:`register_snapshot` refused, oldest first."""
+        with self._queue_lock:
+            return list(self._refusals)
+
+    def _refuse(self, instance: Any, err: Exception) -> None:
+        """Log and keep a registration that register_snapshot did not store."""
+        with self._queue_lock:
+            self._refusals.append(Refusal(str(instance), err))
+        _logger.error(
+            "snapreg did not register the snapshot of %s (%s: %s); the run goes on"
+            " without it",
+            instance,
+            type(err).__name__,
+            err,
+            # a failure that is not one of snapreg's refusals is a bug: keep its trace
+            exc_info=err if not isinstance(err, SnapregError) else None,
+        )
+
+    def _register_durably(self, instance: Any, snapshot: Any) -> None:
+        """Stage a registration and wait for the commit that stores it."""
         self._check_open()
         self._refuse_if_failed()
         name = self._topology.check_instance(instance)
@@ -502,26 +552,47 @@ class SnapshotRegistry(threading.Thread):
     def shutdown(self) -> None:
         """Stop the worker thread (every acknowledged registration is processed).
 
+        MUSCLE3's manager ends a registry with ``shutdown()`` and ``join()``: the
+        join then finishes the run as :meth:`close` does.
+
         Raises:
             WorkerError: if the worker had already failed.
         """
         with self._queue_lock:
             self._stopping = True
             self._queue_lock.notify_all()
+            refused = len(self._refusals)
+        if refused:
+            _logger.warning(
+                "snapreg did not register %d snapshot(s) of this run; the errors"
+                " were logged when they happened",
+                refused,
+            )
         self._raise_worker_error()
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait for the worker to finish; raise its error if it failed.
+        """Wait for the worker to finish; after :meth:`shutdown`, end the run.
+
+        Once the worker has stopped after a shutdown, the run is finished as
+        :meth:`close` finishes it: files that could not be written are tried once
+        more, the right to write is given up (the run reads as ended), SQLite's
+        write-ahead log is folded back into the database file, and the database
+        is released.
 
         Raises:
             WorkerError: the worker stopped on an error (its cause attached).
         """
         if self.is_alive() or self.ident is not None:
             super().join(timeout)
+        if self._stopping and not self.is_alive():
+            self._finish()
         self._raise_worker_error()
 
     def close(self) -> None:
         """Finish pending work, give up the right to write, release the database.
+
+        A no-op on a registry already closed, or ended by ``shutdown`` and
+        ``join``.
 
         Raises:
             WorkerError: if the worker failed (the database is released anyway).
@@ -529,25 +600,45 @@ class SnapshotRegistry(threading.Thread):
         if self._closed:
             return
         try:
-            if self.ident is not None:
-                self.shutdown()
-                self.join()
+            self.shutdown()
+            self.join()
         finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        """End the run: last file writes, lease released, database let go. Once."""
+        with self._queue_lock:
+            if self._closed:
+                return
             self._closed = True
-            try:
-                with self._lock:
-                    self._retry_unwritten()
-                    run_transaction(
-                        self._write_engine,
-                        lambda session: self._lease.release(session, self._run_id),
-                    )
-            except Exception:  # release is best effort; the lease times out anyway
-                _logger.warning(
-                    "Could not release the run's writer lease", exc_info=True
-                )
+        try:
             with self._lock:
-                self._writes.close()
+                self._retry_unwritten()
+                run_transaction(
+                    self._write_engine,
+                    lambda session: self._lease.release(session, self._run_id),
+                )
+        except Exception:  # release is best effort; the lease times out anyway
+            _logger.warning("Could not release the run's writer lease", exc_info=True)
+        with self._lock:
+            self._checkpoint()
+            self._writes.close()
+        if not self._in_memory:  # an in-memory database lives as long as its engine
             self._engine.dispose()
+
+    def _checkpoint(self) -> None:
+        """Fold SQLite's write-ahead log back into the database file."""
+        if self._url.get_backend_name() != "sqlite" or self._in_memory:
+            return
+        try:
+            with self._engine.connect() as connection:
+                # outside any transaction: the driver's own connection, as SQLAlchemy
+                # would begin one first
+                driver = connection.connection.driver_connection
+                assert driver is not None
+                driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except Exception:  # a reader may hold the log; it is folded back later
+            _logger.debug("Could not checkpoint the write-ahead log", exc_info=True)
 
     def __enter__(self) -> SnapshotRegistry:
         return self

@@ -50,8 +50,9 @@ from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, StatementError
 
-from snapreg.cli_options import DATABASE_URL_VARIABLE, database_option
+from snapreg.cli_options import database_option
 from snapreg.database import (
+    DATABASE_URL_VARIABLE,
     create_database_engine,
     describe_url,
     is_memory_sqlite,

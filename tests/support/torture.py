@@ -71,6 +71,7 @@ from snapreg.database import normalize_url
 from snapreg.materialize import TEMPORARY_PREFIX
 from snapreg.metadata import coerce_metadata
 from snapreg.queries import metadata_to_json
+from support.entries import register_or_raise
 
 from .oracle import run_oracle
 from .streams import Stream, macro_micro
@@ -300,7 +301,7 @@ def child_main(job: ChildJob, channel: Connection) -> None:
         for index in range(job.start, len(stream.registrations)):
             instance, metadata = stream.registrations[index]
             channel.send(("submit", index))
-            registry.register_snapshot(instance, metadata)
+            register_or_raise(registry, instance, metadata)
             channel.send(("ack", index))
         registry.shutdown()
         registry.join()
@@ -805,7 +806,7 @@ def expected_results(stream: Stream, workdir: Path) -> Expected:
     ) as registry:
         registry.start()
         for instance, metadata in stream.registrations:
-            registry.register_snapshot(instance, metadata)
+            register_or_raise(registry, instance, metadata)
     engine = inspection_engine(url)
     try:
         reference = read_state(engine, campaign)
@@ -1243,7 +1244,7 @@ def group_commit_child(
 
     def register(instance: str) -> None:
         for index in range(starts.get(instance, 0), len(work[instance])):
-            registry.register_snapshot(instance, work[instance][index])
+            register_or_raise(registry, instance, work[instance][index])
             with lock:
                 channel.send((instance, index))
 
