@@ -38,12 +38,15 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 import snapreg.database as database
 from snapreg import (
     ConfigurationError,
+    DatabaseRefusedError,
     InvalidInputError,
     SnapshotRegistry,
+    StorageFullError,
     TransientDatabaseError,
     WriterConflictError,
 )
@@ -438,11 +441,22 @@ def test_failures_that_persist_or_are_not_transient_are_not_retried_forever(
         engine.dispose()
         inject_failures(postgres_url, "check", "submission", "23514", None)
         caplog.set_level(logging.WARNING)
-        with pytest.raises(Exception, match="injected check") as refused:
+        with pytest.raises(DatabaseRefusedError, match="injected check") as refused:
             register_or_raise(registry, *STREAM.registrations[2])
         assert not isinstance(
             refused.value, (TransientDatabaseError, InvalidInputError)
         )
+        assert isinstance(refused.value.__cause__, DBAPIError)  # nothing hidden
+        assert retries_logged(caplog) == []
+        assert database_rows(postgres_url) == before
+        engine = admin_engine(postgres_url)
+        with engine.connect() as connection:
+            connection.exec_driver_sql("DROP TRIGGER inject_check ON submission")
+        engine.dispose()
+        # the server's disk is full: SQLSTATE 53100, raised by the server itself
+        inject_failures(postgres_url, "disk_full", "snapshot_node", "53100", None)
+        with pytest.raises(StorageFullError, match="the disk is full"):
+            registry.add_snapshot(*STREAM.registrations[2])
         assert retries_logged(caplog) == []
         assert database_rows(postgres_url) == before
 

@@ -465,8 +465,7 @@ def test_worker_errors_reach_the_caller_and_nothing_is_lost(
     second_name, second = STREAM.registrations[1]
     with pytest.raises(WorkerError, match="search exploded"):
         register_or_raise(registry, second_name, second)
-    with pytest.raises(WorkerError, match="search exploded"):
-        registry.shutdown()
+    registry.shutdown()  # never raises: MUSCLE3's manager must get on to join()
     with pytest.raises(WorkerError, match="search exploded"):
         registry.join()
     registry.close()  # join ended the run already: a no-op

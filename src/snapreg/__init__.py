@@ -19,6 +19,7 @@ from snapreg.consistency import (
 from snapreg.database import upgrade_database
 from snapreg.errors import (
     ConfigurationError,
+    DatabaseRefusedError,
     InvalidInputError,
     InvalidMetadataError,
     NotFoundError,
@@ -27,15 +28,17 @@ from snapreg.errors import (
     SchemaTooNewError,
     SchemaVersionError,
     SnapregError,
+    StorageFullError,
     StorageUnavailableError,
     TopologyMismatchError,
     TransientDatabaseError,
     UnknownInstanceError,
+    UnwrittenFilesError,
     WorkerError,
     WriterConflictError,
 )
 from snapreg.metadata import SnapshotMetadata
-from snapreg.registry import SnapshotRegistry
+from snapreg.registry import Refusal, SnapshotRegistry
 from snapreg.snapshot import SnapshotNode, WorkflowSnapshot
 
 __version__ = "0.1.0"
@@ -44,9 +47,11 @@ __all__ = [
     "ConfigurationError",
     "Connection",
     "ConnectionInfo",
+    "DatabaseRefusedError",
     "InvalidInputError",
     "InvalidMetadataError",
     "NotFoundError",
+    "Refusal",
     "RegistryClosedError",
     "SchemaOutOfDateError",
     "SchemaTooNewError",
@@ -55,12 +60,14 @@ __all__ = [
     "SnapshotMetadata",
     "SnapshotNode",
     "SnapshotRegistry",
+    "StorageFullError",
     "StorageUnavailableError",
     "Topology",
     "TopologyMismatchError",
     "TopologyStore",
     "TransientDatabaseError",
     "UnknownInstanceError",
+    "UnwrittenFilesError",
     "WorkerError",
     "WorkflowSnapshot",
     "WriterConflictError",

@@ -430,6 +430,9 @@ def _campaign_table(campaign: CampaignSummary) -> Table:
     table.add_column("Workflow snapshots", justify="right")
     table.add_column("Last activity")
     table.add_column("Status")
+    missing = any(run.missing_files for run in campaign.runs)
+    if missing:  # rare: say it loudly, but only then
+        table.add_column("Files missing", justify="right", style="bold red")
     for run in campaign.runs:
         same_day = run.last_activity.astimezone().date() == (
             run.started_at.astimezone().date()
@@ -446,6 +449,7 @@ def _campaign_table(campaign: CampaignSummary) -> Table:
             if same_day
             else _local_time(run.last_activity),
             run.status,
+            *([str(run.missing_files)] if missing else []),
         )
     return table
 
@@ -497,6 +501,7 @@ def _campaign_json(campaign: CampaignSummary) -> dict[str, Any]:
                 },
                 "snapshots": run.snapshot_count,
                 "workflow_snapshots": run.workflow_snapshot_count,
+                "missing_files": run.missing_files,
                 "snapshot_folder": run.snapshot_folder,
             }
             for run in campaign.runs

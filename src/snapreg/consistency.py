@@ -380,13 +380,13 @@ class Topology:
         if component not in self.components:
             known = ", ".join(sorted(self.components))
             raise UnknownInstanceError(
-                f"instance {_shortened(name)!r}: component {component!r} is not in model "
-                f"{self.model_name} (components: {known})"
+                f"instance {_shortened(name)!r}: component {component!r} is not in"
+                f" model {self.model_name} (components: {known})"
             )
         dims = self.components[component]
         raise UnknownInstanceError(
-            f"instance {_shortened(name)!r}: component {component!r} has multiplicity "
-            f"{list(dims)}, so its instances are {component}"
+            f"instance {_shortened(name)!r}: component {component!r} has"
+            f" multiplicity {list(dims)}, so its instances are {component}"
             + "".join(f"[0..{size - 1}]" for size in dims)
         )
 

@@ -36,8 +36,11 @@ from sqlalchemy.pool import StaticPool
 
 from snapreg.errors import (
     ConfigurationError,
+    DatabaseRefusedError,
     SchemaOutOfDateError,
     SchemaTooNewError,
+    SnapregError,
+    StorageFullError,
     StorageUnavailableError,
     TransientDatabaseError,
 )
@@ -492,6 +495,36 @@ def _translate_connect_errors(engine: Engine, action: Callable[[], _T]) -> _T:
         ) from err
 
 
+#: SQLite's words for a full disk, and PostgreSQL's SQLSTATEs (class 53:
+#: insufficient resources; 53100 is disk_full).
+_FULL_DISK = ("database or disk is full", "disk is full")
+_OUT_OF_RESOURCES_CLASS = "53"
+
+
+def storage_error(url: URL, err: BaseException) -> SnapregError:
+    """snapreg's error for a database error that retrying will not mend.
+
+    The original error stays attached as the cause (``raise ... from err``), so
+    that nothing is hidden from whoever debugs it.
+    """
+    cause = getattr(err, "orig", None) or err
+    where = describe_url(url)
+    sqlstate = getattr(cause, "sqlstate", None) or ""
+    message = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
+    if sqlstate == "53100" or any(sign in message.lower() for sign in _FULL_DISK):
+        return StorageFullError(f"database {where}: the disk is full ({message})")
+    if sqlstate.startswith(_OUT_OF_RESOURCES_CLASS):
+        return StorageUnavailableError(
+            f"database {where} is out of resources: {message}"
+        )
+    lowered = message.lower()
+    if "readonly" in lowered or "read-only" in lowered or "disk i/o error" in lowered:
+        return StorageUnavailableError(f"database {where} cannot be written: {message}")
+    if "not a database" in lowered or "malformed" in lowered:
+        return StorageUnavailableError(f"database {where} is damaged: {message}")
+    return DatabaseRefusedError(f"database {where} refused the transaction: {message}")
+
+
 def is_transient(err: BaseException) -> bool:
     """Whether a database error is worth retrying: locks, conflicts, lost links."""
     if isinstance(err, sqlite3.OperationalError):
@@ -651,9 +684,9 @@ def _with_retries(
     for number in range(1, attempts + 1):
         try:
             return attempt()
-        except (DBAPIError, sqlite3.OperationalError) as err:
+        except (DBAPIError, sqlite3.Error) as err:
             if not is_transient(err):
-                raise
+                raise storage_error(engine.url, err) from err
             cause = getattr(err, "orig", err)
             if number == attempts:
                 raise TransientDatabaseError(

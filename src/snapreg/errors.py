@@ -52,6 +52,18 @@ class StorageUnavailableError(SnapregError):
     """The database cannot be reached or opened."""
 
 
+class StorageFullError(StorageUnavailableError):
+    """The disk that holds the database is full; nothing of the transaction was kept."""
+
+
+class DatabaseRefusedError(SnapregError):
+    """The database refused a transaction for a reason that is not snapreg's input.
+
+    A constraint or a trigger of the server's, or a damaged database; the
+    original error is attached as the cause. Nothing of the transaction was kept.
+    """
+
+
 class TransientDatabaseError(StorageUnavailableError):
     """A lock, serialization failure or lost connection outlasted the retries."""
 
@@ -62,6 +74,14 @@ class WriterConflictError(SnapregError):
 
 class RegistryClosedError(SnapregError):
     """The registry was closed or its worker stopped; it takes no more work."""
+
+
+class UnwrittenFilesError(SnapregError):
+    """Workflow snapshot files that could not be written by the end of the run.
+
+    Their rows are in the database: a registry that opens the run again writes
+    them, once the folder can take them.
+    """
 
 
 class WorkerError(SnapregError):

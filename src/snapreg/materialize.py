@@ -14,6 +14,7 @@ out.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -190,14 +191,78 @@ class NameAllocator:
 
 
 def write_file(path: Path, text: str, *, sync: bool) -> None:
-    """Write a file atomically: a temporary file in the same folder, then rename."""
+    """Write a file atomically: a temporary file in the same folder, then rename.
+
+    Raises:
+        OSError: the file could not be written (no temporary file is left).
+    """
     temporary = path.with_name(f"{TEMPORARY_PREFIX}{path.name}")
-    with open(temporary, "w", encoding="utf-8") as stream:
-        stream.write(text)
-        if sync:
-            stream.flush()
-            os.fsync(stream.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            if sync:
+                stream.flush()
+                os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except OSError:
+        # a read-only folder: nothing could have been created to remove
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise
+
+
+class FileWriter:
+    """Writes workflow snapshot files once their rows have committed.
+
+    A file that cannot be written (a full or read-only folder) is reported at once
+    with a warning, kept, and tried again before every later write and when the run
+    ends; its row is in the database, so a registry that opens the run again
+    writes it too.
+    """
+
+    def __init__(self, *, sync: bool) -> None:
+        """Args:
+        sync: fsync each file before it is renamed into place.
+        """
+        self._sync = sync
+        self._waiting: dict[Path, str] = {}
+
+    @property
+    def waiting(self) -> list[Path]:
+        """The files not written yet, oldest first."""
+        return list(self._waiting)
+
+    def write(self, path: Path, text: str) -> bool:
+        """Write one file after the ones still waiting; False if it must wait too."""
+        self.retry()
+        return self._write(path, text)
+
+    def retry(self) -> None:
+        """Try the waiting files again, oldest first, until one fails."""
+        for path, text in list(self._waiting.items()):
+            try:
+                write_file(path, text, sync=self._sync)
+            except OSError as err:  # reported when it first failed
+                _logger.debug("Still cannot write %s: %s", path, err)
+                return
+            del self._waiting[path]
+            _logger.info("Wrote workflow snapshot file %s after all", path)
+
+    def _write(self, path: Path, text: str) -> bool:
+        try:
+            write_file(path, text, sync=self._sync)
+        except OSError as err:
+            self._waiting[path] = text
+            _logger.warning(
+                "Could not write workflow snapshot file %s (%s); %d file(s) wait to"
+                " be written, tried again with each registration and when the run"
+                " ends",
+                path,
+                err.strerror or err,
+                len(self._waiting),
+            )
+            return False
+        return True
 
 
 def remove_temporary_files(folder: Path) -> int:

@@ -14,6 +14,8 @@ Every method runs one short transaction and issues a constant number of queries
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -98,6 +100,10 @@ class RunSummary:
             its writer died without closing it (a crashed or killed manager),
             ``ended`` when its registry was closed.
         writer: Which process holds (or held, when interrupted) the right to write.
+        missing_files: Its workflow snapshot files that are not on disk where their
+            rows say (seen from this machine): ones that could not be written (a
+            full or read-only folder; a registry writes them when it opens the run
+            again) or that were deleted since.
     """
 
     number: int
@@ -111,6 +117,7 @@ class RunSummary:
     last_activity: datetime
     status: RunStatus
     writer: str | None
+    missing_files: int = 0
 
 
 @dataclass(frozen=True)
@@ -518,6 +525,17 @@ def _campaign_summaries(session: Session) -> list[CampaignSummary]:
             ).group_by(snapshot.run_id)
         )
     }
+    missing_files: Counter[int] = Counter(
+        run_id
+        for run_id, path in session.execute(
+            # a run without a snapshot folder writes no files
+            select(snapshot.run_id, snapshot.path)
+            .join(run, run.id == snapshot.run_id)
+            .where(run.snapshot_folder.is_not(None))
+            .execution_options(yield_per=10_000)
+        )
+        if not os.path.exists(path)
+    )
     resumed_snapshot = aliased(snapshot)
     resumed_run = aliased(run)
     runs_by_campaign: dict[int, list[RunSummary]] = {}
@@ -557,6 +575,7 @@ def _campaign_summaries(session: Session) -> list[CampaignSummary]:
                 writer=None
                 if row.writer_token is None
                 else f"pid {row.writer_pid} on {row.writer_host}",
+                missing_files=missing_files[row.id],
             )
         )
     return [

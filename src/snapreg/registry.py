@@ -66,21 +66,23 @@ from snapreg.database import (
 )
 from snapreg.errors import (
     ConfigurationError,
+    DatabaseRefusedError,
     RegistryClosedError,
     SnapregError,
-    TransientDatabaseError,
+    StorageUnavailableError,
+    UnwrittenFilesError,
     WorkerError,
     WriterConflictError,
 )
 from snapreg.graph import POLICIES, ActiveGraph, GraphNode, Policy
 from snapreg.materialize import (
+    FileWriter,
     Member,
     NameAllocator,
     describe,
     remove_temporary_files,
     render,
     resume_mapping,
-    write_file,
 )
 from snapreg.metadata import (
     SnapshotMetadata,
@@ -305,7 +307,7 @@ class SnapshotRegistry(threading.Thread):
         self._stopping = False
         self._closed = False
         self._error: BaseException | None = None
-        self._unwritten: list[_Found] = []
+        self._files = FileWriter(sync=durability == "full")
         self._refusals: list[Refusal] = []
         # True while the in-memory graph may hold rows that never committed
         self._graph_stale = False
@@ -538,7 +540,7 @@ class SnapshotRegistry(threading.Thread):
                     with self._lock:
                         self._heartbeat_if_due(force=bool(backoff))
                     backoff = 0.0
-                except TransientDatabaseError as err:
+                except StorageUnavailableError as err:  # a lock, a full disk: wait
                     backoff = min(max(backoff * 2, _FIRST_BACKOFF), _MAX_BACKOFF)
                     _logger.warning(
                         "Could not renew the writer lease; retrying in %.1f s: %s",
@@ -555,8 +557,8 @@ class SnapshotRegistry(threading.Thread):
         MUSCLE3's manager ends a registry with ``shutdown()`` and ``join()``: the
         join then finishes the run as :meth:`close` does.
 
-        Raises:
-            WorkerError: if the worker had already failed.
+        It never raises, so that MUSCLE3's manager goes on to ``join()``, which
+        ends the run and raises what went wrong.
         """
         with self._queue_lock:
             self._stopping = True
@@ -568,7 +570,6 @@ class SnapshotRegistry(threading.Thread):
                 " were logged when they happened",
                 refused,
             )
-        self._raise_worker_error()
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the worker to finish; after :meth:`shutdown`, end the run.
@@ -581,12 +582,16 @@ class SnapshotRegistry(threading.Thread):
 
         Raises:
             WorkerError: the worker stopped on an error (its cause attached).
+            UnwrittenFilesError: workflow snapshot files that still could not be
+                written when the run ended (their rows are in the database).
         """
         if self.is_alive() or self.ident is not None:
             super().join(timeout)
         if self._stopping and not self.is_alive():
             self._finish()
         self._raise_worker_error()
+        if self._closed:
+            self._raise_unwritten()
 
     def close(self) -> None:
         """Finish pending work, give up the right to write, release the database.
@@ -596,6 +601,8 @@ class SnapshotRegistry(threading.Thread):
 
         Raises:
             WorkerError: if the worker failed (the database is released anyway).
+            UnwrittenFilesError: workflow snapshot files that could not be
+                written (their rows are in the database).
         """
         if self._closed:
             return
@@ -613,7 +620,7 @@ class SnapshotRegistry(threading.Thread):
             self._closed = True
         try:
             with self._lock:
-                self._retry_unwritten()
+                self._files.retry()
                 run_transaction(
                     self._write_engine,
                     lambda session: self._lease.release(session, self._run_id),
@@ -738,10 +745,9 @@ class SnapshotRegistry(threading.Thread):
             _logger.warning(
                 "Rewriting missing workflow snapshot file %s", snapshot.path
             )
-            write_file(
+            self._files.write(
                 snapshot.path,
                 render(resume, snapshot.description, ymmsl_version=self._ymmsl_version),
-                sync=self._durability == "full",
             )
 
     # ------------------------------------------------------------- registration
@@ -829,7 +835,12 @@ class SnapshotRegistry(threading.Thread):
             self._process(
                 [(item.instance, item.metadata, item) for item in batch], staged=batch
             )
-        except (TransientDatabaseError, DBAPIError, sqlite3.Error):
+        except (
+            StorageUnavailableError,
+            DatabaseRefusedError,
+            DBAPIError,
+            sqlite3.Error,
+        ):
             raise  # the database's answer, for the caller; nothing was written
         except WriterConflictError as err:
             self._error = err  # this registry must not write the run any more
@@ -1090,29 +1101,15 @@ class SnapshotRegistry(threading.Thread):
         return batch.nodes[0][0].id
 
     def _write_files(self, found: list[_Found]) -> None:
-        self._retry_unwritten()
+        self._files.retry()
         for item in found:
-            if item.path is None:
-                continue
-            try:
-                write_file(
+            if item.path is not None:
+                self._files.write(
                     item.path,
                     render(
                         item.resume, item.description, ymmsl_version=self._ymmsl_version
                     ),
-                    sync=self._durability == "full",
                 )
-            except OSError:
-                _logger.exception(
-                    "Could not write workflow snapshot file %s; will retry", item.path
-                )
-                self._unwritten.append(item)
-
-    def _retry_unwritten(self) -> None:
-        if not self._unwritten:
-            return
-        waiting, self._unwritten = self._unwritten, []
-        self._write_files(waiting)
 
     def _publish(self, outcome: _Outcome) -> list[WorkflowSnapshot]:
         result = []
@@ -1185,6 +1182,15 @@ class SnapshotRegistry(threading.Thread):
         if isinstance(self._error, WriterConflictError):
             raise WriterConflictError(str(self._error)) from self._error
         self._raise_worker_error()
+
+    def _raise_unwritten(self) -> None:
+        waiting = self._files.waiting
+        if waiting:
+            raise UnwrittenFilesError(
+                f"{len(waiting)} workflow snapshot file(s) could not be written, the"
+                f" first {waiting[0]}; their rows are in the database, and the files"
+                " are written when the run is opened again with room in the folder"
+            )
 
     def _raise_worker_error(self) -> None:
         if self._error is not None:
