@@ -94,4 +94,5 @@ snapreg workflows
 step "Done in $((SECONDS - started_at)) s"
 echo "Folder: $demo_dir (database snapreg.sqlite, run directories run1 and run2)."
 echo "Final state: $demo_dir/run2/instances/macro/workdir/final_state.txt"
-echo "Try: cd $demo_dir && snapreg show 1 && snapreg history macro --run 2"
+echo "Try: cd $demo_dir && $root/.venv/bin/snapreg show 1 && $root/.venv/bin/snapreg history macro --run 2"
+echo "(snapreg is in $root/.venv/bin: source $root/.venv/bin/activate to have it on PATH)"

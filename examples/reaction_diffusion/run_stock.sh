@@ -7,8 +7,9 @@
 # EXTRA files are appended after rd.ymmsl and settings.ymmsl, e.g. a workflow
 # snapshot to resume from (RUN_DIR/snapshots/snapshot_*.ymmsl) or a settings
 # overlay such as long.ymmsl. Set MUSCLE_MANAGER_BIN to use another manager
-# executable; by default the one in /work/main/.venv is used, and its bin dir
-# is put first on PATH so that `python` in rd.ymmsl can import libmuscle.
+# executable; by default the one in the repository's .venv (made by
+# scripts/setup.sh) is used, and its bin dir is put first on PATH so that
+# `python` in rd.ymmsl can import libmuscle.
 set -euo pipefail
 
 if [ $# -lt 1 ]; then

@@ -67,7 +67,8 @@ def cli() -> None:
     Run a simulation with `snapreg manage` where you would run `muscle_manager`;
     every snapshot, consistent pair and workflow snapshot is kept in a database, so
     that a crashed campaign resumes with `snapreg manage --resume-latest`. The other
-    commands read that database and never change it (except `db upgrade`).
+    commands only read that database, except `db upgrade` (migrates it), `import`
+    (adds a campaign) and `gc --delete` (deletes snapshot files and records it).
     """
 
 
