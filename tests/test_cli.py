@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import click
 import pytest
 import ymmsl
 from sqlalchemy import create_engine, inspect
 
 from snapreg import SnapshotMetadata, SnapshotRegistry, database, reader
+from snapreg.cli import cli
 from snapreg.database import head_revision
+from snapreg.errors import NotFoundError
 from support import simulation
 from support.command_line import Outcome, invoke
 
@@ -521,6 +524,128 @@ def test_unknown_campaign_and_ids(
             capsys, "show", str(campaign.first), "--db", campaign.url, "--campaign", "y"
         )
     )
+
+
+# Beyond a 64-bit integer: SQLite raised OverflowError on each (issue 12).
+ABSURD = str(10**30)
+
+
+@pytest.mark.parametrize(
+    ("command", "parameter"),
+    [
+        (["show", str(2**63)], "'ID'"),
+        (["export", str(2**63)], "'[ID]'"),
+        (["workflows", "--run", ABSURD], "'--run'"),
+        (["history", "macro", "--run", ABSURD], "'--run'"),
+        (["explain", "--run", ABSURD], "'--run'"),
+        (["explain", "--candidates", ABSURD], "'--candidates'"),
+        (["plot", "--run", ABSURD], "'--run'"),
+        (["gc", "--keep", "99999999999999999999"], "'--keep'"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else None,
+)
+def test_absurd_numbers_are_usage_errors(
+    capsys: pytest.CaptureFixture[str],
+    campaign: Campaign,
+    command: list[str],
+    parameter: str,
+) -> None:
+    outcome = invoke(capsys, *command, "--db", campaign.url)
+
+    assert outcome.status == 2, outcome.stderr
+    assert f"Invalid value for {parameter}" in outcome.stderr
+    assert "is not in the range" in outcome.stderr
+
+
+def _integer_parameters(
+    command: click.Command, path: list[str]
+) -> Iterator[tuple[list[str], click.Parameter]]:
+    if isinstance(command, click.Group):
+        for name, subcommand in command.commands.items():
+            yield from _integer_parameters(subcommand, [*path, name])
+        return
+    for parameter in command.params:
+        if isinstance(parameter.type, click.types.IntParamType):
+            yield path, parameter
+
+
+def test_every_integer_parameter_of_every_command_refuses_absurd_numbers(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # had a command gone on, no database is here
+    checked = []
+    for path, parameter in _integer_parameters(cli, []):
+        command = cli
+        for name in path:
+            command = command.commands[name]  # type: ignore[attr-defined]
+        arguments = [
+            "x" for other in command.params if isinstance(other, click.Argument)
+        ]
+        if isinstance(parameter, click.Argument):
+            # the integer replaces its own place among the positional arguments
+            position = [
+                other for other in command.params if isinstance(other, click.Argument)
+            ].index(parameter)
+            arguments[position] = ABSURD
+        else:
+            arguments += [parameter.opts[0], ABSURD]
+        outcome = invoke(capsys, *path, *arguments)
+        name = parameter.opts[0] if isinstance(parameter, click.Option) else "ID"
+        assert outcome.status == 2, (path, name, outcome.stderr)
+        assert "is not in the range" in outcome.stderr, (path, name)
+        checked.append(" ".join([*path, name]))
+    # the walk found the commands of issue 12's report and the rest
+    assert {"show ID", "workflows --run", "history --run", "gc --keep"} <= set(
+        checked
+    ), checked
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["show", str(2**63 - 1)],
+        ["export", str(2**63 - 1)],
+        ["workflows", "--run", str(2**31 - 1)],
+        ["history", "macro", "--run", str(2**31 - 1)],
+        ["explain", "--run", str(2**31 - 1)],
+    ],
+    ids=" ".join,
+)
+def test_the_largest_numbers_allowed_are_not_found(
+    capsys: pytest.CaptureFixture[str], campaign: Campaign, command: list[str]
+) -> None:
+    message = _error(invoke(capsys, *command, "--db", campaign.url))
+    assert "no workflow snapshot" in message or "has no run" in message
+
+
+def test_readers_take_absurd_numbers_as_not_found(campaign: Campaign) -> None:
+    with reader.DatabaseReader(campaign.url) as database_reader:
+        for number in (2**63, 10**30, -(2**63) - 1):
+            with pytest.raises(NotFoundError, match=f"no workflow snapshot {number}"):
+                database_reader.workflow_snapshot(number)
+        for run in (2**31, 10**30):
+            with pytest.raises(NotFoundError, match=f"has no run {run}"):
+                database_reader.workflow_snapshots(CAMPAIGN, run=run)
+            with pytest.raises(NotFoundError, match=f"has no run {run}"):
+                database_reader.instance_history(CAMPAIGN, "macro", run=run)
+
+
+def test_an_absurd_sql_parameter_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], campaign: Campaign
+) -> None:
+    outcome = invoke(
+        capsys, "sql", "SELECT :x AS x", "-p", f"x={ABSURD}", "--db", campaign.url
+    )
+
+    assert outcome.status == 2, outcome.stderr
+    assert "--param" in outcome.stderr and "64-bit" in outcome.stderr
+    assert "Traceback" not in outcome.stderr
+    largest = invoke(
+        capsys, "sql", "SELECT :x AS x", "-p", f"x={2**63 - 1}", "--db", campaign.url
+    )
+    assert largest.status == 0 and str(2**63 - 1) in largest.stdout
 
 
 def test_several_campaigns_need_campaign(

@@ -23,7 +23,7 @@ from sqlalchemy import Engine, inspect, text
 
 from snapreg import SnapshotRegistry
 from snapreg.database import create_database_engine
-from snapreg.sql import sql_command
+from snapreg.sql import QueryError, ReadOnlyDatabase, sql_command
 from support.streams import macro_micro
 
 STREAM = macro_micro(401, num_micro=2, num_steps=3)
@@ -176,6 +176,14 @@ def test_parameters_are_bound_by_name(database: Database) -> None:
     missing = run_sql("SELECT :instance", "--db", database.url)
     assert missing.exit_code == 1
     assert "needs a value for :instance" in missing.stderr
+
+
+def test_a_parameter_beyond_64_bits_is_a_query_error(database: Database) -> None:
+    with ReadOnlyDatabase(database.url) as reader:
+        if database.dialect == "sqlite":  # PostgreSQL takes it as a numeric
+            with pytest.raises(QueryError, match="out of range"):
+                reader.query("SELECT :x AS x", {"x": 10**30})
+        assert reader.query("SELECT 1 AS one").rows == [(1,)]
 
 
 def test_comments_before_a_query_are_fine(database: Database) -> None:

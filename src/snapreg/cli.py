@@ -24,9 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from snapreg.cli_options import (
-    database_option,
-)
+from snapreg.cli_options import ROW_ID, RUN_NUMBER, count, database_option
 from snapreg.database import (
     create_database_engine,
     current_revision,
@@ -54,9 +52,7 @@ campaign_option = click.option(
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON for scripts instead of text."
 )
-run_option = click.option(
-    "--run", "run_number", type=click.IntRange(min=1), help="Only this run."
-)
+run_option = click.option("--run", "run_number", type=RUN_NUMBER, help="Only this run.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -251,7 +247,7 @@ def workflows(
 
 
 @cli.command()
-@click.argument("workflow_snapshot_id", metavar="ID", type=int)
+@click.argument("workflow_snapshot_id", metavar="ID", type=ROW_ID)
 @database_option
 @campaign_option
 @json_option
@@ -310,7 +306,7 @@ def show(
 
 
 @cli.command()
-@click.argument("workflow_snapshot_id", metavar="[ID]", type=int, required=False)
+@click.argument("workflow_snapshot_id", metavar="[ID]", type=ROW_ID, required=False)
 @click.option("--latest", is_flag=True, help="The campaign's newest one.")
 @click.option(
     "-o",
@@ -656,7 +652,7 @@ cli.add_command(sql_command)
 @run_option
 @click.option(
     "--candidates",
-    type=click.IntRange(min=0),
+    type=count(0),
     default=3,
     show_default=True,
     help="For a peer without a consistent node: how many of its active nodes to"
@@ -764,7 +760,7 @@ def plot(
 @cli.command()
 @click.option(
     "--keep",
-    type=click.IntRange(min=1),
+    type=count(1),
     required=True,
     help="Keep the newest N workflow snapshots and every file they need.",
 )

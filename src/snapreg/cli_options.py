@@ -1,8 +1,12 @@
-"""Where the command line finds its database: shared by every command.
+"""Options and types shared by every command.
 
 ``--db`` defaults to ``$SNAPREG_DATABASE_URL``, else ``snapreg.sqlite`` in the
 current directory, for ``snapreg manage`` and every reading command alike, so that
 they always agree on which database a campaign lives in.
+
+Every integer a command takes is bounded by what the database can hold: SQLite
+raises ``OverflowError`` for an integer beyond 64 bits and PostgreSQL refuses one
+beyond its column's type, so an absurd number is a usage error here instead.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from snapreg.database import (
     DEFAULT_DATABASE_FILE,
     default_database_url,
 )
+from snapreg.models import MAX_ID, MAX_NUMBER
 
 
 def command_line_database_url() -> str:
@@ -36,3 +41,14 @@ database_option = click.option(
     help="SQLAlchemy URL of the database, e.g. sqlite:///runs.sqlite or"
     " postgresql://user@host/db.",
 )
+
+
+#: A workflow snapshot (or other row) id.
+ROW_ID = click.IntRange(min=1, max=MAX_ID)
+#: A run number.
+RUN_NUMBER = click.IntRange(min=1, max=MAX_NUMBER)
+
+
+def count(minimum: int) -> click.IntRange:
+    """A count of things, from ``minimum`` up to what a 64-bit integer holds."""
+    return click.IntRange(min=minimum, max=MAX_ID)

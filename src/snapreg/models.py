@@ -40,6 +40,10 @@ NAMING_CONVENTION = {
 
 # Row ids: 64-bit on PostgreSQL; on SQLite an INTEGER PRIMARY KEY is the rowid.
 Id = BigInteger().with_variant(Integer(), "sqlite")
+#: The largest row id (a signed 64-bit integer on both backends).
+MAX_ID = 2**63 - 1
+#: The largest run number or num (a 32-bit INTEGER column on PostgreSQL).
+MAX_NUMBER = 2**31 - 1
 Json = JSON().with_variant(JSONB(), "postgresql")
 
 

@@ -318,15 +318,19 @@ class DatabaseReader:
         """
 
         def load(session: Session) -> WorkflowSnapshot:
-            found = session.execute(
-                select(models.Campaign.id, models.Campaign.name)
-                .join(models.Run, models.Run.campaign_id == models.Campaign.id)
-                .join(
-                    models.WorkflowSnapshot,
-                    models.WorkflowSnapshot.run_id == models.Run.id,
-                )
-                .where(models.WorkflowSnapshot.id == workflow_snapshot_id)
-            ).first()
+            found = None
+            # an id no row can have would overflow the driver (SQLite) or the
+            # column (PostgreSQL): it is simply not there
+            if 1 <= workflow_snapshot_id <= models.MAX_ID:
+                found = session.execute(
+                    select(models.Campaign.id, models.Campaign.name)
+                    .join(models.Run, models.Run.campaign_id == models.Campaign.id)
+                    .join(
+                        models.WorkflowSnapshot,
+                        models.WorkflowSnapshot.run_id == models.Run.id,
+                    )
+                    .where(models.WorkflowSnapshot.id == workflow_snapshot_id)
+                ).first()
             if campaign is not None:
                 queries.campaign_row(session, campaign)
             if found is None or (campaign is not None and found.name != campaign):
@@ -495,11 +499,15 @@ def topology_from_signature(signature: str) -> Topology:
 
 
 def _run_row(session: Session, campaign: models.Campaign, number: int) -> models.Run:
-    found = session.scalars(
-        select(models.Run).where(
-            models.Run.campaign_id == campaign.id, models.Run.number == number
-        )
-    ).one_or_none()
+    found = (
+        session.scalars(
+            select(models.Run).where(
+                models.Run.campaign_id == campaign.id, models.Run.number == number
+            )
+        ).one_or_none()
+        if 1 <= number <= models.MAX_NUMBER  # else no row can have it
+        else None
+    )
     if found is None:
         raise NotFoundError(f"campaign {campaign.name!r} has no run {number}")
     return found

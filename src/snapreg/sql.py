@@ -329,6 +329,8 @@ class ReadOnlyTransaction:
                 )
         except DBAPIError as err:
             raise _translate(err, refusal) from err
+        except OverflowError as err:  # SQLite: an integer beyond 64 bits
+            raise QueryError(f"a parameter is out of range: {err}") from err
         except StatementError as err:
             missing = _MISSING_PARAMETER.search(str(err))
             if missing is not None:
@@ -584,12 +586,22 @@ def _parse_parameters(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def _number_or_text(value: str) -> int | float | str:
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
+    try:
+        number = int(value)
+    except ValueError:
+        pass
+    else:
+        if not -(2**63) <= number < 2**63:
+            raise click.BadParameter(
+                f"{value} is beyond a 64-bit integer, the largest a database"
+                " column holds",
+                param_hint="'--param'",
+            )
+        return number
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def _console() -> Console:
