@@ -50,7 +50,11 @@ from snapreg import (
     TransientDatabaseError,
     WriterConflictError,
 )
-from snapreg.database import create_database_engine, network_filesystem_of
+from snapreg.database import (
+    create_database_engine,
+    ensure_schema,
+    network_filesystem_of,
+)
 from support.entries import register_or_raise
 from support.streams import Stream, chain, macro_micro
 from support.torture import (
@@ -118,6 +122,7 @@ def test_durability_sets_sqlite_synchronous_in_wal_mode(
     engine = create_database_engine(
         f"sqlite:///{tmp_path / 'durable.sqlite'}", durability=durability
     )
+    ensure_schema(engine)  # WAL once the (empty) file is known to be snapreg's
     with engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == synchronous
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sqlite3
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
 from snapreg import (
+    ForeignDatabaseError,
     SchemaOutOfDateError,
     SchemaTooNewError,
     SnapshotRegistry,
@@ -29,6 +33,8 @@ from snapreg.database import (
     upgrade_engine,
 )
 from snapreg.models import Base
+from snapreg.reader import DatabaseReader
+from support.command_line import invoke
 from support.streams import macro_micro
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -217,3 +223,170 @@ def test_installed_wheel_migrates_from_any_directory(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == head_revision()
+
+
+# ------------------------------------------- databases that are not snapreg's
+#
+# Issue 12: a SQLite file holding only another application's `users` table counted
+# as empty; snapreg created its schema in it, switched it to WAL, and the command
+# line suggested `snapreg db upgrade` on it. Whatever is not snapreg's is refused
+# and left exactly as it was, by the registry, the readers and `db upgrade`.
+
+
+def _foreign_sqlite(path: Path) -> Path:
+    connection = sqlite3.connect(path)
+    with connection:
+        connection.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        connection.execute("INSERT INTO users (name) VALUES ('ada'), ('alan')")
+    connection.close()
+    return path
+
+
+def _other_alembic_application(path: Path) -> Path:
+    """Another application's database, itself migrated with Alembic."""
+    connection = sqlite3.connect(path)
+    with connection:
+        connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32))")
+        connection.execute("INSERT INTO alembic_version VALUES ('3f2a9c1b7e4d')")
+        connection.execute("CREATE TABLE invoice (id INTEGER PRIMARY KEY)")
+    connection.close()
+    return path
+
+
+def _not_a_database(path: Path) -> Path:
+    path.write_text("name,value\nada,1\n")
+    return path
+
+
+def _damaged_sqlite(path: Path) -> Path:
+    _foreign_sqlite(path)
+    data = bytearray(path.read_bytes())
+    data[100:4096] = os.urandom(3996)  # the schema page, after the header
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _header_only(path: Path) -> Path:
+    path.write_bytes(b"SQLite format 3\x00" + os.urandom(8192))
+    return path
+
+
+def _files_beside(path: Path) -> dict[str, str]:
+    """Every file in the database's folder, with a hash of its bytes."""
+    return {
+        entry.name: hashlib.sha256(entry.read_bytes()).hexdigest()
+        for entry in sorted(path.parent.iterdir())
+        if entry.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (_foreign_sqlite, ForeignDatabaseError, "not a snapreg database.*users"),
+        (
+            _other_alembic_application,
+            ForeignDatabaseError,
+            "not a snapreg database.*invoice",
+        ),
+        (_not_a_database, StorageUnavailableError, "not a SQLite database"),
+        (_damaged_sqlite, StorageUnavailableError, "damaged"),
+        (_header_only, StorageUnavailableError, "not a SQLite database"),
+    ],
+    ids=["users-table", "other-alembic", "text-file", "damaged", "header-only"],
+)
+def test_a_sqlite_file_that_is_not_snapregs_is_refused_and_untouched(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    make: Callable[[Path], Path],
+    error: type[Exception],
+    message: str,
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = make(folder / "app.db")
+    url = f"sqlite:///{path}"
+    before = _files_beside(path)
+
+    with pytest.raises(error, match=message):
+        SnapshotRegistry(STREAM.config, tmp_path, database_url=url)
+    with pytest.raises(error, match=message):
+        upgrade_database(url)
+    with pytest.raises(error, match=message):
+        DatabaseReader(url)
+    for command in (["db", "upgrade"], ["campaigns"], ["db", "current"]):
+        outcome = invoke(capsys, *command, "--db", url)
+        assert outcome.status == 1, (command, outcome.stdout)
+        assert outcome.stderr.startswith("snapreg: error: ")
+        assert outcome.stderr.count("\n") == 1, outcome.stderr
+        assert "snapreg db upgrade" not in outcome.stderr, command
+
+    assert _files_beside(path) == before  # byte for byte; no -wal or -shm beside
+
+
+def test_a_snapreg_database_is_still_switched_to_wal(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ours.sqlite'}"
+    with SnapshotRegistry(STREAM.config, tmp_path, database_url=url) as registry:
+        registry.add_snapshot(*STREAM.registrations[0])
+    connection = sqlite3.connect(tmp_path / "ours.sqlite")
+    assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    connection.close()
+
+
+def _postgresql_relations(url: str) -> list[tuple[str, str, str]]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return [
+                tuple(row)
+                for row in connection.execute(
+                    text(
+                        "SELECT n.nspname, c.relname, c.relkind FROM pg_class c"
+                        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                        " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"
+                        " AND n.nspname NOT LIKE 'pg_toast%'"
+                        " ORDER BY 1, 2"
+                    )
+                )
+            ]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", ["table", "foreign table"])
+def test_a_postgresql_database_of_another_application_is_refused_and_untouched(
+    empty_postgres_url: str, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    url = empty_postgres_url
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        if kind == "table":
+            connection.execute(text("CREATE TABLE users (id int, name text)"))
+            connection.execute(text("INSERT INTO users VALUES (1, 'ada')"))
+        else:
+            connection.execute(text("CREATE EXTENSION file_fdw"))
+            connection.execute(
+                text("CREATE SERVER files FOREIGN DATA WRAPPER file_fdw")
+            )
+            connection.execute(
+                text(
+                    "CREATE FOREIGN TABLE users (line text) SERVER files"
+                    " OPTIONS (filename '/dev/null')"
+                )
+            )
+    engine.dispose()
+    before = _postgresql_relations(url)
+
+    with pytest.raises(ForeignDatabaseError, match="not a snapreg database.*users"):
+        SnapshotRegistry(STREAM.config, None, database_url=url)
+    with pytest.raises(ForeignDatabaseError, match="users"):
+        upgrade_database(url)
+    with pytest.raises(ForeignDatabaseError, match="users"):
+        DatabaseReader(url)
+    for command in (["db", "upgrade"], ["campaigns"]):
+        outcome = invoke(capsys, *command, "--db", url)
+        assert outcome.status == 1 and "not a snapreg database" in outcome.stderr
+        assert "snapreg db upgrade" not in outcome.stderr
+
+    assert _postgresql_relations(url) == before

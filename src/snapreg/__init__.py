@@ -20,6 +20,7 @@ from snapreg.database import upgrade_database
 from snapreg.errors import (
     ConfigurationError,
     DatabaseRefusedError,
+    ForeignDatabaseError,
     InvalidInputError,
     InvalidMetadataError,
     NotFoundError,
@@ -48,6 +49,7 @@ __all__ = [
     "Connection",
     "ConnectionInfo",
     "DatabaseRefusedError",
+    "ForeignDatabaseError",
     "InvalidInputError",
     "InvalidMetadataError",
     "NotFoundError",

@@ -25,13 +25,8 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from snapreg.cli_options import ROW_ID, RUN_NUMBER, count, database_option
-from snapreg.database import (
-    create_database_engine,
-    current_revision,
-    describe_url,
-    upgrade_database,
-)
-from snapreg.errors import NotFoundError, SnapregError, StorageUnavailableError
+from snapreg.database import describe_url, migrate_database
+from snapreg.errors import NotFoundError, SnapregError
 from snapreg.graph import POLICIES, Policy
 from snapreg.reader import CampaignSummary, DatabaseReader, InstanceHistory
 from snapreg.snapshot import SnapshotNode, WorkflowSnapshot
@@ -139,14 +134,7 @@ def db() -> None:
 def upgrade(database_url: str, as_json: bool) -> None:
     """Create the schema, or migrate it to the newest revision."""
     location = describe_url(database_url)
-    engine = create_database_engine(database_url)
-    try:
-        before = current_revision(engine)
-    except SQLAlchemyError as err:
-        raise _unreachable(location, err) from err
-    finally:
-        engine.dispose()
-    after = upgrade_database(database_url)
+    before, after = migrate_database(database_url)
     if as_json:
         _print_json({"location": location, "revision": after, "previous": before})
         return
@@ -629,11 +617,6 @@ def _console() -> Console:
     # that goes to a file or pipe gets room for full paths instead of 80 columns.
     width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
     return Console(highlight=False, width=width)
-
-
-def _unreachable(location: str, err: SQLAlchemyError) -> SnapregError:
-    detail = getattr(err, "orig", None) or err
-    return StorageUnavailableError(f"cannot open database {location}: {detail}")
 
 
 # ------------------------------------------------------------------------ sql

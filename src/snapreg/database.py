@@ -1,14 +1,19 @@
 """Engines, schema versions and transactions: everything snapreg asks of SQLAlchemy.
 
-One engine per registry. SQLite gets its pragmas once, on the engine's ``connect``
-event: WAL so that readers never block the writer, a busy timeout, foreign keys,
-and ``synchronous`` set by the chosen durability. Write transactions on SQLite begin
-with ``BEGIN IMMEDIATE`` so that two writers queue for the lock at the start instead
-of deadlocking when both try to upgrade a read lock.
+One engine per registry. SQLite gets its per-connection pragmas once, on the
+engine's ``connect`` event: a busy timeout, foreign keys, and ``synchronous`` set by
+the chosen durability. WAL mode (so that readers never block the writer) is a
+setting of the file itself: it is switched on only once the file is known to be
+snapreg's (:func:`ensure_schema`, :func:`upgrade_database`), never in a database
+that snapreg then refuses. Write transactions on SQLite begin with ``BEGIN
+IMMEDIATE`` so that two writers queue for the lock at the start instead of
+deadlocking when both try to upgrade a read lock.
 
 Every database goes through the Alembic revisions (no ``create_all``): a new, empty
 database is migrated to head when a registry opens it, an older one is refused with
-the command that upgrades it, and a newer one is refused outright.
+the command that upgrades it, and a newer one is refused outright. A database
+holding anything else (another application's tables, or a file that is no SQLite
+database) is refused and left exactly as it was.
 """
 
 from __future__ import annotations
@@ -28,15 +33,17 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
 from snapreg.errors import (
     ConfigurationError,
     DatabaseRefusedError,
+    ForeignDatabaseError,
     SchemaOutOfDateError,
     SchemaTooNewError,
     SnapregError,
@@ -254,7 +261,7 @@ def create_database_engine(
             )
         ) from err
     if backend == "sqlite":
-        _configure_sqlite(engine, durability, is_memory_sqlite(parsed), read_only)
+        _configure_sqlite(engine, durability)
     else:
         _configure_postgresql(engine)
     return engine
@@ -265,9 +272,7 @@ def writer(engine: Engine) -> Engine:
     return engine.execution_options(**{_WRITE_OPTION: True})
 
 
-def _configure_sqlite(
-    engine: Engine, durability: Durability, in_memory: bool, read_only: bool
-) -> None:
+def _configure_sqlite(engine: Engine, durability: Durability) -> None:
     @event.listens_for(engine, "connect")
     def _set_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
         # Let SQLAlchemy's begin event below, not the driver, start transactions.
@@ -275,8 +280,7 @@ def _configure_sqlite(
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_MS)}")
-        if not in_memory and not read_only:
-            cursor.execute("PRAGMA journal_mode=WAL")
+        # no journal_mode here: WAL changes the file, see use_wal
         synchronous = "FULL" if durability == "full" else "NORMAL"
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.close()
@@ -291,6 +295,24 @@ def _configure_sqlite(
             driver.execute("BEGIN IMMEDIATE")
         else:
             driver.execute("BEGIN")
+
+
+def use_wal(engine: Engine) -> None:
+    """Switch a SQLite file to WAL mode (a setting kept in the file itself).
+
+    Called only once the file is known to be snapreg's, or empty. Nothing to do
+    for PostgreSQL or an in-memory database.
+    """
+    if engine.dialect.name != "sqlite" or is_memory_sqlite(engine.url):
+        return
+    connection = engine.raw_connection()
+    try:
+        # straight to the driver: outside a transaction, which SQLite requires
+        driver = connection.driver_connection
+        assert driver is not None
+        driver.execute("PRAGMA journal_mode=WAL")
+    finally:
+        connection.close()
 
 
 def _configure_postgresql(engine: Engine) -> None:
@@ -385,9 +407,21 @@ def known_revisions() -> set[str]:
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The schema revision of the database, or None if it has none."""
+    """The schema revision of the database, or None if it has none.
+
+    Raises:
+        ForeignDatabaseError: several revisions at once: another application's
+            Alembic history, never snapreg's, which has one head.
+    """
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        try:
+            return MigrationContext.configure(connection).get_current_revision()
+        except CommandError as err:
+            raise ForeignDatabaseError(
+                f"{describe_url(engine.url)} is not a snapreg database: its"
+                f" alembic_version table holds several revisions ({err}); snapreg"
+                " leaves it untouched"
+            ) from err
 
 
 def upgrade_engine(engine: Engine, revision: str = "head") -> None:
@@ -409,11 +443,30 @@ def upgrade_database(url: str | URL, revision: str = "head") -> str:
 
     Returns:
         The revision the database is at afterwards.
+
+    Raises:
+        ForeignDatabaseError: the database holds another application's tables.
+        SchemaTooNewError: a schema written by a newer snapreg.
+        SchemaOutOfDateError: snapreg's tables without a revision.
+        StorageUnavailableError: the database cannot be opened, or the file is
+            no SQLite database.
     """
+    return migrate_database(url, revision)[1]
+
+
+def migrate_database(url: str | URL, revision: str = "head") -> tuple[str | None, str]:
+    """Like :func:`upgrade_database`; returns the revisions before and after."""
     engine = create_database_engine(url)
+
+    def migrate() -> tuple[str | None, str]:
+        before = current_revision(engine)
+        schema_state(engine)  # refuses what is not snapreg's, or is too new
+        use_wal(engine)
+        upgrade_engine(engine, revision)
+        return before, current_revision(engine) or ""
+
     try:
-        _translate_connect_errors(engine, lambda: upgrade_engine(engine, revision))
-        return current_revision(engine) or ""
+        return _translate_connect_errors(engine, migrate)
     finally:
         engine.dispose()
 
@@ -424,7 +477,12 @@ SchemaState = Literal["current", "empty", "older"]
 def schema_state(engine: Engine) -> SchemaState:
     """Whether the database's schema is this code's newest, absent, or older.
 
+    Only a database without any table, view or sequence (in the schema
+    snapreg would use) is empty: one that holds something else, with no
+    snapreg schema, is another application's.
+
     Raises:
+        ForeignDatabaseError: tables, views or sequences, but not snapreg's.
         SchemaOutOfDateError: snapreg's tables without a schema revision: they
             were not made by snapreg's migrations.
         SchemaTooNewError: a revision this code does not know, from a newer snapreg.
@@ -433,6 +491,7 @@ def schema_state(engine: Engine) -> SchemaState:
     head = head_revision()
     if revision == head:
         return "current"
+    refuse_foreign(engine, revision)
     if revision is None:
         if _has_snapreg_tables(engine):
             raise SchemaOutOfDateError(
@@ -440,12 +499,41 @@ def schema_state(engine: Engine) -> SchemaState:
                 " revision; they were not made by snapreg's migrations"
             )
         return "empty"
-    if revision not in known_revisions():
+    if revision not in known_revisions():  # snapreg's tables, from a newer snapreg
         raise SchemaTooNewError(
             f"{describe_url(engine.url)} has schema revision {revision}, newer than"
             f" this snapreg knows (newest: {head}); upgrade snapreg"
         )
     return "older"
+
+
+def refuse_foreign(engine: Engine, revision: str | None) -> None:
+    """Refuse a database that holds something, but not snapreg's schema.
+
+    Args:
+        engine: The database.
+        revision: Its schema revision (:func:`current_revision`).
+
+    Raises:
+        ForeignDatabaseError: neither a revision snapreg knows nor snapreg's
+            tables, but tables or views of something else (another
+            application's ``alembic_version`` included).
+    """
+    if revision is not None and revision in known_revisions():
+        return
+    if _has_snapreg_tables(engine):
+        return
+    relations = database_relations(engine)
+    if not relations:
+        return
+    shown = ", ".join(relations[:5]) + (", ..." if len(relations) > 5 else "")
+    plural = "s" * (len(relations) != 1)
+    raise ForeignDatabaseError(
+        f"{describe_url(engine.url)} is not a snapreg database: it holds"
+        f" {len(relations)} table{plural} or view{plural} of something else"
+        f" ({shown}) and no snapreg schema; snapreg leaves it untouched (give"
+        " snapreg a database of its own)"
+    )
 
 
 def out_of_date(engine: Engine) -> SchemaOutOfDateError:
@@ -471,11 +559,12 @@ def ensure_schema(engine: Engine, *, upgrade: bool = False) -> None:
 
     def check() -> None:
         state = schema_state(engine)
+        if state == "older" and not upgrade:
+            raise out_of_date(engine)
+        use_wal(engine)  # the file is snapreg's (or empty): now it may change
         if state == "empty":
             upgrade_engine(engine)
         elif state == "older":
-            if not upgrade:
-                raise out_of_date(engine)
             _logger.info("Upgrading %s to %s", engine.url, head_revision())
             upgrade_engine(engine)
 
@@ -486,13 +575,62 @@ def _has_snapreg_tables(engine: Engine) -> bool:
     return inspect(engine).has_table("snapshot_node")
 
 
+def database_relations(engine: Engine) -> list[str]:
+    """Tables, views and sequences in the schema snapreg uses, by name.
+
+    On SQLite the main database; on PostgreSQL the current schema (foreign
+    tables and materialized views included).
+    """
+    if engine.dialect.name == "sqlite":
+        statement = (
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')"
+            " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
+        )
+    else:
+        statement = (
+            "SELECT c.relname FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = current_schema()"
+            " AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') ORDER BY c.relname"
+        )
+    with engine.connect() as connection:
+        return list(connection.scalars(text(statement)))
+
+
+def opening_error(location: str, err: DatabaseError) -> StorageUnavailableError:
+    """The error for a database that cannot be opened or read.
+
+    SQLite says "file is not a database" for a file that is no SQLite database
+    (or whose header is damaged) and "malformed" for a damaged one; say so in
+    words a user can act on.
+    """
+    detail = " ".join(str(err.orig).split())
+    if "file is not a database" in detail:
+        return StorageUnavailableError(
+            f"cannot open database {location}: the file is not a SQLite database"
+            " (or its header is damaged); snapreg leaves it untouched"
+        )
+    if "malformed" in detail:
+        return StorageUnavailableError(
+            f"cannot open database {location}: the SQLite database is damaged"
+            f" ({detail}); snapreg leaves it untouched"
+        )
+    return StorageUnavailableError(f"cannot open database {location}: {detail}")
+
+
 def _translate_connect_errors(engine: Engine, action: Callable[[], _T]) -> _T:
     try:
         return action()
-    except OperationalError as err:
-        raise StorageUnavailableError(
-            f"cannot open database {describe_url(engine.url)}: {err.orig}"
-        ) from err
+    except DatabaseError as err:
+        if isinstance(err, OperationalError) or is_unreadable_file(err):
+            raise opening_error(describe_url(engine.url), err) from err
+        raise  # e.g. a programming error: not to be hidden as "unavailable"
+
+
+def is_unreadable_file(err: DatabaseError) -> bool:
+    """Whether SQLite says the file is no database, or a damaged one."""
+    detail = str(err.orig)
+    return "file is not a database" in detail or "malformed" in detail
 
 
 #: SQLite's words for a full disk, and PostgreSQL's SQLSTATEs (class 53:

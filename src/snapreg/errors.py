@@ -86,3 +86,11 @@ class UnwrittenFilesError(SnapregError):
 
 class WorkerError(SnapregError):
     """The worker thread failed; raised to the caller at ``shutdown``/``join``."""
+
+
+class ForeignDatabaseError(ConfigurationError):
+    """A database that holds another application's tables, not snapreg's schema.
+
+    snapreg refuses it and leaves it exactly as it was: it creates no table in
+    it and changes none of its settings.
+    """

@@ -25,7 +25,7 @@ from typing import Any, Literal, TypeVar
 
 import ymmsl
 from sqlalchemy import Engine, func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, aliased
 
 from snapreg import models, queries
@@ -37,8 +37,11 @@ from snapreg.database import (
     head_revision,
     host_and_pid,
     is_memory_sqlite,
+    is_unreadable_file,
     normalize_url,
+    opening_error,
     out_of_date,
+    refuse_foreign,
     run_transaction,
     schema_state,
 )
@@ -232,8 +235,13 @@ class DatabaseReader:
         Raises:
             StorageUnavailableError: the database cannot be reached.
         """
-        revision = self._connecting(lambda: current_revision(self._engine))
-        return SchemaStatus(self.location, revision, head_revision())
+
+        def read() -> str | None:
+            revision = current_revision(self._engine)
+            refuse_foreign(self._engine, revision)
+            return revision
+
+        return SchemaStatus(self.location, self._connecting(read), head_revision())
 
     def _check_schema(self) -> None:
         state = self._connecting(lambda: schema_state(self._engine))
@@ -483,6 +491,10 @@ class DatabaseReader:
             raise StorageUnavailableError(
                 f"cannot read database {self.location}: {err.orig}"
             ) from err
+        except DatabaseError as err:
+            if is_unreadable_file(err):
+                raise opening_error(self.location, err) from err
+            raise
 
 
 def topology_from_signature(signature: str) -> Topology:
