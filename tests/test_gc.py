@@ -9,18 +9,23 @@ one file no node names.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ymmsl
 from sqlalchemy import select
 
-from snapreg import SnapshotRegistry, models
+from snapreg import SnapshotRegistry, cleanup, models
 from snapreg.cleanup import delete_files, plan_cleanup
 from snapreg.database import create_database_engine
+from snapreg.reader import DatabaseReader
 from support.command_line import invoke
 from support.models import MACRO_MICRO_YMMSL
 
@@ -207,6 +212,32 @@ def test_a_file_that_escapes_after_planning_is_not_deleted(
     assert len(result.deleted) == 2
 
 
+def test_a_folder_swapped_for_a_link_after_the_last_check_deletes_nothing(
+    campaign: Campaign, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = plan_cleanup(campaign.url, "gc", keep=2)
+    target = campaign.files["macro", 3]
+    decoy = campaign.outside / "decoy"
+    shutil.copytree(target.parent, decoy)
+    checked = cleanup._refusal
+
+    def swap_right_after_the_check(*args: Any) -> Any:
+        answer = checked(*args)
+        if args[0] == target:  # as an attacker racing gc would
+            target.parent.rename(target.parent.with_name("moved"))
+            target.parent.symlink_to(decoy)
+        return answer
+
+    monkeypatch.setattr(cleanup, "_refusal", swap_right_after_the_check)
+    result = delete_files(campaign.url, plan)
+
+    assert [(entry.path, error) for entry, error in result.failed] == [
+        (target, "refused: a folder on its way is now a symbolic link")
+    ]
+    assert (decoy / target.name).is_file()
+    assert len(result.deleted) == 2
+
+
 def test_keeping_every_workflow_snapshot_keeps_every_file(
     campaign: Campaign, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -219,3 +250,135 @@ def test_keeping_every_workflow_snapshot_keeps_every_file(
     )
     assert zero.status == both.status == 2
     assert "--dry-run or --delete" in both.stderr
+
+
+# --------------------------------------------- what is never an instance file
+#
+# Issue 12: nodes whose snapshot_filename named the SQLite database or a yMMSL
+# file in the workflow snapshot folder had both deleted by gc --delete.
+
+
+def _register_checkpoints(
+    registry: SnapshotRegistry, files: list[dict[str, Path]]
+) -> None:
+    """One workflow snapshot per checkpoint; files[k] names each instance's file."""
+    for checkpoint, named in enumerate(files, start=1):
+        for name, path in named.items():
+            counts = (
+                {"state_out": [checkpoint] * 2, "state_in": [checkpoint] * 2}
+                if name == "macro"
+                else {"initial_state": [checkpoint], "final_state": [checkpoint]}
+            )
+            registry.add_snapshot(
+                name,
+                {
+                    "triggers": ["test"],
+                    "wallclock_time": float(checkpoint),
+                    "timestamp": float(checkpoint),
+                    "next_timestamp": None,
+                    "port_message_counts": counts,
+                    "is_final_snapshot": False,
+                    "snapshot_filename": str(path),
+                },
+            )
+
+
+def _hashes(paths: list[Path]) -> dict[Path, str]:
+    return {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in paths}
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "sqlite-in-snapshot-folder",
+        "sqlite-in-instance-folder",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+    ],
+)
+def test_gc_never_deletes_a_database_or_a_ymmsl_file(
+    backend: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run_dir = tmp_path / "run"
+    snapshots = run_dir / "snapshots"
+    snapshots.mkdir(parents=True)
+    (run_dir / "configuration.ymmsl").write_text(MODEL)
+    folder = {
+        name: run_dir / "instances" / name / "snapshots"
+        for name in ("macro", "micro[0]", "micro[1]")
+    }
+    for path in folder.values():
+        path.mkdir(parents=True)
+    if backend == "postgresql":
+        url = str(request.getfixturevalue("postgres_url"))
+        database = folder["macro"] / "registry.sqlite"  # some other SQLite file
+        sqlite3.connect(database).execute("CREATE TABLE t (x)").connection.close()
+    else:
+        where = snapshots if backend == "sqlite-in-snapshot-folder" else folder["macro"]
+        database = where / "snapreg.sqlite"
+        url = f"sqlite:///{database}"
+    registry = SnapshotRegistry(
+        ymmsl.load(MODEL), snapshots, database_url=url, campaign="gc"
+    )
+    # a reader keeps the database open: its -wal and -shm files exist
+    keeper = sqlite3.connect(database)
+    keeper.execute("PRAGMA journal_mode=WAL")
+    keeper.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    wal, shm = Path(f"{database}-wal"), Path(f"{database}-shm")
+    assert wal.exists() and shm.exists()
+    resume = write(snapshots / "resume.ymmsl", 40)
+    settings = write(folder["micro[0]"] / "settings.ymmsl", 50)
+    journal = write(folder["micro[1]"] / "micro-1_9.pack-journal", 60)
+    other_database = folder["micro[1]"] / "other.sqlite"
+    sqlite3.connect(other_database).execute("CREATE TABLE t (x)").connection.close()
+    stray_pack = write(snapshots / "macro_7.pack", 70)  # not an instance folder
+    never = [resume, settings, journal, other_database, stray_pack]
+
+    def pack(name: str, checkpoint: int) -> Path:
+        stem = name.replace("[", "-").replace("]", "")
+        return write(folder[name] / f"{stem}_{checkpoint}.pack", 100 + checkpoint)
+
+    plain = {
+        checkpoint: {name: pack(name, checkpoint) for name in folder}
+        for checkpoint in (3, 4, 5)
+    }
+    _register_checkpoints(
+        registry,
+        [
+            {"macro": database, "micro[0]": resume, "micro[1]": other_database},
+            {"macro": wal, "micro[0]": settings, "micro[1]": journal},
+            {"macro": shm, "micro[0]": stray_pack, "micro[1]": plain[3]["micro[1]"]},
+            plain[4],
+            plain[5],  # kept
+        ],
+    )
+    registry.close()
+    before = _hashes(never)
+
+    outcome = invoke(capsys, "gc", "--keep", "1", "--delete", "--db", url, "--json")
+
+    assert outcome.status == 0, outcome.stderr
+    report = json.loads(outcome.stdout)
+    expected = {plain[3]["micro[1]"], *plain[4].values()}
+    assert {Path(entry["path"]) for entry in report["deleted"]} == expected
+    assert report["failed"] == []
+    refused = {Path(entry["path"]): entry["reason"] for entry in report["refused"]}
+    named = {database, wal, shm, *never}
+    assert set(refused) == named
+    assert refused[settings] == "a yMMSL file"
+    # the workflow snapshot folder is no place to delete from at all
+    assert refused[resume] == refused[stray_pack] == "outside"
+    for path in (database, wal, shm, journal, other_database):
+        in_snapshot_folder = path.parent == snapshots
+        assert refused[path] == (
+            "outside" if in_snapshot_folder else "a database file"
+        ), path
+    assert all(not path.exists() for path in expected)
+    assert _hashes(never) == before
+    assert database.is_file() and wal.exists() and shm.exists()
+    assert all(plain[5][name].is_file() for name in folder)
+    keeper.close()
+    with DatabaseReader(url) as reader:  # the registry's database is whole
+        assert len(reader.workflow_snapshots("gc")) == 5

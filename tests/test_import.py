@@ -8,6 +8,8 @@ within milliseconds of each other), and the manager's own files settle them.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import shutil
 import sys
@@ -239,3 +241,113 @@ def test_without_muscle3_import_says_how_to_install_it(
     assert outcome.status == 1
     assert outcome.stderr.count("\n") == 1
     assert "pip install 'snapreg[muscle3]'" in outcome.stderr
+
+
+# ------------------------------------------------- a hostile run directory
+#
+# Issue 12: with RUN_DIR/snapreg_import and an instance snapshot folder linked
+# into another run, import wrote 16 files there and recorded that run's folder,
+# and gc then deleted 15 of its 16 .pack files.
+
+
+def _listing(folder: Path) -> dict[str, str]:
+    """Every file below a folder (links not followed), with its bytes' hash."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and not path.is_symlink()
+    }
+
+
+@pytest.mark.parametrize(
+    "linked",
+    [
+        pytest.param(("snapreg_import",), id="import-folder"),
+        pytest.param(("instances/macro/snapshots",), id="instance-folder"),
+        pytest.param(("instances/macro",), id="instance"),
+        pytest.param(("instances/macro/snapshots/macro_1.pack",), id="snapshot-file"),
+        pytest.param(
+            ("snapreg_import", "instances/macro/snapshots"), id="both-as-reported"
+        ),
+    ],
+)
+def test_links_out_of_the_run_directory_are_refused_and_nothing_is_written(
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    linked: tuple[str, ...],
+) -> None:
+    victim = fresh_copy(tmp_path_factory, tmp_path)
+    url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
+    assert invoke(capsys, "import", str(victim), "--db", url).status == 0
+    hostile = stock_runs.copy_run(
+        stock_runs.fresh_run(tmp_path_factory), tmp_path / "h"
+    )
+    for relative in linked:
+        link = hostile / relative
+        if link.is_dir():
+            shutil.rmtree(link)
+        else:
+            link.unlink(missing_ok=True)
+        link.symlink_to(victim / relative)
+    before = _listing(victim)
+
+    outcome = invoke(
+        capsys, "import", str(hostile), "--db", url, "--campaign", "hostile"
+    )
+
+    assert outcome.status == 1, outcome.stdout
+    assert outcome.stderr.count("\n") == 1, outcome.stderr
+    assert "leads out of the run directory" in outcome.stderr
+    assert any(str(hostile / relative) in outcome.stderr for relative in linked)
+    assert _listing(victim) == before
+    with DatabaseReader(url) as reader:
+        assert [campaign.name for campaign in reader.campaigns()] == [MODEL]
+
+
+def test_gc_deletes_nothing_through_a_run_recorded_through_links(
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # What the importer of issue 12 recorded: the linked folders resolved, so
+    # that the run's folder is the victim's and its files lie in the victim's
+    # instance folder (reached through the hostile run directory's link).
+    victim = fresh_copy(tmp_path_factory, tmp_path)
+    hostile = stock_runs.copy_run(
+        stock_runs.fresh_run(tmp_path_factory), tmp_path / "h"
+    )
+    for relative in ("snapreg_import", "instances/macro/snapshots"):
+        (victim / relative).mkdir(exist_ok=True)
+        shutil.rmtree(hostile / relative, ignore_errors=True)
+        (hostile / relative).symlink_to(victim / relative)
+    configuration = load_configuration(victim)
+    topology = Topology.from_configuration(configuration)
+    files = read_snapshot_files(victim, topology, configuration)
+    url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
+    with SnapshotRegistry(
+        configuration, hostile / "snapreg_import", database_url=url
+    ) as registry:
+        for snapshot_file in registration_order(files, topology):
+            # each file named as the hostile run directory names it
+            filename = snapshot_file.metadata.snapshot_filename
+            registry.add_snapshot(
+                snapshot_file.instance,
+                dataclasses.replace(
+                    snapshot_file.metadata,
+                    snapshot_filename=filename.replace(str(victim), str(hostile)),
+                ),
+            )
+    with DatabaseReader(url) as reader:
+        [campaign] = reader.campaigns()
+    assert campaign.runs[0].snapshot_folder == str(victim / "snapreg_import")
+    before = _listing(victim)
+    assert sum(name.endswith(".pack") for name in before) == 21
+
+    outcome = invoke(capsys, "gc", "--keep", "1", "--delete", "--db", url, "--json")
+
+    assert outcome.status == 0, outcome.stderr
+    report = json.loads(outcome.stdout)
+    assert report["deleted"] == [] and report["refused"]
+    assert {entry["reason"] for entry in report["refused"]} == {"outside"}
+    assert _listing(victim) == before

@@ -11,24 +11,34 @@ What is never touched:
 * every file a member of the campaign's newest ``keep`` workflow snapshots names;
 * every file of an active node of the campaign's newest run: that run may still be
   continued, and its active nodes may join a future workflow snapshot;
-* anything that is not inside the run directories the campaign recorded: each
-  run's ``snapshot_folder`` and, when that folder's parent is a MUSCLE3 run
-  directory (it holds ``configuration.ymmsl``), the instance snapshot folders
-  ``instances/<instance>/snapshots`` that really lie inside it. Paths are resolved
-  (symbolic links followed) and must lie inside on both counts: the folder the
-  entry is in, and what it points to; otherwise the file is refused;
+* anything but an instance snapshot file inside a run directory the campaign
+  recorded. A run's directory is its workflow snapshot folder's parent when that
+  is a MUSCLE3 run directory (it holds ``configuration.ymmsl``); a file may go
+  only when its name is ``<dir>/instances/<instance>/snapshots/<file>`` with
+  ``<dir>`` that very run directory, no symbolic link on the way from there to
+  the file, and, when the file is itself a link, what it points to in an
+  instance snapshot folder of the run directory too (it is the link that goes,
+  never what it points to). The
+  workflow snapshot folder itself is never a place to delete from: it holds the
+  workflow snapshot files (and, by default, the registry's database);
+* a database: the one gc reads (with its ``-wal``, ``-shm`` and ``-journal``
+  files) wherever it is, any SQLite file, and any file named like those;
+* yMMSL files (``.ymmsl``, ``.yml``, ``.yaml``);
 * files no node of the campaign names (for instance one saved by an instance just
-  now, not registered yet), and workflow snapshot yMMSL files.
+  now, not registered yet).
 
-Deletion is checked again file by file just before the file is unlinked, and
-recorded in batches after; a crash between the two can leave at most one batch of
-deleted files unrecorded.
+Deletion is checked again file by file just before the file is unlinked, and the
+unlink itself walks down from the run directory refusing symbolic links on the
+way, so a folder swapped for a link in between deletes nothing elsewhere.
+Deletions are recorded in batches after; a crash between the two can leave at
+most one batch of deleted files unrecorded.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,7 +48,13 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
 from snapreg import models, queries
-from snapreg.database import create_database_engine, run_transaction, writer
+from snapreg.database import (
+    create_database_engine,
+    is_memory_sqlite,
+    normalize_url,
+    run_transaction,
+    writer,
+)
 from snapreg.errors import ConfigurationError
 from snapreg.reader import DatabaseReader
 
@@ -46,7 +62,14 @@ from snapreg.reader import DatabaseReader
 RECORD_BATCH = 200
 CONFIGURATION_FILE = "configuration.ymmsl"
 
-RefusalReason = Literal["outside", "not a file"]
+RefusalReason = Literal[
+    "outside", "not a file", "a database file", "a yMMSL file", "unreadable"
+]
+
+# What SQLite keeps beside a database, and how every SQLite database begins.
+_DATABASE_SUFFIXES = ("-wal", "-shm", "-journal")
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_YMMSL_SUFFIXES = (".ymmsl", ".yml", ".yaml")
 
 
 @dataclass(frozen=True)
@@ -76,9 +99,13 @@ class RefusedFile:
 
     Attributes:
         entry: The file.
-        reason: ``outside``: it (or what it links to) is not inside the run
-            directories the campaign recorded; ``not a file``: a directory or
-            something else that is not a plain file or link.
+        reason: ``outside``: it (or the folder it is in, or what it links
+            to) is not in an instance snapshot folder of the run directory
+            its run recorded; ``not a file``: a directory or something else
+            that is not a plain file or link; ``a database file``: a SQLite
+            database (the one gc reads, or any other) or its journal;
+            ``a yMMSL file``: a workflow snapshot or configuration file;
+            ``unreadable``: it cannot be read to tell.
         resolved: Where it resolves to.
     """
 
@@ -170,7 +197,7 @@ def plan_cleanup(database_url: str, campaign: str | None, keep: int) -> CleanupP
         facts = run_transaction(engine, lambda session: _read(session, name, keep))
     finally:
         engine.dispose()
-    return _plan(facts)
+    return _plan(facts, _database_files(database_url))
 
 
 def delete_files(
@@ -188,15 +215,18 @@ def delete_files(
         StorageUnavailableError: the deletions cannot be recorded.
     """
     engine = create_database_engine(database_url)
+    database = _database_files(database_url)
     deleted: list[SnapshotFileEntry] = []
     failed: list[tuple[SnapshotFileEntry, str]] = []
     try:
-        roots = _roots_by_run(engine, plan.campaign_id)
+        run_dirs = _run_directories_by_run(engine, plan.campaign_id)
         entries = plan.deletable
         for start in range(0, len(entries), RECORD_BATCH):
             batch: list[tuple[SnapshotFileEntry, datetime]] = []
             for entry in entries[start : start + RECORD_BATCH]:
-                problem = _unlink_if_still_safe(entry, roots.get(entry.run, []))
+                problem = _unlink_if_still_safe(
+                    entry, run_dirs.get(entry.run), database
+                )
                 if problem is None:
                     batch.append((entry, datetime.now(timezone.utc)))
                 else:
@@ -306,7 +336,7 @@ def _read(session: Session, campaign: str, keep: int) -> _Facts:
     )
 
 
-def _plan(facts: _Facts) -> CleanupPlan:
+def _plan(facts: _Facts, database: _DatabaseFiles) -> CleanupPlan:
     plan = CleanupPlan(
         campaign=facts.campaign,
         campaign_id=facts.campaign_id,
@@ -316,7 +346,9 @@ def _plan(facts: _Facts) -> CleanupPlan:
     )
     protected_names = {os.path.normpath(name) for name in facts.protected}
     protected_targets = {_resolved(Path(name)) for name in facts.protected}
-    roots = {number: run_roots(folder) for number, folder in facts.folders.items()}
+    run_dirs = {
+        number: run_directory(folder) for number, folder in facts.folders.items()
+    }
     going: set[str] = set()
     for entry in facts.entries:
         if (
@@ -328,7 +360,7 @@ def _plan(facts: _Facts) -> CleanupPlan:
             if str(entry.path) not in facts.already_deleted:
                 plan.missing.append(entry)
             continue
-        refusal = _refusal(entry.path, roots.get(entry.run, []))
+        refusal = _refusal(entry.path, run_dirs.get(entry.run), database)
         if refusal is not None:
             plan.refused.append(RefusedFile(entry, refusal, _resolved(entry.path)))
             continue
@@ -355,48 +387,96 @@ def _plan(facts: _Facts) -> CleanupPlan:
 # ----------------------------------------------------------- where files may go
 
 
-def run_roots(snapshot_folder: str | None) -> list[Path]:
-    """The folders, resolved, inside which a run's instance files may be deleted.
+def run_directory(snapshot_folder: str | None) -> Path | None:
+    """The run directory, resolved, whose instance files a run's gc may delete.
 
-    The run's workflow snapshot folder, and, when its parent is a MUSCLE3 run
-    directory (it holds ``configuration.ymmsl``), every
-    ``instances/<instance>/snapshots`` folder of it that resolves to a place
-    inside that run directory. A run without a recorded folder has none.
+    The parent of the run's workflow snapshot folder when it is a MUSCLE3 run
+    directory (it holds ``configuration.ymmsl``); None otherwise, and for a run
+    without a recorded folder: then none of its files may be deleted.
     """
     if not snapshot_folder:
-        return []
-    folder = Path(snapshot_folder)
-    roots = [_resolved(folder)]
-    run_dir = folder.parent
+        return None
+    run_dir = Path(snapshot_folder).parent
     if not (run_dir / CONFIGURATION_FILE).is_file():
-        return roots
-    inside = _resolved(run_dir)
-    instances = run_dir / "instances"
-    if instances.is_dir():
-        for instance_dir in sorted(instances.iterdir()):
-            snapshots = instance_dir / "snapshots"
-            if snapshots.is_dir():
-                resolved = _resolved(snapshots)
-                if _is_inside(resolved, [inside]):
-                    roots.append(resolved)
-    return roots
+        return None
+    return _resolved(run_dir)
 
 
-def _refusal(path: Path, roots: Sequence[Path]) -> RefusalReason | None:
+@dataclass(frozen=True)
+class _DatabaseFiles:
+    """The SQLite database gc reads, and the files SQLite keeps beside it."""
+
+    paths: frozenset[Path]
+    identities: frozenset[tuple[int, int]]  # (device, inode): hard links too
+
+    def __contains__(self, path: Path) -> bool:
+        if _resolved(path) in self.paths:
+            return True
+        try:
+            status = os.stat(path)
+        except OSError:
+            return False
+        return (status.st_dev, status.st_ino) in self.identities
+
+
+def _database_files(database_url: str) -> _DatabaseFiles:
+    url = normalize_url(database_url)
+    if url.get_backend_name() != "sqlite" or is_memory_sqlite(url):
+        return _DatabaseFiles(frozenset(), frozenset())
+    database = _resolved(Path(url.database or ""))
+    paths = [database, *(Path(f"{database}{suffix}") for suffix in _DATABASE_SUFFIXES)]
+    identities = set()
+    for path in paths:
+        try:
+            status = os.stat(path)
+        except OSError:
+            continue
+        identities.add((status.st_dev, status.st_ino))
+    return _DatabaseFiles(frozenset(paths), frozenset(identities))
+
+
+def _refusal(
+    path: Path, run_dir: Path | None, database: _DatabaseFiles
+) -> RefusalReason | None:
     """Why a file may not be deleted, or None if it may."""
-    if not path.is_absolute():
-        return "outside"
-    folder = _resolved(path.parent)
-    target = _resolved(path)
-    if not (_is_inside(folder, roots) and _is_inside(target, roots)):
+    parts = path.parts
+    if (
+        run_dir is None
+        or not path.is_absolute()
+        or ".." in parts
+        or len(parts) < 5
+        or parts[-4] != "instances"
+        or parts[-2] != "snapshots"
+        # the run directory as the file names it, not one a link leads to,
+        # and no link on the way down to the file's folder
+        or _resolved(Path(*parts[:-4])) != run_dir
+        or _resolved(path.parent) != run_dir.joinpath(*parts[-4:-1])
+        or not _is_instance_folder(_resolved(path).parent, run_dir)
+    ):
         return "outside"
     if not (path.is_symlink() or path.is_file()):
         return "not a file"
+    target = _resolved(path)
+    if any(name.endswith(_YMMSL_SUFFIXES) for name in (path.name, target.name)):
+        return "a yMMSL file"
+    if (
+        any(name.endswith(_DATABASE_SUFFIXES) for name in (path.name, target.name))
+        or path in database
+    ):
+        return "a database file"
+    try:
+        with open(path, "rb") as file:
+            header = file.read(len(_SQLITE_HEADER))
+    except OSError:
+        return "unreadable"
+    if header == _SQLITE_HEADER:
+        return "a database file"
     return None
 
 
-def _is_inside(path: Path, roots: Iterable[Path]) -> bool:
-    return any(path == root or path.is_relative_to(root) for root in roots)
+def _is_instance_folder(folder: Path, run_dir: Path) -> bool:
+    """Whether a resolved folder is ``run_dir/instances/<instance>/snapshots``."""
+    return folder.name == "snapshots" and folder.parent.parent == run_dir / "instances"
 
 
 def _resolved(path: Path) -> Path:
@@ -406,7 +486,7 @@ def _resolved(path: Path) -> Path:
 # ------------------------------------------------------------------ deleting
 
 
-def _roots_by_run(engine: Engine, campaign_id: int) -> dict[int, list[Path]]:
+def _run_directories_by_run(engine: Engine, campaign_id: int) -> dict[int, Path | None]:
     rows = run_transaction(
         engine,
         lambda session: session.execute(
@@ -415,21 +495,48 @@ def _roots_by_run(engine: Engine, campaign_id: int) -> dict[int, list[Path]]:
             )
         ).all(),
     )
-    return {number: run_roots(folder) for number, folder in rows}
+    return {number: run_directory(folder) for number, folder in rows}
 
 
-def _unlink_if_still_safe(entry: SnapshotFileEntry, roots: list[Path]) -> str | None:
+def _unlink_if_still_safe(
+    entry: SnapshotFileEntry, run_dir: Path | None, database: _DatabaseFiles
+) -> str | None:
     """Unlink the file if it is still safe to; otherwise say why not."""
-    refusal = _refusal(entry.path, roots)
+    refusal = _refusal(entry.path, run_dir, database)
     if refusal == "outside":
         return "refused: it now lies outside the run directories"
     if refusal is not None:
         return f"refused: it is now {refusal}"
+    assert run_dir is not None  # else refused as outside
     try:
-        os.unlink(entry.path)
+        _unlink_below(run_dir, entry.path.parts[-4:-1], entry.path.name)
     except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            return "refused: a folder on its way is now a symbolic link"
         return str(err)
     return None
+
+
+def _unlink_below(root: Path, folders: tuple[str, ...], name: str) -> None:
+    """Unlink ``root/folders.../name``, following no symbolic link below root.
+
+    Each folder is opened relative to the one before with ``O_NOFOLLOW``: a
+    folder replaced by a link since it was checked fails instead of leading
+    elsewhere.
+    """
+    descriptor = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for folder in folders:
+            inner = os.open(
+                folder,
+                os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                dir_fd=descriptor,
+            )
+            os.close(descriptor)
+            descriptor = inner
+        os.unlink(name, dir_fd=descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _record(

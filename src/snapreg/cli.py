@@ -770,9 +770,10 @@ def gc(
 
     Without --delete, only shows what would go. Never touched: the files of the
     newest --keep workflow snapshots, those of the newest run's active snapshots
-    (they may still join a workflow snapshot), and anything outside the run
-    directories the campaign recorded (symbolic links are followed; a file that
-    resolves outside is refused). Each deleted file is recorded in the
+    (they may still join a workflow snapshot), databases, yMMSL files, and
+    anything but the instance snapshot folders of the run directories the
+    campaign recorded (a path through a symbolic link that leaves its run
+    directory is refused). Each deleted file is recorded in the
     deleted_snapshot_file table.
     """
     from snapreg.cleanup import delete_files, plan_cleanup

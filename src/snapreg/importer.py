@@ -28,6 +28,11 @@ came first: the registrations are replayed in memory (on the registry's own
 snapshots other than the manager's next ones, the other instances' next snapshots
 within the race window are tried first, so that the import finds what the manager
 found. :func:`compare_with_manager` says how the result compares with those files.
+
+A run directory may come from someone else. The import reads and writes only
+inside it: a symbolic link (``snapreg_import``, an instance's folder or snapshot
+file) that leads out of it is refused before anything is written or recorded,
+so that neither the import nor a later ``snapreg gc`` acts on another run.
 """
 
 from __future__ import annotations
@@ -161,10 +166,15 @@ def import_run_directory(
     topology = Topology.from_configuration(configuration)
     name = campaign or topology.model_name
     folder = run_dir / IMPORT_FOLDER
+    _check_import_folder(run_dir, folder)
     existing = _existing_workflow_snapshots(database_url, name, run_dir)
     files = read_snapshot_files(run_dir, topology, configuration, progress)
     resumed_from = _resumed_from(configuration, existing)
-    folder.mkdir(exist_ok=True)
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as err:
+        raise ConfigurationError(f"cannot create {folder}: {err}") from err
+    _check_import_folder(run_dir, folder)  # again: it may have changed meanwhile
     registry = SnapshotRegistry(
         configuration,
         folder,
@@ -227,15 +237,18 @@ def read_snapshot_files(
 
     Raises:
         Muscle3NotInstalledError: MUSCLE3 is missing.
-        ConfigurationError: a file libmuscle cannot read.
+        ConfigurationError: a file libmuscle cannot read, or an instance folder
+            or snapshot file that is a link leading out of the run directory.
     """
     load_file, build_metadata = _libmuscle_snapshot_reader()
     resumed = {str(instance) for instance in (configuration.resume or {})}
     found: list[tuple[str, int, Path]] = []
+    inside = run_dir.resolve()
     for instance in topology.instances:
         folder = run_dir / "instances" / instance / "snapshots"
         if not folder.is_dir():
             continue
+        _check_inside(inside, folder)
         # libmuscle names them <instance, brackets as dashes>_<n>.pack
         prefix = instance.replace("[", "-").replace("]", "")
         pattern = re.compile(re.escape(prefix) + r"_(\d+)\.pack")
@@ -244,6 +257,8 @@ def read_snapshot_files(
             for entry in folder.iterdir()
             if (match := pattern.fullmatch(entry.name)) and entry.is_file()
         )
+        for _, path in numbered:
+            _check_inside(inside, path)
         found.extend((instance, number, path) for number, path in numbered)
     files: list[SnapshotFile] = []
     first_of: set[str] = set()
@@ -578,6 +593,37 @@ def _existing_workflow_snapshots(
             return reader.workflow_snapshots(campaign)
     except NotFoundError:  # no database yet: nothing there
         return []
+
+
+def _check_inside(run_dir: Path, path: Path) -> None:
+    """Refuse a path that resolves to a place outside the (resolved) run directory.
+
+    Raises:
+        ConfigurationError: it does, through a symbolic link on the way.
+    """
+    target = Path(os.path.realpath(path))
+    if not target.is_relative_to(run_dir):
+        raise ConfigurationError(
+            f"{path} leads out of the run directory {run_dir} (to {target}):"
+            " snapreg import reads and writes only inside the run directory it"
+            " imports; nothing was written"
+        )
+
+
+def _check_import_folder(run_dir: Path, folder: Path) -> None:
+    """Refuse an import folder that is a link, or one that leads elsewhere.
+
+    Raises:
+        ConfigurationError: it is a symbolic link (the folder is snapreg's own:
+            a link there was put by someone else), or leads out of the run
+            directory.
+    """
+    _check_inside(run_dir, folder)
+    if folder.is_symlink():
+        raise ConfigurationError(
+            f"{folder} is a symbolic link (to {os.path.realpath(folder)}): snapreg"
+            " import writes only into a folder of its own; remove the link"
+        )
 
 
 def _resumed_from(configuration: Any, existing: list[WorkflowSnapshot]) -> int | None:
