@@ -71,6 +71,15 @@ def run_sql(*arguments: str, env: dict[str, str] | None = None) -> Result:
     return CliRunner().invoke(sql_command, list(arguments), env=env)
 
 
+def error_lines(result: Result) -> list[str]:
+    """Standard error without the warning a superuser connection gets."""
+    return [
+        line
+        for line in result.stderr.splitlines()
+        if not line.startswith("snapreg: warning: connected as PostgreSQL superuser")
+    ]
+
+
 def direct_rows(url: str, statement: str) -> list[tuple[Any, ...]]:
     engine = create_database_engine(url, read_only=True)
     try:
@@ -203,7 +212,7 @@ def test_bad_sql_is_one_line_and_a_failure(database: Database) -> None:
     result = run_sql("SELECT * FROM no_such_table", "--db", database.url)
     assert result.exit_code == 1
     assert result.stdout == ""
-    (line,) = result.stderr.splitlines()
+    (line,) = error_lines(result)
     assert line.startswith("snapreg: error:") and "no_such_table" in line
 
 
@@ -296,7 +305,7 @@ def assert_refused_and_unchanged(database: Database, statement: str) -> None:
     result = run_sql(statement.format(folder=database.folder), "--db", database.url)
     assert result.exit_code == 1, result.stdout
     assert result.stdout == ""
-    (line,) = result.stderr.splitlines()
+    (line,) = error_lines(result)
     assert line.startswith("snapreg: error: ")
     assert any(
         reason in line

@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from snapreg.cli_options import ROW_ID, RUN_NUMBER, count, database_option
 from snapreg.database import describe_url, migrate_database
 from snapreg.errors import NotFoundError, SnapregError
+from snapreg.grants import DEFAULT_STATEMENT_TIMEOUT, MAX_STATEMENT_TIMEOUT
 from snapreg.graph import POLICIES, Policy
 from snapreg.reader import CampaignSummary, DatabaseReader, InstanceHistory
 from snapreg.snapshot import SnapshotNode, WorkflowSnapshot
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 
 #: Exit status for every error snapreg reports (click uses 2 for usage errors).
 ERROR_STATUS = 1
+#: Where ``db grant-reader --password`` takes the password from, if set.
+READER_PASSWORD_VARIABLE = "SNAPREG_READER_PASSWORD"
 
 
 campaign_option = click.option(
@@ -58,8 +61,9 @@ def cli() -> None:
     Run a simulation with `snapreg manage` where you would run `muscle_manager`;
     every snapshot, consistent pair and workflow snapshot is kept in a database, so
     that a crashed campaign resumes with `snapreg manage --resume-latest`. The other
-    commands only read that database, except `db upgrade` (migrates it), `import`
-    (adds a campaign) and `gc --delete` (deletes snapshot files and records it).
+    commands only read that database, except `db upgrade` (migrates it),
+    `db grant-reader` (makes a reader role), `import` (adds a campaign) and
+    `gc --delete` (deletes snapshot files and records it).
     """
 
 
@@ -171,6 +175,89 @@ def current(database_url: str, as_json: bool) -> None:
     click.echo(f"revision: {status.revision or '(none)'}")
     click.echo(f"head:     {status.head} ({verdict})")
     click.echo(f"location: {status.location}")
+
+
+@db.command("grant-reader")
+@click.argument("role")
+@database_option
+@click.option(
+    "--login",
+    is_flag=True,
+    help="Let the role log in (the default makes a group role, granted to users).",
+)
+@click.option(
+    "--password",
+    "ask_password",
+    is_flag=True,
+    help="Give it a password (and LOGIN): from $SNAPREG_READER_PASSWORD, else asked"
+    " for.",
+)
+@click.option(
+    "--statement-timeout",
+    type=click.IntRange(min=1, max=MAX_STATEMENT_TIMEOUT),
+    default=DEFAULT_STATEMENT_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="Cancel the role's statements after this long.",
+)
+@json_option
+def grant_reader_command(
+    role: str,
+    database_url: str,
+    login: bool,
+    ask_password: bool,
+    statement_timeout: int,
+    as_json: bool,
+) -> None:
+    """Create or update a PostgreSQL role that can only read snapreg's data.
+
+    ROLE gets SELECT on snapreg's tables and views and nothing else, is
+    read-only by default and has a statement timeout. Running it again updates
+    the role. Connect snapreg sql and the readers as ROLE instead of a
+    superuser: a read-only transaction does not stop a superuser's
+    pg_reload_conf(), replication slots or file reads. Needs a connection that
+    may create roles and grant on snapreg's tables.
+    """
+    from snapreg.grants import grant_reader
+
+    password = None
+    if ask_password:
+        password = os.environ.get(READER_PASSWORD_VARIABLE) or click.prompt(
+            f"Password for {role}", hide_input=True, confirmation_prompt=True
+        )
+    granted = grant_reader(
+        database_url,
+        role,
+        login=login,
+        password=password,
+        statement_timeout=statement_timeout,
+    )
+    if as_json:
+        _print_json(
+            {
+                "role": granted.role,
+                "created": granted.created,
+                "login": granted.login,
+                "database": granted.database,
+                "schema": granted.schema,
+                "relations": list(granted.relations),
+                "statement_timeout": granted.statement_timeout,
+            }
+        )
+        return
+    click.echo(
+        f"{'Created' if granted.created else 'Updated'} role {granted.role}: SELECT"
+        f" on {len(granted.relations)} tables and views of {granted.database}"
+        f" (schema {granted.schema}), read-only by default, statement timeout"
+        f" {granted.statement_timeout} s, {'LOGIN' if granted.login else 'NOLOGIN'}."
+    )
+    if granted.login:
+        click.echo(
+            "Connect as it, e.g.: snapreg sql --db"
+            f" 'postgresql://{granted.role}@HOST/{granted.database}' \"SELECT ...\""
+        )
+    else:
+        click.echo(f"Grant it to the users who read: GRANT {granted.role} TO alice;")
 
 
 # ------------------------------------------------------------------- campaigns

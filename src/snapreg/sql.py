@@ -340,6 +340,21 @@ class ReadOnlyTransaction:
                 ) from err
             raise QueryError(_one_line(str(err.orig or err))) from err
 
+    def superuser(self) -> str | None:
+        """The PostgreSQL role of this connection if it is a superuser, else None.
+
+        A read-only transaction does not stop a superuser from what a rollback
+        does not undo (reloading the configuration, replication slots, reading
+        server files); ``snapreg db grant-reader`` makes a role that cannot.
+        Ask before any query of the user's: a failed one ends the transaction.
+        """
+        if self._backend != "postgresql":
+            return None
+        role, is_superuser = self._connection.exec_driver_sql(
+            "SELECT current_user, current_setting('is_superuser')"
+        ).one()
+        return str(role) if is_superuser == "on" else None
+
     def _check_transaction_still_open(self) -> None:
         """Refuse COMMIT and ROLLBACK: the read-only transaction is snapreg's."""
         if self._backend != "postgresql":
@@ -654,8 +669,21 @@ def sql_command(
     """
     parameters = _parse_parameters(parameter_pairs)
     try:
-        with ReadOnlyDatabase(database_url) as database:
-            result = database.query(statement, parameters)
+        with (
+            ReadOnlyDatabase(database_url) as database,
+            database.transaction() as transaction,
+        ):
+            superuser = transaction.superuser()
+            if superuser is not None:
+                click.echo(
+                    f"snapreg: warning: connected as PostgreSQL superuser"
+                    f" {superuser!r}: a read-only transaction does not stop a"
+                    " superuser's pg_reload_conf(), replication slots or server"
+                    " file reads; read as a role made with: snapreg db grant-reader"
+                    " ROLE (see docs/reliability.md)",
+                    err=True,
+                )
+            result = transaction.query(statement, parameters)
     except SnapregError as err:
         click.echo(f"snapreg: error: {_one_line(str(err))}", err=True)
         context.exit(1)
