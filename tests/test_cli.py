@@ -488,7 +488,7 @@ def test_an_old_schema_names_the_upgrade_command(
     for command in (["campaigns"], ["workflows"], ["show", "1"], ["history", "macro"]):
         message = _error(invoke(capsys, *command, "--db", campaign.url))
         assert f"schema revision {current}, older than 9999_future" in message
-        assert "upgrade it with: snapreg db upgrade --db" in message
+        assert f"upgrade it with: snapreg db upgrade --db '{campaign.url}'" in message
     status = _json(invoke(capsys, "db", "current", "--db", campaign.url, "--json"))
     assert status["up_to_date"] is False
 

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from alembic import command
 from alembic.config import Config
@@ -181,9 +183,29 @@ def default_database_url(beside: Path | None) -> str:
     return f"sqlite:///{Path(beside).resolve() / DEFAULT_DATABASE_FILE}"
 
 
+#: What create_database_engine appends to a SQLite file's URI to open it read-only.
+_READ_ONLY_URI = "?mode=ro"
+
+
 def describe_url(url: str | URL) -> str:
-    """The URL with any password hidden, for messages and logs."""
-    return normalize_url(url).render_as_string(hide_password=True)
+    """The URL with any password hidden, for messages and logs.
+
+    The URL of a read-only SQLite engine (a ``file:`` URI, see
+    :func:`create_database_engine`) is given back as the user's
+    ``sqlite:///PATH``, so that a message naming it, or a command it suggests,
+    works as written.
+    """
+    parsed = normalize_url(url)
+    database = parsed.database or ""
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and parsed.query.get("uri") == "true"
+        and database.startswith("file:")
+        and database.endswith(_READ_ONLY_URI)
+    ):
+        path = url2pathname(urlparse(database.removesuffix(_READ_ONLY_URI)).path)
+        parsed = parsed.set(database=path, query={})
+    return parsed.render_as_string(hide_password=True)
 
 
 def is_memory_sqlite(url: URL) -> bool:
@@ -236,7 +258,7 @@ def create_database_engine(
                     f"SQLite file name {database!r} contains a NUL character"
                 )
             if read_only:
-                uri = Path(database).resolve().as_uri() + "?mode=ro"
+                uri = Path(database).resolve().as_uri() + _READ_ONLY_URI
                 parsed = parsed.set(database=uri, query={"uri": "true"})
             else:
                 folder = Path(database).resolve().parent
