@@ -464,6 +464,8 @@ def _refusal(
         or path in database
     ):
         return "a database file"
+    if path.is_symlink() and not os.path.exists(path):
+        return None  # a dangling link: only the link itself can go
     try:
         with open(path, "rb") as file:
             header = file.read(len(_SQLITE_HEADER))
