@@ -18,9 +18,12 @@ from pathlib import Path
 import pytest
 import ymmsl
 
+import snapreg.muscle3_compat
 from snapreg.reader import DatabaseReader
 from support import simulation
 from support.command_line import invoke
+
+pytestmark = pytest.mark.muscle3
 
 MODEL = "reaction_diffusion"
 #: Workflow snapshots of one default run: t = 0, 0.25, 0.5, 0.75, 1.0 and the end.
@@ -295,6 +298,114 @@ def test_manager_options_pass_through_with_their_own_errors(
     assert "--no-such-option" in outcome.stderr
     assert "Usage: snapreg manage" in outcome.stderr
     assert not database.exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "complaint"),
+    [
+        ((), "Missing argument 'YMMSL_FILES...'"),
+        (("--start-all",), "Missing argument 'YMMSL_FILES...'"),
+        (("--run-dir",), "requires an argument"),
+        (("missing.ymmsl",), "does not exist"),
+        (("--", "--help", "x.ymmsl"), "No such option '--help'"),
+    ],
+)
+def test_manage_with_bad_arguments_prints_its_own_short_usage(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    arguments: tuple[str, ...],
+    complaint: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    database = tmp_path / "db.sqlite"
+    outcome = invoke(capsys, "manage", "--db", f"sqlite:///{database}", *arguments)
+
+    assert outcome.status == 2
+    lines = outcome.stderr.strip().splitlines()
+    assert lines[0].startswith("Usage: snapreg manage [OPTIONS]")
+    assert "Try 'snapreg manage --help' for help." in lines
+    assert complaint in lines[-1]
+    assert len(lines) <= 5, outcome.stderr  # not the manager's internal help
+    assert "Run the MUSCLE3 Manager" not in outcome.stderr
+    assert list(tmp_path.iterdir()) == []  # no database, no run directory
+
+
+@pytest.mark.parametrize(
+    ("content", "options"),
+    [
+        ("ymmsl_version: v0.2\nmodels: [1, 2]\n", ()),
+        ("ymmsl_version: v0.2\nmodels: [1, 2]\n", ("--resume-latest",)),
+        ("not: [yaml\n", ()),
+        ("ymmsl_version: v0.2\nsettings:\n  a: 1\n", ("--resume-latest",)),
+    ],
+    ids=["unrecognised", "unrecognised-resume", "not-yaml", "no-model-resume"],
+)
+def test_a_configuration_that_does_not_load_leaves_no_database_behind(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    content: str,
+    options: tuple[str, ...],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    broken = tmp_path / "broken.ymmsl"
+    broken.write_text(content, encoding="utf-8")
+    database = tmp_path / "db.sqlite"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    outcome = invoke(
+        capsys,
+        "manage",
+        "--db",
+        f"sqlite:///{database}",
+        *options,
+        "--start-all",
+        "--run-dir",
+        str(run_dir),
+        str(broken),
+    )
+
+    assert outcome.status == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["broken.ymmsl", "run"]
+
+
+@pytest.mark.parametrize("command", ["manage", "import"])
+def test_an_unknown_muscle3_release_is_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    monkeypatch.setattr(snapreg.muscle3_compat, "installed_version", lambda: "0.12.0")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "configuration.ymmsl").write_text(
+        (simulation.EXAMPLE / "rd.ymmsl").read_text(encoding="utf-8"),
+        encoding="utf-8",
+    )
+    database = tmp_path / "db.sqlite"
+    arguments = (
+        ("--start-all", *simulation.MODEL_FILES)
+        if command == "manage"
+        else (str(tmp_path / "run"),)
+    )
+
+    outcome = invoke(capsys, command, "--db", f"sqlite:///{database}", *arguments)
+
+    assert outcome.status == 1
+    assert outcome.stderr.count("\n") == 1
+    assert outcome.stderr.startswith(f"snapreg: error: snapreg {command} works with")
+    assert "MUSCLE3 0.10 and 0.11, not the installed 0.12.0" in outcome.stderr
+    assert "pip install 'snapreg[muscle3]'" in outcome.stderr
+    assert not database.exists()
+
+
+def test_the_installed_muscle3_is_a_supported_release() -> None:
+    version = snapreg.muscle3_compat.installed_version()
+    assert version is not None
+    assert snapreg.muscle3_compat.is_supported(version)
+    assert snapreg.muscle3_compat.check_version("this test") == version
 
 
 def test_manage_help_names_the_manager_options(

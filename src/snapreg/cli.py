@@ -97,7 +97,12 @@ def cli() -> None:
     " contains a new snapshot, as muscle_manager does (their number can grow"
     " exponentially), or only the newest one.",
 )
-@click.argument("manager_args", nargs=-1, type=click.UNPROCESSED)
+@click.argument(
+    "manager_args",
+    nargs=-1,
+    type=click.UNPROCESSED,
+    metavar="[MANAGER_OPTIONS] YMMSL_FILES...",
+)
 def manage(
     database_url: str,
     campaign: str | None,
@@ -111,16 +116,20 @@ def manage(
     the run directory as muscle_manager writes them, and recorded in the database.
     """
     # imported here: the other commands work without MUSCLE3 installed
+    from snapreg.muscle3 import ManagerUsageError
     from snapreg.muscle3 import manage as run_manager
 
-    status = run_manager(
-        manager_args,
-        database_url=database_url,
-        campaign=campaign,
-        resume_latest=resume_latest,
-        policy=policy,
-        announce=lambda line: click.echo(f"snapreg: {line}", err=True),
-    )
+    try:
+        status = run_manager(
+            manager_args,
+            database_url=database_url,
+            campaign=campaign,
+            resume_latest=resume_latest,
+            policy=policy,
+            announce=lambda line: click.echo(f"snapreg: {line}", err=True),
+        )
+    except ManagerUsageError as err:  # snapreg manage's usage, not the manager's
+        raise click.UsageError(str(err)) from err
     sys.exit(status)
 
 

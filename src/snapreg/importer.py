@@ -38,7 +38,6 @@ so that neither the import nor a later ``snapreg gc`` acts on another run.
 from __future__ import annotations
 
 import copy
-import importlib
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -52,7 +51,7 @@ from snapreg.consistency import Topology
 from snapreg.errors import ConfigurationError, NotFoundError
 from snapreg.graph import ActiveGraph, GraphNode
 from snapreg.metadata import coerce_metadata, restart_metadata
-from snapreg.muscle3 import INSTALL_HINT, Muscle3NotInstalledError
+from snapreg.muscle3_compat import snapshot_reader
 from snapreg.reader import DatabaseReader
 from snapreg.registry import SnapshotRegistry
 from snapreg.snapshot import WorkflowSnapshot
@@ -237,10 +236,11 @@ def read_snapshot_files(
 
     Raises:
         Muscle3NotInstalledError: MUSCLE3 is missing.
+        UnsupportedMuscle3Error: it is a release snapreg does not know.
         ConfigurationError: a file libmuscle cannot read, or an instance folder
             or snapshot file that is a link leading out of the run directory.
     """
-    load_file, build_metadata = _libmuscle_snapshot_reader()
+    load_file, build_metadata = snapshot_reader()
     resumed = {str(instance) for instance in (configuration.resume or {})}
     found: list[tuple[str, int, Path]] = []
     inside = run_dir.resolve()
@@ -549,21 +549,6 @@ def _modified_ns(path: Path) -> int:
         return os.stat(path).st_mtime_ns
     except OSError:
         return 0
-
-
-def _libmuscle_snapshot_reader() -> tuple[Callable[[Path], Any], Callable[..., Any]]:
-    try:
-        manager = importlib.import_module("libmuscle.snapshot_manager")
-        snapshot = importlib.import_module("libmuscle.snapshot")
-    except ImportError as err:
-        raise Muscle3NotInstalledError(
-            f"snapreg import reads snapshot files with MUSCLE3's own code (cannot"
-            f" import {err.name}); install it with: {INSTALL_HINT}"
-        ) from err
-    return (
-        manager.SnapshotManager.load_snapshot_from_file,
-        snapshot.SnapshotMetadata.from_snapshot,
-    )
 
 
 def _existing_workflow_snapshots(
