@@ -9,12 +9,16 @@ if [ ! -x "$root/.venv/bin/python" ]; then
   echo "Creating $root/.venv" >&2
   "$python" -m venv "$root/.venv"
 fi
+# The extras accept every supported MUSCLE3 release; the main environment has the
+# newest (scripts/setup-muscle3-venv.sh makes one per older release).
+muscle3_version="0.11.0"
 stamp="$root/.venv/.snapreg-installed"
-if ! cmp -s "$root/pyproject.toml" "$stamp" 2>/dev/null; then
+wanted="$(cat "$root/pyproject.toml"; echo "muscle3==$muscle3_version")"
+if [ "$wanted" != "$(cat "$stamp" 2>/dev/null || true)" ]; then
   echo "Installing snapreg and its dependencies into .venv (once)" >&2
   "$root/.venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
   "$root/.venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    -e "$root[test,muscle3,postgres]"
-  cp "$root/pyproject.toml" "$stamp"
+    -e "$root[test,muscle3,postgres]" "muscle3==$muscle3_version"
+  printf '%s' "$wanted" >"$stamp"
 fi
 export PATH="$root/.venv/bin:$PATH"

@@ -73,6 +73,7 @@ def test_calc_consistency_list() -> None:
 counts = st.integers(min_value=0, max_value=6)
 
 
+@pytest.mark.muscle3
 @given(counts, counts, st.booleans(), st.booleans())
 def test_calc_consistency_equals_muscle3(
     first: int, second: int, first_is_sent: bool, second_is_restart: bool
@@ -84,6 +85,7 @@ def test_calc_consistency_equals_muscle3(
     )
 
 
+@pytest.mark.muscle3
 @given(
     st.lists(counts, max_size=5),
     st.lists(counts, max_size=5),
@@ -154,6 +156,7 @@ def test_connections(uq: Configuration) -> None:
         assert connection.info & ConnectionInfo.SELF_IS_VECTOR
 
 
+@pytest.mark.muscle3
 @pytest.mark.parametrize("stream", all_streams(3), ids=lambda stream: stream.name)
 def test_peers_equal_muscle3_topology_store(stream: object) -> None:
     config = stream.config  # type: ignore[attr-defined]
@@ -184,6 +187,7 @@ def test_split_instance() -> None:
         split_instance("micro[2]x")
 
 
+@pytest.mark.muscle3
 def test_topology_store_answers_like_muscle3s(uq: Configuration) -> None:
     ours = TopologyStore(uq)
     theirs = MUSCLE3TopologyStore(uq)
@@ -196,6 +200,7 @@ def test_topology_store_answers_like_muscle3s(uq: Configuration) -> None:
         ours.get_peer_instances("nope")
 
 
+@pytest.mark.muscle3
 def test_snapshot_nodes_check_consistency_as_muscle3s_do(uq: Configuration) -> None:
     from libmuscle.manager.snapshot_registry import SnapshotNode as Muscle3Node
     from libmuscle.manager.snapshot_registry import SnapshotRegistry as Muscle3Registry

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import ymmsl
 
+import snapreg.muscle3_compat
 from snapreg import SnapshotRegistry
 from snapreg.consistency import Topology
 from snapreg.importer import (
@@ -33,6 +34,8 @@ from snapreg.importer import (
 from snapreg.reader import DatabaseReader
 from support import stock_runs
 from support.command_line import invoke
+
+pytestmark = pytest.mark.muscle3
 
 MODEL = "reaction_diffusion"
 
@@ -223,6 +226,29 @@ def test_a_damaged_snapshot_file_is_named(
 
     assert outcome.status == 1
     assert f"cannot read snapshot file {damaged}" in outcome.stderr
+    assert not (tmp_path / "campaign.sqlite").exists()
+
+
+def test_a_snapshot_file_of_the_other_muscle3_release_says_which_to_use(
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 0.10 writes format 1, 0.11 format 2, and neither reads the other's
+    installed = snapreg.muscle3_compat.check_version("this test")
+    other, byte = ("0.10", b"1") if installed.startswith("0.11.") else ("0.11", b"2")
+    run_dir = fresh_copy(tmp_path_factory, tmp_path)
+    foreign = run_dir / "instances" / "macro" / "snapshots" / "macro_2.pack"
+    foreign.write_bytes(byte + foreign.read_bytes()[1:])
+    url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
+
+    outcome = invoke(capsys, "import", str(run_dir), "--db", url)
+
+    assert outcome.status == 1
+    assert outcome.stderr.count("\n") == 1
+    assert f"cannot read snapshot file {foreign}" in outcome.stderr
+    assert f"written by MUSCLE3 {other}" in outcome.stderr
+    assert f"import it with MUSCLE3 {other}" in outcome.stderr
     assert not (tmp_path / "campaign.sqlite").exists()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 import ymmsl
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -112,6 +113,7 @@ def test_the_description_reads_like_muscle3s() -> None:
     assert resume_mapping(nodes) == {"micro[2]": "/c", "micro[10]": "/b"}
 
 
+@pytest.mark.muscle3
 def test_descriptions_equal_muscle3s_own() -> None:
     from libmuscle.manager.snapshot_registry import SnapshotNode as Muscle3Node
     from libmuscle.manager.snapshot_registry import SnapshotRegistry as Muscle3Registry

@@ -6,6 +6,7 @@ registrations across a crash, the worker's errors, and file naming.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import signal
@@ -21,6 +22,7 @@ from libmuscle.manager.topology_store import TopologyStore
 from libmuscle.snapshot import SnapshotMetadata as Muscle3Metadata
 from sqlalchemy import create_engine, text
 from ymmsl import v0_1
+from ymmsl.v0_2 import Reference
 
 from snapreg import (
     ConfigurationError,
@@ -37,7 +39,7 @@ from snapreg import (
 from snapreg.materialize import NameAllocator
 from support.entries import call_entry, register_or_raise
 from support.oracle import run_oracle
-from support.streams import macro_micro
+from support.streams import dispatch, macro_micro
 from support.torture import database_rows
 
 STREAM = macro_micro(11, num_micro=3, num_steps=3)
@@ -169,6 +171,106 @@ def test_counts_lower_than_before_are_refused(database_url: str) -> None:
         assert [node.num for node in registry.history("macro")] == [1, 2, 3]
 
 
+# A dispatch chain c0 -> c1 -> c2: every component declares F_INIT f_i and O_F o_f;
+# c0.f_i and c2.o_f are connected to nothing.
+DISPATCH = dispatch(3, length=3)
+SETTINGS = "muscle_settings_in"
+
+#: Counts libmuscle 0.10 really sends: a port that never received reports -1 in a
+#: final snapshot, one lower than the 0 it reported before.
+SENT_BY_LIBMUSCLE_0_10 = [
+    ("final after intermediate", [({"f_i": [0]}, False), ({"f_i": [-1]}, True)]),
+    ("final first", [({"f_i": [-1], "o_f": [1], SETTINGS: [0]}, True)]),
+    (
+        "reuse after final",
+        [({"f_i": [-1]}, True), ({"f_i": [0]}, False), ({"f_i": [-1]}, True)],
+    ),
+    # instances declare ports the yMMSL may leave out (MUSCLE3's complex coupling)
+    ("undeclared port", [({"f_i": [0], "in2": [0]}, False), ({"in2": [-1]}, True)]),
+]
+
+#: Counts MUSCLE3 never sends, each after the registrations before it.
+NEVER_SENT = [
+    ("-1 on a connected F_INIT port", "c1", [], {"f_i": [-1]}, True),
+    ("connected F_INIT port one lower", "c1", [({"f_i": [1]}, False)], {}, True),
+    ("-1 in an intermediate snapshot", "c0", [], {"f_i": [-1]}, False),
+    ("-2 in a final snapshot", "c0", [], {"f_i": [-2]}, True),
+    ("-2 after -1", "c0", [({"f_i": [-1]}, True)], {"f_i": [-2]}, True),
+    ("-1 on an O_F port", "c2", [], {"o_f": [-1]}, True),
+    ("-1 on the settings port", "c0", [], {SETTINGS: [-1]}, True),
+    ("-1 on a connected sending port", "c0", [], {"o_f": [-1]}, True),
+    ("down by one, not final", "c0", [({"in2": [1]}, False)], {"in2": [0]}, False),
+]
+
+
+def _counts_metadata(counts: dict[str, list[int]], final: bool) -> dict[str, Any]:
+    return metadata(counts, final=final)
+
+
+@pytest.mark.parametrize(
+    "sequence",
+    [case[1] for case in SENT_BY_LIBMUSCLE_0_10],
+    ids=[case[0] for case in SENT_BY_LIBMUSCLE_0_10],
+)
+@pytest.mark.parametrize("entry", ["add_snapshot", "register_snapshot"])
+def test_counts_libmuscle_0_10_sends_are_accepted(
+    database_url: str,
+    sequence: list[tuple[dict[str, list[int]], bool]],
+    entry: str,
+) -> None:
+    with SnapshotRegistry(DISPATCH.config, None, database_url=database_url) as registry:
+        for counts, final in sequence:
+            getattr(registry, entry)("c0", _counts_metadata(counts, final))
+        history = registry.history("c0")
+    assert [node.snapshot.port_message_counts for node in history[1:]] == [
+        counts for counts, _ in sequence
+    ]
+
+
+@pytest.mark.parametrize(
+    ("instance", "before", "counts", "final"),
+    [case[1:] for case in NEVER_SENT],
+    ids=[case[0] for case in NEVER_SENT],
+)
+def test_counts_muscle3_never_sends_are_refused(
+    persistent_database_url: str,
+    instance: str,
+    before: list[tuple[dict[str, list[int]], bool]],
+    counts: dict[str, list[int]],
+    final: bool,
+) -> None:
+    with SnapshotRegistry(
+        DISPATCH.config, None, database_url=persistent_database_url
+    ) as registry:
+        for earlier, earlier_final in before:
+            registry.add_snapshot(instance, _counts_metadata(earlier, earlier_final))
+        rows = database_rows(persistent_database_url)
+        for entry in ("add_snapshot", "register_snapshot"):
+            with pytest.raises(
+                InvalidMetadataError, match=f"{instance}: message count"
+            ):
+                getattr(registry, entry)(instance, _counts_metadata(counts, final))
+        assert database_rows(persistent_database_url) == rows
+
+
+def test_a_resumed_instance_carries_on_from_its_resumed_counts(
+    database_url: str,
+) -> None:
+    # libmuscle 0.10 restores the -1 of the final snapshot it resumes from: the
+    # copy it registers first says -1, intermediates say -1, finals -2.
+    config = copy.deepcopy(DISPATCH.config)
+    config.resume = {Reference("c0"): Path("/run1/instances/c0/snapshots/c0_2.pack")}
+    sequence = [({"f_i": [-1]}, True), ({"f_i": [-1]}, False), ({"f_i": [-2]}, True)]
+    with SnapshotRegistry(config, None, database_url=database_url) as registry:
+        for counts, final in sequence:
+            registry.add_snapshot("c0", _counts_metadata(counts, final))
+        with pytest.raises(InvalidMetadataError, match="port o_f slot 0 is -1"):
+            registry.add_snapshot("c0", _counts_metadata({"o_f": [-1]}, True))
+        with pytest.raises(InvalidMetadataError, match="c1: message count"):
+            registry.add_snapshot("c1", _counts_metadata({"f_i": [-1]}, True))
+        assert len(registry.history("c0")) == 1 + len(sequence)
+
+
 def test_nan_and_infinite_times_are_kept(database_url: str) -> None:
     with SnapshotRegistry(STREAM.config, None, database_url=database_url) as registry:
         registry.add_snapshot("micro[0]", metadata({}, timestamp=math.nan))
@@ -184,6 +286,7 @@ def test_nan_and_infinite_times_are_kept(database_url: str) -> None:
     assert third.timestamp == math.inf
 
 
+@pytest.mark.muscle3
 def test_accepts_muscle3_objects_and_ymmsl_v0_1(tmp_path: Path) -> None:
     legacy = v0_1.PartialConfiguration(
         model=v0_1.Model(
@@ -223,6 +326,7 @@ def test_accepts_muscle3_objects_and_ymmsl_v0_1(tmp_path: Path) -> None:
         }
 
 
+@pytest.mark.muscle3
 def test_muscle3_topology_store_is_used(tmp_path: Path) -> None:
     steps = run_oracle(STREAM)
     with SnapshotRegistry(

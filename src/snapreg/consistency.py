@@ -504,6 +504,30 @@ class TopologyStore:
         return [_to_reference(peer) for peer in sorted(self.topology.peers(name))]
 
 
+def declared_operators(config: Any) -> dict[str, dict[str, str]]:
+    """The operator of every port the model's components declare in the yMMSL.
+
+    Returns:
+        Component name to port name to operator name (``F_INIT``, ``O_I``, ``S``,
+        ``O_F``). yMMSL v0.1 declares no ports: its components map to nothing.
+
+    Raises:
+        ConfigurationError: if the configuration holds no usable model.
+    """
+    components = _root_model(config).components
+    if isinstance(components, Mapping):
+        components = list(components.values())
+    declared: dict[str, dict[str, str]] = {}
+    for component in components:
+        # ymmsl 0.17's Ports has no items(); names and lookup work in 0.17 and 0.18
+        ports = getattr(component, "ports", None) or {}
+        declared[str(component.name)] = {
+            str(name): str(getattr(ports[name].operator, "name", ports[name].operator))
+            for name in ports
+        }
+    return declared
+
+
 def _to_reference(instance: str) -> Any:
     from ymmsl import v0_1
 

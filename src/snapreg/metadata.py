@@ -3,7 +3,8 @@
 :class:`SnapshotMetadata` has the fields of ``libmuscle.snapshot.SnapshotMetadata``;
 :func:`coerce_metadata` accepts that class, MUSCLE3's own objects, or a mapping with
 the same keys, and returns a validated, private copy so that a caller mutating its
-object afterwards cannot change what was registered.
+object afterwards cannot change what was registered. :func:`check_counts` holds a
+snapshot's message counts against the model and the instance's previous snapshot.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from snapreg.consistency import Topology, declared_operators
 from snapreg.errors import InvalidMetadataError
 
 _FIELDS = (
@@ -112,29 +114,122 @@ def coerce_metadata(value: Any) -> SnapshotMetadata:
     )
 
 
-def check_counts_not_decreasing(
+@dataclass(frozen=True)
+class CountRules:
+    """Where a count below zero, or one lower than before, is what MUSCLE3 sends.
+
+    libmuscle 0.10 pre-receives the next F_INIT messages before an instance
+    decides whether to save a final snapshot, and in a final snapshot reports one
+    message fewer than it counted on every F_INIT port (on
+    ``muscle_settings_in`` too, when it is connected). A connected F_INIT port
+    has always just pre-received, so its count never drops. A port that no
+    conduit connects never receives: it counts 0 and reports ``-1`` in every
+    final snapshot (0.11 reports 0). An instance that resumes takes its counts
+    from the snapshot it resumes from, ``-1`` included, so such a port then
+    reports that count, and one less in final snapshots (``-2`` after resuming
+    from a final one). Unconnected ports take no part in consistency, so
+    accepting these counts changes no result; anywhere else a count below zero,
+    or lower than the instance's previous one, is refused.
+
+    Attributes:
+        connected: Per component, the ports a conduit of the model uses.
+        declared: Per component, the operator of each port the yMMSL declares.
+        resumed: The instances the configuration resumes from a snapshot.
+    """
+
+    connected: Mapping[str, frozenset[str]]
+    declared: Mapping[str, Mapping[str, str]]
+    resumed: frozenset[str]
+
+    @staticmethod
+    def from_configuration(config: Any, topology: Topology) -> CountRules:
+        """The rules for a model: its conduits, declared ports and resume section."""
+        connected: dict[str, set[str]] = {name: set() for name in topology.components}
+        for conduit in topology.conduits:
+            connected[conduit.sender].add(conduit.sending_port)
+            connected[conduit.receiver].add(conduit.receiving_port)
+        resume = getattr(config, "resume", None) or {}
+        return CountRules(
+            connected={name: frozenset(ports) for name, ports in connected.items()},
+            declared=declared_operators(config),
+            resumed=frozenset(str(instance) for instance in resume),
+        )
+
+    def never_receives(self, component: str, port: str) -> bool:
+        """Whether libmuscle may count the port as an F_INIT port that never received.
+
+        True for a port that no conduit connects and that the yMMSL does not
+        declare with another operator; instances may declare ports the yMMSL
+        leaves out. MUSCLE3's own ports are counted apart.
+        """
+        return (
+            not port.startswith("muscle_")
+            and port not in self.connected.get(component, frozenset())
+            and self.declared.get(component, {}).get(port, "F_INIT") == "F_INIT"
+        )
+
+
+def check_counts(
     instance: str,
     previous: Mapping[str, list[int]],
-    current: Mapping[str, list[int]],
+    metadata: SnapshotMetadata,
+    rules: CountRules,
 ) -> None:
-    """Refuse counts lower than the instance's previous snapshot in this run.
+    """Refuse counts MUSCLE3 could not have sent after the instance's previous ones.
 
     Message counts only grow while an instance runs; a lower count means the
     metadata belongs to another run or is corrupt, and registering it would make
-    the registry offer restart points that are not.
+    the registry offer restart points that are not. The exceptions are those
+    :class:`CountRules` describes.
+
+    Args:
+        instance: The instance that sent the metadata.
+        previous: The counts of its previous snapshot in this run (empty if none).
+        metadata: The new snapshot's metadata, already coerced.
+        rules: The model's rules.
 
     Raises:
         InvalidMetadataError: naming the port and slot.
     """
+    component = instance.partition("[")[0]
+    final = metadata.is_final_snapshot
+    current = metadata.port_message_counts
+    for port, counts in current.items():
+        if counts and min(counts) < 0:
+            _check_below_zero(instance, component, port, counts, final, rules)
     for port, old_counts in previous.items():
         new_counts = current.get(port, [])
+        may_drop = final and rules.never_receives(component, port)
         for slot, old in enumerate(old_counts):
             new = new_counts[slot] if slot < len(new_counts) else 0
-            if new < old:
+            if new < old and not (may_drop and new == old - 1):
                 raise InvalidMetadataError(
                     f"{instance}: message count on port {port} slot {slot} is {new},"
                     f" lower than {old} in its previous snapshot of this run"
                 )
+
+
+def _check_below_zero(
+    instance: str,
+    component: str,
+    port: str,
+    counts: list[int],
+    final: bool,
+    rules: CountRules,
+) -> None:
+    slot, count = next((i, c) for i, c in enumerate(counts) if c < 0)
+    if not rules.never_receives(component, port):
+        raise InvalidMetadataError(
+            f"{instance}: message count on port {port} slot {slot} is {count};"
+            " only an F_INIT port that no conduit connects may report less than 0"
+        )
+    if instance in rules.resumed:
+        return  # it carries on from the counts of the snapshot it resumed from
+    if not final or min(counts) < -1:
+        raise InvalidMetadataError(
+            f"{instance}: message count on port {port} slot {slot} is {count};"
+            " a port that never received reports -1 in a final snapshot only"
+        )
 
 
 def storable_text(value: str) -> bool:
@@ -230,18 +325,20 @@ def _counts(value: Any) -> dict[str, list[int]]:
                 f"port_message_counts[{port}] must be a list of counts, not {slots!r}"
             )
         copied = [int(count) for count in slots if type(count) is int]
-        if len(copied) != len(slots) or (
-            copied and not 0 <= min(copied) <= max(copied) <= MAX_MESSAGE_COUNT
+        if (
+            len(copied) != len(slots)
+            or (copied and min(copied) < -MAX_MESSAGE_COUNT)
+            or (copied and max(copied) > MAX_MESSAGE_COUNT)
         ):
             for count in slots:  # find the culprit; int subclasses other than bool
                 if (
                     isinstance(count, bool)
                     or not isinstance(count, int)
-                    or not 0 <= count <= MAX_MESSAGE_COUNT
+                    or not -MAX_MESSAGE_COUNT <= count <= MAX_MESSAGE_COUNT
                 ):
                     raise InvalidMetadataError(
-                        f"port_message_counts[{port}] must hold non-negative"
-                        f" integers, not {count!r}"
+                        f"port_message_counts[{port}] must hold integers of at most"
+                        f" 63 bits, not {count!r}"
                     )
             copied = [int(count) for count in slots]
         counts[port] = copied

@@ -85,8 +85,9 @@ from snapreg.materialize import (
     resume_mapping,
 )
 from snapreg.metadata import (
+    CountRules,
     SnapshotMetadata,
-    check_counts_not_decreasing,
+    check_counts,
     coerce_metadata,
 )
 from snapreg.runs import RunSetup, WriterLease, check_arguments, open_run
@@ -252,6 +253,7 @@ class SnapshotRegistry(threading.Thread):
             writer_timeout=writer_timeout,
         )
         self._topology = Topology.from_configuration(config, topology_store)
+        self._count_rules = CountRules.from_configuration(config, self._topology)
         self._ymmsl_version = "v0.2" if hasattr(config, "root_model") else "v0.1"
         self._configuration_text = _configuration_text(config)
         self._folder = None if snapshot_folder is None else Path(snapshot_folder)
@@ -396,8 +398,8 @@ class SnapshotRegistry(threading.Thread):
         with self._lock:
             self._drain_pending()
             with self._queue_lock:
-                check_counts_not_decreasing(
-                    name, self._last_counts.get(name, {}), metadata.port_message_counts
+                check_counts(
+                    name, self._last_counts.get(name, {}), metadata, self._count_rules
                 )
             (outcome,) = self._process([(name, metadata, None)])
             with self._queue_lock:
@@ -464,9 +466,7 @@ class SnapshotRegistry(threading.Thread):
         metadata = coerce_metadata(snapshot)
         with self._queue_lock:
             previous = self._last_counts.get(name)
-            check_counts_not_decreasing(
-                name, previous or {}, metadata.port_message_counts
-            )
+            check_counts(name, previous or {}, metadata, self._count_rules)
             staged = _Staged(name, metadata, previous, self._wakeup_of_this_thread())
             self._last_counts[name] = metadata.port_message_counts
             self._staged.append(staged)

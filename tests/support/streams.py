@@ -22,7 +22,12 @@ Scenarios:
 - :func:`stateless_scatter`: a ``macro`` -> ``scatter`` -> ``micro[N]`` coupling
   where ``scatter`` keeps no state and only takes implicit snapshots (timestamp NaN).
 - :func:`chain`: ``a0`` -> ``a1`` -> ... -> ``a(K-1)``, optionally with feedback.
+- :func:`dispatch`: ``c0`` -> ``c1`` -> ... each running once, F_INIT to O_F, as in
+  MUSCLE3's own dispatch test; ``c0``'s F_INIT port is connected to nothing.
 - :func:`near_miss`: a realistic stream with a few counts moved by one or two.
+
+:func:`as_libmuscle_0_10_reports` turns a stream into what libmuscle 0.10 reports
+for the same run: -1 on F_INIT ports that no conduit connects, in final snapshots.
 
 :func:`all_streams` gives a varied set of small streams of all of these.
 """
@@ -1007,6 +1012,116 @@ def chain(
         registrations=simulation.run(programs),
         scenario="chain",
         jittered=skip_probability > 0,
+    )
+
+
+def dispatch(
+    rng: random.Random | int | str,
+    length: int = 4,
+    num_steps: int = 6,
+    *,
+    checkpoint_every: int = 2,
+    skip_probability: float = 0.0,
+) -> Stream:
+    """A dispatch chain ``c0`` -> ``c1`` -> ...: each one runs once, in turn.
+
+    Every component declares an F_INIT port ``f_i`` and an O_F port ``o_f``;
+    ``c(k).o_f`` feeds ``c(k+1).f_i``, so ``c0.f_i`` is connected to nothing (its
+    instance receives the default). Each component receives on F_INIT (but
+    ``c0``), integrates ``num_steps`` steps with intermediate snapshots where due,
+    sends on O_F (but the last) and saves a final snapshot.
+
+    Args:
+        rng: Random source or seed.
+        length: Number of components, at least 2.
+        num_steps: Steps of every component.
+        checkpoint_every: Steps between intermediate snapshots.
+        skip_probability: Chance that an instance skips a due snapshot.
+
+    Returns:
+        The stream of the simulated run (as libmuscle 0.11 reports it).
+    """
+    if length < 2:
+        raise ValueError("A dispatch chain needs at least two components")
+    rng = _as_rng(rng)
+    names = [f"c{position}" for position in range(length)]
+    components = [
+        Component(name, Ports(f_init=["f_i"], o_f=["o_f"]), f"Stage {position}")
+        for position, name in enumerate(names)
+    ]
+    conduits = [
+        Conduit(f"{sender}.o_f", f"{receiver}.f_i")
+        for sender, receiver in zip(names, names[1:], strict=False)
+    ]
+    config = _configuration("dispatch", components, conduits)
+
+    def program(position: int, checkpoints: Checkpoints) -> Iterator[Action]:
+        if position > 0:
+            yield Receive("f_i")
+        time = float(position * num_steps)
+        for step in range(1, num_steps + 1):
+            time += 1.0
+            if step < num_steps and checkpoints.due(step):
+                yield TakeSnapshot(time, time + 1.0, False, _simulation_trigger(time))
+        if position < length - 1:
+            yield Send("o_f")
+        yield TakeSnapshot(time, None, True, _AT_END)
+
+    programs = {
+        name: program(
+            position, Checkpoints(_child_rng(rng), checkpoint_every, skip_probability)
+        )
+        for position, name in enumerate(names)
+    }
+    simulation = MessagePassingSimulation(config.root_model(), _child_rng(rng))
+    options = "".join(
+        [
+            f",every={checkpoint_every}" if checkpoint_every > 1 else "",
+            f",skip={skip_probability:g}" if skip_probability else "",
+        ]
+    )
+    return Stream(
+        name=f"dispatch[k={length},steps={num_steps}{options}]",
+        config=config,
+        registrations=simulation.run(programs),
+        scenario="dispatch",
+        jittered=skip_probability > 0,
+    )
+
+
+def as_libmuscle_0_10_reports(stream: Stream) -> Stream:
+    """The same run as libmuscle 0.10 reports it.
+
+    Before an instance decides whether to save a final snapshot, libmuscle 0.10
+    pre-receives on its connected F_INIT ports for the next reuse, and then
+    reports one message fewer than it counted on every F_INIT port. On a connected
+    port that comes to the count the simulation keeps; a port that no conduit
+    connects never received, so it reports -1.
+    """
+    connected = _conduit_ports(stream.config)
+    never_received = {
+        (str(name), str(port_name))
+        for name, component in stream.config.root_model().components.items()
+        for port_name in component.ports  # names: ymmsl 0.17's Ports has no items()
+        if component.ports[port_name].operator.name == "F_INIT"
+        and (str(name), str(port_name)) not in connected
+    }
+    registrations: list[Registration] = []
+    for instance, fields in stream.registrations:
+        fields = copy.deepcopy(fields)
+        if fields["is_final_snapshot"]:
+            component = _component_of(instance)
+            for port, counts in fields["port_message_counts"].items():
+                if (component, port) in never_received:
+                    fields["port_message_counts"][port] = [c - 1 for c in counts]
+        registrations.append((instance, fields))
+    return Stream(
+        name=f"{stream.name}@libmuscle-0.10",
+        config=stream.config,
+        registrations=registrations,
+        scenario=stream.scenario,
+        jittered=stream.jittered,
+        perturbed_from=stream.perturbed_from,
     )
 
 
