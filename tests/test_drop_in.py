@@ -26,6 +26,8 @@ from support.oracle import run_oracle
 from support.streams import macro_micro
 from support.torture import database_rows
 
+pytestmark = pytest.mark.muscle3
+
 STREAM = macro_micro(11, num_micro=3, num_steps=3)
 
 

@@ -220,7 +220,8 @@ def test_counts_libmuscle_0_10_sends_are_accepted(
 ) -> None:
     with SnapshotRegistry(DISPATCH.config, None, database_url=database_url) as registry:
         for counts, final in sequence:
-            getattr(registry, entry)("c0", _counts_metadata(counts, final))
+            call_entry(registry, entry, "c0", _counts_metadata(counts, final))
+        assert registry.refusals == []
         history = registry.history("c0")
     assert [node.snapshot.port_message_counts for node in history[1:]] == [
         counts for counts, _ in sequence
@@ -249,7 +250,7 @@ def test_counts_muscle3_never_sends_are_refused(
             with pytest.raises(
                 InvalidMetadataError, match=f"{instance}: message count"
             ):
-                getattr(registry, entry)(instance, _counts_metadata(counts, final))
+                call_entry(registry, entry, instance, _counts_metadata(counts, final))
         assert database_rows(persistent_database_url) == rows
 
 
