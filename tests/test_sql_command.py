@@ -24,6 +24,7 @@ from sqlalchemy import Engine, inspect, text
 from snapreg import SnapshotRegistry
 from snapreg.database import create_database_engine
 from snapreg.sql import QueryError, ReadOnlyDatabase, sql_command
+from support.command_line import without_superuser_warning
 from support.streams import macro_micro
 
 STREAM = macro_micro(401, num_micro=2, num_steps=3)
@@ -73,11 +74,7 @@ def run_sql(*arguments: str, env: dict[str, str] | None = None) -> Result:
 
 def error_lines(result: Result) -> list[str]:
     """Standard error without the warning a superuser connection gets."""
-    return [
-        line
-        for line in result.stderr.splitlines()
-        if not line.startswith("snapreg: warning: connected as PostgreSQL superuser")
-    ]
+    return without_superuser_warning(result.stderr)
 
 
 def direct_rows(url: str, statement: str) -> list[tuple[Any, ...]]:

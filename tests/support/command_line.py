@@ -26,3 +26,13 @@ def invoke(capsys: pytest.CaptureFixture[str], *args: str) -> Outcome:
     captured = capsys.readouterr()
     code = exited.value.code
     return Outcome(code if isinstance(code, int) else 1, captured.out, captured.err)
+
+
+SUPERUSER_WARNING = "snapreg: warning: connected as PostgreSQL superuser"
+
+
+def without_superuser_warning(stderr: str) -> list[str]:
+    """Standard error's lines without the warning a superuser connection gets."""
+    return [
+        line for line in stderr.splitlines() if not line.startswith(SUPERUSER_WARNING)
+    ]
