@@ -42,9 +42,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from sqlalchemy import create_engine, insert, text  # noqa: E402
 
-from snapreg import SnapshotRegistry, models  # noqa: E402
-from snapreg.database import create_database_engine, upgrade_engine, writer  # noqa: E402
-from snapreg.metadata import SnapshotMetadata, coerce_metadata  # noqa: E402
+from snapreg import SnapshotRegistry  # noqa: E402
+from snapreg.rules.metadata import SnapshotMetadata, coerce_metadata  # noqa: E402
+from snapreg.storage import schema  # noqa: E402
+from snapreg.storage.database import create_database_engine, upgrade_engine, writer  # noqa: E402
 from support.streams import (  # noqa: E402
     Stream,
     chain,
@@ -190,15 +191,15 @@ def floor(url: str, count: int = 2000) -> float:
     engine = create_database_engine(url)
     upgrade_engine(engine)
     now = datetime.now(timezone.utc)
-    node_table = models.SnapshotNode.__table__
-    edge_table = models.ConsistentPair.__table__
+    node_table = schema.SnapshotNode.__table__
+    edge_table = schema.ConsistentPair.__table__
     with writer(engine).begin() as connection:
         campaign = connection.execute(
-            insert(models.Campaign.__table__).returning(models.Campaign.__table__.c.id),
+            insert(schema.Campaign.__table__).returning(schema.Campaign.__table__.c.id),
             {"name": f"floor-{uuid.uuid4().hex}", "created_at": now},
         ).scalar_one()
         run = connection.execute(
-            insert(models.Run.__table__).returning(models.Run.__table__.c.id),
+            insert(schema.Run.__table__).returning(schema.Run.__table__.c.id),
             {
                 "campaign_id": campaign,
                 "number": 1,
@@ -379,7 +380,7 @@ def history(url: str, retired: int) -> tuple[float, float, float, float]:
         run_id = registry.run_id
     engine = create_database_engine(url)
     now = datetime.now(timezone.utc)
-    node_table = models.SnapshotNode.__table__
+    node_table = schema.SnapshotNode.__table__
     with writer(engine).begin() as connection:
         batch = 50_000
         for start in range(0, retired, batch):

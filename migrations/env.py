@@ -1,7 +1,7 @@
 """Alembic environment for snapreg.
 
 Used both from a checkout (``alembic upgrade head`` with the top-level alembic.ini)
-and from the installed package (:func:`snapreg.database.upgrade_database`), which
+and from the installed package (:func:`snapreg.storage.database.upgrade_database`), which
 hands over an open connection in ``config.attributes["connection"]`` so that an
 in-memory SQLite database is migrated on the connection that will use it.
 """
@@ -9,7 +9,7 @@ in-memory SQLite database is migrated on the connection that will use it.
 from alembic import context
 from sqlalchemy import Connection, engine_from_config, pool
 
-from snapreg.models import Base
+from snapreg.storage.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

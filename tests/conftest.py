@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from snapreg.database import create_database_engine, upgrade_engine
+from snapreg.storage.database import create_database_engine, upgrade_engine
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "SNAPREG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

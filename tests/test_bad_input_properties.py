@@ -38,8 +38,8 @@ from snapreg import (
     SnapregError,
     SnapshotRegistry,
 )
-from snapreg.cli import main as snapreg_main
-from snapreg.metadata import MAX_FILENAME_LENGTH, MAX_MESSAGE_COUNT
+from snapreg.cli.main import main as snapreg_main
+from snapreg.rules.metadata import MAX_FILENAME_LENGTH, MAX_MESSAGE_COUNT
 from support.command_line import without_superuser_warning
 from support.entries import call_entry
 from support.oracle import run_oracle

@@ -20,10 +20,12 @@ import pytest
 import ymmsl
 from sqlalchemy import create_engine, inspect
 
-from snapreg import SnapshotMetadata, SnapshotRegistry, database, reader
-from snapreg.cli import cli
-from snapreg.database import head_revision
+from snapreg import SnapshotMetadata, SnapshotRegistry
+from snapreg.cli.main import cli
 from snapreg.errors import NotFoundError
+from snapreg.storage import database
+from snapreg.storage.database import head_revision
+from snapreg.tools import reader
 from support import simulation
 from support.command_line import Outcome, invoke
 

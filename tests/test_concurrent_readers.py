@@ -3,7 +3,7 @@
 A real registry registers a realistic stream of a few hundred snapshots through
 ``register_snapshot`` (each stored and processed in one transaction)
 while several other processes query the same database over and over through
-snapreg's read-only path (:class:`snapreg.sql.ReadOnlyDatabase`), on a SQLite file
+snapreg's read-only path (:class:`snapreg.tools.sql.ReadOnlyDatabase`), on a SQLite file
 and on PostgreSQL. Each read is one transaction of several statements, and what it
 sees must be a state between two registrations: every workflow snapshot has exactly
 one existing member per instance and its members are pairwise consistent, every
@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from snapreg import SnapshotRegistry
-from snapreg.sql import ReadOnlyDatabase, ReadOnlyTransaction
+from snapreg.tools.sql import ReadOnlyDatabase, ReadOnlyTransaction
 from support.entries import register_or_raise
 from support.streams import macro_micro
 

@@ -19,8 +19,8 @@ from snapreg import (
     StorageFullError,
     UnwrittenFilesError,
 )
-from snapreg.materialize import TEMPORARY_PREFIX
-from snapreg.reader import DatabaseReader
+from snapreg.registry.files import TEMPORARY_PREFIX
+from snapreg.tools.reader import DatabaseReader
 from support.command_line import invoke
 from support.disks import small_disk
 from support.entries import call_entry

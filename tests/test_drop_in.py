@@ -21,7 +21,7 @@ from snapreg import (
     SnapshotRegistry,
     UnknownInstanceError,
 )
-from snapreg.reader import DatabaseReader
+from snapreg.tools.reader import DatabaseReader
 from support.oracle import run_oracle
 from support.streams import macro_micro
 from support.torture import database_rows

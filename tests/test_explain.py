@@ -16,8 +16,8 @@ import pytest
 import ymmsl
 
 from snapreg import SnapshotRegistry
-from snapreg.consistency import Topology, counts_consistent
-from snapreg.explain import count_mismatches, explain_campaign
+from snapreg.rules.consistency import Topology, counts_consistent
+from snapreg.tools.explain import count_mismatches, explain_campaign
 from support.command_line import invoke
 from support.models import MACRO_MICRO_YMMSL
 from support.streams import all_streams

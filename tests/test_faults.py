@@ -40,7 +40,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-import snapreg.database as database
+import snapreg.storage.database as database
 from snapreg import (
     ConfigurationError,
     DatabaseRefusedError,
@@ -50,7 +50,7 @@ from snapreg import (
     TransientDatabaseError,
     WriterConflictError,
 )
-from snapreg.database import (
+from snapreg.storage.database import (
     create_database_engine,
     ensure_schema,
     network_filesystem_of,
@@ -101,7 +101,8 @@ def retries_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         record.getMessage()
         for record in caplog.records
-        if record.name == "snapreg.database" and "retrying" in record.getMessage()
+        if record.name == "snapreg.storage.database"
+        and "retrying" in record.getMessage()
     ]
 
 
@@ -203,7 +204,7 @@ def test_opening_sqlite_on_a_network_filesystem_warns(
         tmp_path, ["/dev/sda1 / ext4 rw 0 0", f"srv:/x {shared} nfs rw 0 0"]
     )
     monkeypatch.setattr(database, "MOUNTS_FILE", mounts)
-    with caplog.at_level(logging.WARNING, logger="snapreg.database"):
+    with caplog.at_level(logging.WARNING, logger="snapreg.storage.database"):
         with SnapshotRegistry(STREAM.config, local / "snapshots"):
             pass
         assert not [r for r in caplog.records if "network file system" in r.message]

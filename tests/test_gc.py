@@ -22,10 +22,12 @@ import pytest
 import ymmsl
 from sqlalchemy import select
 
-from snapreg import SnapshotRegistry, cleanup, models
-from snapreg.cleanup import delete_files, plan_cleanup
-from snapreg.database import create_database_engine
-from snapreg.reader import DatabaseReader
+from snapreg import SnapshotRegistry
+from snapreg.storage import schema
+from snapreg.storage.database import create_database_engine
+from snapreg.tools import gc
+from snapreg.tools.gc import delete_files, plan_cleanup
+from snapreg.tools.reader import DatabaseReader
 from support.command_line import invoke
 from support.models import MACRO_MICRO_YMMSL
 
@@ -182,7 +184,7 @@ def test_delete_removes_exactly_those_files_and_records_each(
     engine = create_database_engine(campaign.url)
     with engine.connect() as connection:
         rows = connection.execute(
-            select(models.DeletedSnapshotFile.__table__)  # type: ignore[arg-type]
+            select(schema.DeletedSnapshotFile.__table__)  # type: ignore[arg-type]
         ).all()
     engine.dispose()
     assert {(Path(row.path), row.bytes) for row in rows} == set(sizes.items())
@@ -219,7 +221,7 @@ def test_a_folder_swapped_for_a_link_after_the_last_check_deletes_nothing(
     target = campaign.files["macro", 3]
     decoy = campaign.outside / "decoy"
     shutil.copytree(target.parent, decoy)
-    checked = cleanup._refusal
+    checked = gc._refusal
 
     def swap_right_after_the_check(*args: Any) -> Any:
         answer = checked(*args)
@@ -228,7 +230,7 @@ def test_a_folder_swapped_for_a_link_after_the_last_check_deletes_nothing(
             target.parent.symlink_to(decoy)
         return answer
 
-    monkeypatch.setattr(cleanup, "_refusal", swap_right_after_the_check)
+    monkeypatch.setattr(gc, "_refusal", swap_right_after_the_check)
     result = delete_files(campaign.url, plan)
 
     assert [(entry.path, error) for entry, error in result.failed] == [

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-import snapreg.graph as graph_module
-from snapreg.consistency import Topology, rules_hold
-from snapreg.graph import ActiveGraph, GraphNode, Policy
-from snapreg.metadata import coerce_metadata, restart_metadata
+import snapreg.rules.graph as graph_module
+from snapreg.rules.consistency import Topology, rules_hold
+from snapreg.rules.graph import ActiveGraph, GraphNode, Policy
+from snapreg.rules.metadata import coerce_metadata, restart_metadata
 from support.streams import Stream, all_streams, macro_micro, near_miss
 
 SMALL_STREAMS = [stream for stream in all_streams(2) if len(stream.instances()) <= 6]

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import ymmsl
 
-import snapreg.muscle3_compat
+import snapreg.muscle3.compat
 from snapreg import SnapshotRegistry
-from snapreg.consistency import Topology
-from snapreg.importer import (
+from snapreg.rules.consistency import Topology
+from snapreg.tools.importer import (
     IMPORT_FOLDER,
     ResumeKey,
     import_run_directory,
@@ -31,7 +31,7 @@ from snapreg.importer import (
     registration_order,
     resume_key,
 )
-from snapreg.reader import DatabaseReader
+from snapreg.tools.reader import DatabaseReader
 from support import stock_runs
 from support.command_line import invoke
 
@@ -235,7 +235,7 @@ def test_a_snapshot_file_of_the_other_muscle3_release_says_which_to_use(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # 0.10 writes format 1, 0.11 format 2, and neither reads the other's
-    installed = snapreg.muscle3_compat.check_version("this test")
+    installed = snapreg.muscle3.compat.check_version("this test")
     other, byte = ("0.10", b"1") if installed.startswith("0.11.") else ("0.11", b"2")
     run_dir = fresh_copy(tmp_path_factory, tmp_path)
     foreign = run_dir / "instances" / "macro" / "snapshots" / "macro_2.pack"

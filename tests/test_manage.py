@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import ymmsl
 
-import snapreg.muscle3_compat
-from snapreg.reader import DatabaseReader
+import snapreg.muscle3.compat
+from snapreg.tools.reader import DatabaseReader
 from support import simulation
 from support.command_line import invoke
 
@@ -155,14 +155,14 @@ def test_a_registry_that_cannot_open_does_not_leave_the_manager_hanging(
     ]
     script = textwrap.dedent(
         f"""
-        import snapreg.muscle3
+        import snapreg.muscle3.manage
         from snapreg.errors import WriterConflictError
 
         def refuse(*args, **kwargs):
             raise WriterConflictError("someone else writes this run")
 
-        snapreg.muscle3.SnapshotRegistry = refuse
-        from snapreg.cli import main
+        snapreg.muscle3.manage.SnapshotRegistry = refuse
+        from snapreg.cli.main import main
         main({arguments!r})
         """
     )
@@ -378,7 +378,7 @@ def test_an_unknown_muscle3_release_is_refused_in_one_line(
     monkeypatch: pytest.MonkeyPatch,
     command: str,
 ) -> None:
-    monkeypatch.setattr(snapreg.muscle3_compat, "installed_version", lambda: "0.12.0")
+    monkeypatch.setattr(snapreg.muscle3.compat, "installed_version", lambda: "0.12.0")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "configuration.ymmsl").write_text(
         (simulation.EXAMPLE / "rd.ymmsl").read_text(encoding="utf-8"),
@@ -402,10 +402,10 @@ def test_an_unknown_muscle3_release_is_refused_in_one_line(
 
 
 def test_the_installed_muscle3_is_a_supported_release() -> None:
-    version = snapreg.muscle3_compat.installed_version()
+    version = snapreg.muscle3.compat.installed_version()
     assert version is not None
-    assert snapreg.muscle3_compat.is_supported(version)
-    assert snapreg.muscle3_compat.check_version("this test") == version
+    assert snapreg.muscle3.compat.is_supported(version)
+    assert snapreg.muscle3.compat.check_version("this test") == version
 
 
 def test_manage_help_names_the_manager_options(

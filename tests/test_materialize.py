@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ymmsl import v0_1, v0_2
 
-from snapreg.materialize import Member, describe, render, resume_mapping
-from snapreg.metadata import SnapshotMetadata
+from snapreg.rules.metadata import SnapshotMetadata
+from snapreg.rules.workflow_file import Member, describe, render, resume_mapping
 
 
 def reference_render(resume: dict[str, str], description: str) -> str:

@@ -24,7 +24,7 @@ from snapreg import (
     StorageUnavailableError,
     upgrade_database,
 )
-from snapreg.database import (
+from snapreg.storage.database import (
     create_database_engine,
     current_revision,
     downgrade_engine,
@@ -32,8 +32,8 @@ from snapreg.database import (
     migrations_directory,
     upgrade_engine,
 )
-from snapreg.models import Base
-from snapreg.reader import DatabaseReader
+from snapreg.storage.schema import Base
+from snapreg.tools.reader import DatabaseReader
 from support.command_line import invoke
 from support.streams import macro_micro
 
@@ -117,7 +117,7 @@ def test_an_older_schema_names_the_upgrade_command(
     url = f"sqlite:///{tmp_path / 'older.sqlite'}"
     upgrade_database(url)
     # the code of a later release: one more revision than the database has
-    import snapreg.database as database
+    import snapreg.storage.database as database
 
     known = database.known_revisions() | {"9999_next"}
     monkeypatch.setattr(database, "head_revision", lambda: "9999_next")

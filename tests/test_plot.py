@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from snapreg.importer import import_run_directory
+from snapreg.tools.importer import import_run_directory
 from support import stock_runs
 from support.command_line import invoke
 

@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 
 from snapreg import SnapshotRegistry
-from snapreg.consistency import ConnectionInfo, Topology, counts_consistent
-from snapreg.snapshot import SnapshotNode, WorkflowSnapshot
-from snapreg.sql import ReadOnlyDatabase
+from snapreg.rules.consistency import ConnectionInfo, Topology, counts_consistent
+from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
+from snapreg.tools.sql import ReadOnlyDatabase
 from support.streams import Stream, ensemble, macro_micro, near_miss
 
 QUERIES_FILE = Path(__file__).resolve().parent.parent / "docs" / "queries.md"

@@ -36,7 +36,7 @@ from snapreg import (
     WorkerError,
     WriterConflictError,
 )
-from snapreg.materialize import NameAllocator
+from snapreg.registry.files import NameAllocator
 from support.entries import call_entry, register_or_raise
 from support.oracle import run_oracle
 from support.streams import dispatch, macro_micro
@@ -561,7 +561,9 @@ def test_worker_errors_reach_the_caller_and_nothing_is_lost(
     def broken(self: Any, *args: Any) -> Any:
         raise RuntimeError("search exploded")
 
-    monkeypatch.setattr("snapreg.graph.ActiveGraph.find_workflow_snapshots", broken)
+    monkeypatch.setattr(
+        "snapreg.rules.graph.ActiveGraph.find_workflow_snapshots", broken
+    )
     registry.start()
     name, good = STREAM.registrations[0]
     # acknowledged: stored unprocessed

@@ -38,7 +38,7 @@ from snapreg import (
     SnapshotRegistry,
     upgrade_database,
 )
-from snapreg.database import (
+from snapreg.storage.database import (
     alembic_config,
     create_database_engine,
     current_revision,

@@ -22,8 +22,8 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Engine, inspect, text
 
 from snapreg import SnapshotRegistry
-from snapreg.database import create_database_engine
-from snapreg.sql import QueryError, ReadOnlyDatabase, sql_command
+from snapreg.storage.database import create_database_engine
+from snapreg.tools.sql import QueryError, ReadOnlyDatabase, sql_command
 from support.command_line import without_superuser_warning
 from support.streams import macro_micro
 

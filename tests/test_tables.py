@@ -7,10 +7,11 @@ from typing import Any
 
 from sqlalchemy import insert, text
 
-from snapreg import SnapshotRegistry, tables
-from snapreg.database import create_database_engine, writer
-from snapreg.metadata import SnapshotMetadata
-from snapreg.queries import NODE_METADATA_COLUMNS, metadata_to_json, node_values
+from snapreg import SnapshotRegistry
+from snapreg.rules.metadata import SnapshotMetadata
+from snapreg.storage import statements
+from snapreg.storage.database import create_database_engine, writer
+from snapreg.storage.queries import NODE_METADATA_COLUMNS, metadata_to_json, node_values
 from support.streams import macro_micro
 
 STREAM = macro_micro(3, num_micro=2, num_steps=2)
@@ -54,11 +55,11 @@ def test_fast_inserts_store_what_sqlalchemy_stores(
             ) + 1
             second = first + 1
             data = metadata_to_json(ODD)
-            tables.FAST_SUBMISSION.execute(
+            statements.FAST_SUBMISSION.execute(
                 connection, [(first, run_id, "micro[1]", data, now)]
             )
             connection.execute(
-                insert(tables.SUBMISSION),
+                insert(statements.SUBMISSION),
                 {
                     "id": second,
                     "run_id": run_id,
@@ -72,7 +73,7 @@ def test_fast_inserts_store_what_sqlalchemy_stores(
                 or 0
             ) + 1
             node_second = node_first + 1
-            tables.FAST_NODE.execute(
+            statements.FAST_NODE.execute(
                 connection,
                 [
                     (node_first, run_id, "micro[1]", 90, False, first, now)
@@ -80,7 +81,7 @@ def test_fast_inserts_store_what_sqlalchemy_stores(
                 ],
             )
             connection.execute(
-                insert(tables.NODE),
+                insert(statements.NODE),
                 {
                     "id": node_second,
                     "run_id": run_id,

@@ -16,7 +16,7 @@ down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Revisions spell their types out instead of importing snapreg.models, so that a
+# Revisions spell their types out instead of importing snapreg.storage.schema, so that a
 # later change to the models can never rewrite history.
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")

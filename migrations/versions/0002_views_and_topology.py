@@ -34,7 +34,7 @@ depends_on: str | Sequence[str] | None = None
 
 _logger = logging.getLogger(__name__)
 
-# As in 0001: types spelled out, no import of snapreg.models.
+# As in 0001: types spelled out, no import of snapreg.storage.schema.
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 # Whether a node has, for every peer of its instance, an edge to an active node of

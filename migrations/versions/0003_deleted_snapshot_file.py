@@ -4,7 +4,7 @@
 retained workflow snapshot needs. The nodes and workflow snapshots that named those
 files stay in the database as history, so each deletion gets a row here: which
 file, how many bytes, when, why, and the snapshot node it belonged to. Written by
-``snapreg.cleanup``, never by the registry.
+``snapreg.tools.gc``, never by the registry.
 
 Revision ID: 0003_deleted_snapshot_file
 Revises: 0002_views_and_topology
@@ -21,7 +21,7 @@ down_revision: str | None = "0002_views_and_topology"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# As in 0001: types spelled out, no import of snapreg.models.
+# As in 0001: types spelled out, no import of snapreg.storage.schema.
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 UTC_TIME = sa.DateTime(timezone=True)
 

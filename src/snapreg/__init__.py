@@ -7,16 +7,6 @@ Import the registry with a database URL and use it where MUSCLE3 uses its in-mem
     registry = SnapshotRegistry(config, snapshot_folder, database_url="sqlite:///x.db")
 """
 
-from snapreg.consistency import (
-    Connection,
-    ConnectionInfo,
-    Topology,
-    TopologyStore,
-    calc_consistency,
-    calc_consistency_list,
-    safe_get,
-)
-from snapreg.database import upgrade_database
 from snapreg.errors import (
     ConfigurationError,
     DatabaseRefusedError,
@@ -38,9 +28,19 @@ from snapreg.errors import (
     WorkerError,
     WriterConflictError,
 )
-from snapreg.metadata import SnapshotMetadata
-from snapreg.registry import Refusal, SnapshotRegistry
-from snapreg.snapshot import SnapshotNode, WorkflowSnapshot
+from snapreg.registry.snapshot_registry import Refusal, SnapshotRegistry
+from snapreg.rules.consistency import (
+    Connection,
+    ConnectionInfo,
+    Topology,
+    TopologyStore,
+    calc_consistency,
+    calc_consistency_list,
+    safe_get,
+)
+from snapreg.rules.metadata import SnapshotMetadata
+from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
+from snapreg.storage.database import upgrade_database
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from snapreg.cli import main
+from snapreg.cli.main import main
 
 
 @dataclass(frozen=True)

@@ -67,10 +67,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from snapreg import SnapshotRegistry
-from snapreg.database import normalize_url
-from snapreg.materialize import TEMPORARY_PREFIX
-from snapreg.metadata import coerce_metadata
-from snapreg.queries import metadata_to_json
+from snapreg.registry.files import TEMPORARY_PREFIX
+from snapreg.rules.metadata import coerce_metadata
+from snapreg.storage.database import normalize_url
+from snapreg.storage.queries import metadata_to_json
 from support.entries import register_or_raise
 
 from .oracle import run_oracle

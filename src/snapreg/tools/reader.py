@@ -8,7 +8,8 @@ campaign can never change it. Readers never block the registry that writes the s
 database (SQLite runs in WAL mode).
 
 Every method runs one short transaction and issues a constant number of queries
-(per run, for the instance history), reusing :mod:`snapreg.queries` where it fits.
+(per run, for the instance history), reusing :mod:`snapreg.storage.queries` where it
+fits.
 """
 
 from __future__ import annotations
@@ -28,9 +29,18 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, aliased
 
-from snapreg import models, queries
-from snapreg.consistency import ConduitInfo, Topology
-from snapreg.database import (
+from snapreg.errors import (
+    ConfigurationError,
+    NotFoundError,
+    StorageUnavailableError,
+    UnknownInstanceError,
+)
+from snapreg.registry.runs import process_alive
+from snapreg.rules.consistency import ConduitInfo, Topology
+from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
+from snapreg.rules.workflow_file import render
+from snapreg.storage import queries, schema
+from snapreg.storage.database import (
     create_database_engine,
     current_revision,
     describe_url,
@@ -45,15 +55,6 @@ from snapreg.database import (
     run_transaction,
     schema_state,
 )
-from snapreg.errors import (
-    ConfigurationError,
-    NotFoundError,
-    StorageUnavailableError,
-    UnknownInstanceError,
-)
-from snapreg.materialize import render
-from snapreg.runs import process_alive
-from snapreg.snapshot import SnapshotNode, WorkflowSnapshot
 
 _T = TypeVar("_T")
 
@@ -274,7 +275,7 @@ class DatabaseReader:
             if requested is not None:
                 return queries.campaign_row(session, requested).name
             names = session.scalars(
-                select(models.Campaign.name).order_by(models.Campaign.name)
+                select(schema.Campaign.name).order_by(schema.Campaign.name)
             ).all()
             if len(names) == 1:
                 return names[0]
@@ -304,8 +305,8 @@ class DatabaseReader:
             if run is not None:
                 run_id = _run_row(session, row, run).id
                 ids = session.scalars(
-                    select(models.WorkflowSnapshot.id).where(
-                        models.WorkflowSnapshot.run_id == run_id
+                    select(schema.WorkflowSnapshot.id).where(
+                        schema.WorkflowSnapshot.run_id == run_id
                     )
                 ).all()
             return queries.workflow_snapshots(session, row.id, row.name, ids=ids)
@@ -329,15 +330,15 @@ class DatabaseReader:
             found = None
             # an id no row can have would overflow the driver (SQLite) or the
             # column (PostgreSQL): it is simply not there
-            if 1 <= workflow_snapshot_id <= models.MAX_ID:
+            if 1 <= workflow_snapshot_id <= schema.MAX_ID:
                 found = session.execute(
-                    select(models.Campaign.id, models.Campaign.name)
-                    .join(models.Run, models.Run.campaign_id == models.Campaign.id)
+                    select(schema.Campaign.id, schema.Campaign.name)
+                    .join(schema.Run, schema.Run.campaign_id == schema.Campaign.id)
                     .join(
-                        models.WorkflowSnapshot,
-                        models.WorkflowSnapshot.run_id == models.Run.id,
+                        schema.WorkflowSnapshot,
+                        schema.WorkflowSnapshot.run_id == schema.Run.id,
                     )
-                    .where(models.WorkflowSnapshot.id == workflow_snapshot_id)
+                    .where(schema.WorkflowSnapshot.id == workflow_snapshot_id)
                 ).first()
             if campaign is not None:
                 queries.campaign_row(session, campaign)
@@ -363,9 +364,9 @@ class DatabaseReader:
         def load(session: Session) -> WorkflowSnapshot | None:
             row = queries.campaign_row(session, campaign)
             newest = session.scalar(
-                select(func.max(models.WorkflowSnapshot.id))
-                .join(models.Run, models.Run.id == models.WorkflowSnapshot.run_id)
-                .where(models.Run.campaign_id == row.id)
+                select(func.max(schema.WorkflowSnapshot.id))
+                .join(schema.Run, schema.Run.id == schema.WorkflowSnapshot.run_id)
+                .where(schema.Run.campaign_id == row.id)
             )
             if newest is None:
                 return None
@@ -446,9 +447,9 @@ class DatabaseReader:
             else:
                 runs = list(
                     session.scalars(
-                        select(models.Run)
-                        .where(models.Run.campaign_id == campaign_row.id)
-                        .order_by(models.Run.number)
+                        select(schema.Run)
+                        .where(schema.Run.campaign_id == campaign_row.id)
+                        .order_by(schema.Run.number)
                     )
                 )
             topologies = [topology_from_signature(row.topology) for row in runs]
@@ -510,14 +511,14 @@ def topology_from_signature(signature: str) -> Topology:
     )
 
 
-def _run_row(session: Session, campaign: models.Campaign, number: int) -> models.Run:
+def _run_row(session: Session, campaign: schema.Campaign, number: int) -> schema.Run:
     found = (
         session.scalars(
-            select(models.Run).where(
-                models.Run.campaign_id == campaign.id, models.Run.number == number
+            select(schema.Run).where(
+                schema.Run.campaign_id == campaign.id, schema.Run.number == number
             )
         ).one_or_none()
-        if 1 <= number <= models.MAX_NUMBER  # else no row can have it
+        if 1 <= number <= schema.MAX_NUMBER  # else no row can have it
         else None
     )
     if found is None:
@@ -526,9 +527,9 @@ def _run_row(session: Session, campaign: models.Campaign, number: int) -> models
 
 
 def _campaign_summaries(session: Session) -> list[CampaignSummary]:
-    node = models.SnapshotNode
-    snapshot = models.WorkflowSnapshot
-    run = models.Run
+    node = schema.SnapshotNode
+    snapshot = schema.WorkflowSnapshot
+    run = schema.Run
     node_counts = {
         run_id: (count, newest)
         for run_id, count, newest in session.execute(
@@ -605,7 +606,7 @@ def _campaign_summaries(session: Session) -> list[CampaignSummary]:
             runs=tuple(runs_by_campaign.get(row.id, [])),
         )
         for row in session.scalars(
-            select(models.Campaign).order_by(models.Campaign.name)
+            select(schema.Campaign).order_by(schema.Campaign.name)
         )
     ]
 
@@ -617,7 +618,7 @@ def _utc(moment: datetime | str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
-def _run_status(row: models.Run) -> RunStatus:
+def _run_status(row: schema.Run) -> RunStatus:
     """Whether a run is being written, was left by a dead writer, or was closed."""
     if row.writer_token is None:
         return "ended"

@@ -14,7 +14,7 @@ written to a yMMSL file that is appended to the manager's configuration files, a
 the new run records which workflow snapshot it resumed from.
 
 MUSCLE3 is an optional dependency (the ``muscle3`` extra). Everything this
-module needs of its internals goes through :mod:`snapreg.muscle3_compat`, which
+module needs of its internals goes through :mod:`snapreg.muscle3.compat`, which
 checks that the installed release is one snapreg knows.
 """
 
@@ -27,17 +27,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from snapreg.database import (
-    create_database_engine,
-    describe_url,
-    ensure_schema,
-    is_memory_sqlite,
-    normalize_url,
-)
 from snapreg.errors import ConfigurationError, NotFoundError
-from snapreg.graph import Policy
-from snapreg.materialize import render
-from snapreg.muscle3_compat import (
+from snapreg.muscle3.compat import (
     INSTALL_HINT,
     ConfigurationNotLoadedError,
     Manager,
@@ -46,9 +37,18 @@ from snapreg.muscle3_compat import (
     Muscle3NotInstalledError,
     UnsupportedMuscle3Error,
 )
-from snapreg.reader import DatabaseReader
-from snapreg.registry import SnapshotRegistry
-from snapreg.snapshot import WorkflowSnapshot
+from snapreg.registry.snapshot_registry import SnapshotRegistry
+from snapreg.rules.graph import Policy
+from snapreg.rules.snapshot import WorkflowSnapshot
+from snapreg.rules.workflow_file import render
+from snapreg.storage.database import (
+    create_database_engine,
+    describe_url,
+    ensure_schema,
+    is_memory_sqlite,
+    normalize_url,
+)
+from snapreg.tools.reader import DatabaseReader
 
 __all__ = [
     "INSTALL_HINT",

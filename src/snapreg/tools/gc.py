@@ -47,16 +47,16 @@ from typing import Any, Literal
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
-from snapreg import models, queries
-from snapreg.database import (
+from snapreg.errors import ConfigurationError
+from snapreg.storage import queries, schema
+from snapreg.storage.database import (
     create_database_engine,
     is_memory_sqlite,
     normalize_url,
     run_transaction,
     writer,
 )
-from snapreg.errors import ConfigurationError
-from snapreg.reader import DatabaseReader
+from snapreg.tools.reader import DatabaseReader
 
 #: Files unlinked before their rows are recorded in one transaction.
 RECORD_BATCH = 200
@@ -261,10 +261,10 @@ class _Facts:
 
 def _read(session: Session, campaign: str, keep: int) -> _Facts:
     campaign_row = queries.campaign_row(session, campaign)
-    run = models.Run
-    node = models.SnapshotNode
-    snapshot = models.WorkflowSnapshot
-    member = models.WorkflowSnapshotMember
+    run = schema.Run
+    node = schema.SnapshotNode
+    snapshot = schema.WorkflowSnapshot
+    member = schema.WorkflowSnapshotMember
     runs = session.execute(
         select(run.id, run.number, run.snapshot_folder)
         .where(run.campaign_id == campaign_row.id)
@@ -317,7 +317,7 @@ def _read(session: Session, campaign: str, keep: int) -> _Facts:
                 Path(filename), node_id, run_numbers[run_id], instance, num
             )
         )
-    deleted = models.DeletedSnapshotFile
+    deleted = schema.DeletedSnapshotFile
     already_deleted = set(
         session.scalars(
             select(deleted.path).where(deleted.campaign_id == campaign_row.id)
@@ -492,8 +492,8 @@ def _run_directories_by_run(engine: Engine, campaign_id: int) -> dict[int, Path 
     rows = run_transaction(
         engine,
         lambda session: session.execute(
-            select(models.Run.number, models.Run.snapshot_folder).where(
-                models.Run.campaign_id == campaign_id
+            select(schema.Run.number, schema.Run.snapshot_folder).where(
+                schema.Run.campaign_id == campaign_id
             )
         ).all(),
     )
@@ -557,7 +557,7 @@ def _record(
         }
         for entry, deleted_at in batch
     ]
-    table: Any = models.DeletedSnapshotFile.__table__
+    table: Any = schema.DeletedSnapshotFile.__table__
     run_transaction(
         writer(engine), lambda session: session.execute(insert(table), rows)
     )

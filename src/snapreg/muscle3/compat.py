@@ -19,7 +19,7 @@ What differs between the supported releases, as far as snapreg is concerned:
   neither release reads the other's: a run directory is imported with the
   release that wrote it.
 - libmuscle 0.10 reports one message fewer than it counted on every F_INIT
-  port in a final snapshot (see :mod:`snapreg.metadata`); that is a matter of
+  port in a final snapshot (see :mod:`snapreg.rules.metadata`); that is a matter of
   the metadata, not of this module.
 
 MUSCLE3 is an optional dependency (the ``muscle3`` extra); it is imported only

@@ -50,15 +50,7 @@ from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, StatementError
 
-from snapreg.cli_options import database_option
-from snapreg.database import (
-    DATABASE_URL_VARIABLE,
-    create_database_engine,
-    describe_url,
-    is_memory_sqlite,
-    is_transient,
-    normalize_url,
-)
+from snapreg.cli.options import database_option
 from snapreg.errors import (
     ConfigurationError,
     InvalidInputError,
@@ -66,6 +58,14 @@ from snapreg.errors import (
     SnapregError,
     StorageUnavailableError,
     TransientDatabaseError,
+)
+from snapreg.storage.database import (
+    DATABASE_URL_VARIABLE,
+    create_database_engine,
+    describe_url,
+    is_memory_sqlite,
+    is_transient,
+    normalize_url,
 )
 
 OUTPUT_FORMATS = ("table", "csv", "json")

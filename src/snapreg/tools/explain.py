@@ -5,7 +5,7 @@ consistent. When the newest one lags behind, the cause is visible on the newest
 node of each instance: some peer has no active node consistent with it, because
 on some conduit, port and slot the message counts of the two disagree. This module
 finds those disagreements, slot by slot, with the same rules the registry applies
-(:mod:`snapreg.consistency`: the connections of :meth:`Topology.connections`,
+(:mod:`snapreg.rules.consistency`: the connections of :meth:`Topology.connections`,
 compiled by :func:`compile_rules`), and says which rule failed:
 
 * ``strong``: the receiver has received fewer messages than the sender has sent;
@@ -25,14 +25,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from snapreg.consistency import (
+from snapreg.rules.consistency import (
     MessageCounts,
     Topology,
     calc_consistency,
     compile_rules,
     split_instance,
 )
-from snapreg.run_graph import RecordedNode, RunGraph, load_run_graph
+from snapreg.tools.run_graph import RecordedNode, RunGraph, load_run_graph
 
 FailedRule = Literal["strong", "weak", "restart"]
 
@@ -119,8 +119,9 @@ def count_mismatches(
 ) -> list[SlotMismatch]:
     """Every slot on which two nodes of peer instances disagree.
 
-    Arguments mean what they mean for :func:`snapreg.consistency.counts_consistent`,
-    which is True exactly when this returns no mismatches.
+    Arguments mean what they mean for
+    :func:`snapreg.rules.consistency.counts_consistent`, which is True exactly when
+    this returns no mismatches.
 
     Args:
         topology: The model.

@@ -1,9 +1,9 @@
 """Core handles on the ORM's tables, for the registry's write path.
 
 Registrations are written with Core statements on these tables (see
-:func:`snapreg.database.run_in_connection`), and a batch's row ids are reserved in
-advance with :func:`allocate_ids` so that every table takes one plain multi-row
-insert.
+:func:`snapreg.storage.database.run_in_connection`), and a batch's row ids are
+reserved in advance with :func:`allocate_ids` so that every table takes one plain
+multi-row insert.
 """
 
 from __future__ import annotations
@@ -17,18 +17,18 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.sql.elements import TextClause
 
-from snapreg import models
-from snapreg.graph import GraphNode
-from snapreg.queries import NODE_METADATA_COLUMNS
+from snapreg.rules.graph import GraphNode
+from snapreg.storage import schema
+from snapreg.storage.queries import NODE_METADATA_COLUMNS
 
-RUN = cast(Table, models.Run.__table__)
-SUBMISSION = cast(Table, models.Submission.__table__)
-NODE = cast(Table, models.SnapshotNode.__table__)
-EDGE = cast(Table, models.ConsistentPair.__table__)
-WORKFLOW_SNAPSHOT = cast(Table, models.WorkflowSnapshot.__table__)
-MEMBER = cast(Table, models.WorkflowSnapshotMember.__table__)
-INSTANCE_PEER = cast(Table, models.InstancePeer.__table__)
-INSTANCE_CONDUIT = cast(Table, models.InstanceConduit.__table__)
+RUN = cast(Table, schema.Run.__table__)
+SUBMISSION = cast(Table, schema.Submission.__table__)
+NODE = cast(Table, schema.SnapshotNode.__table__)
+EDGE = cast(Table, schema.ConsistentPair.__table__)
+WORKFLOW_SNAPSHOT = cast(Table, schema.WorkflowSnapshot.__table__)
+MEMBER = cast(Table, schema.WorkflowSnapshotMember.__table__)
+INSTANCE_PEER = cast(Table, schema.InstancePeer.__table__)
+INSTANCE_CONDUIT = cast(Table, schema.InstanceConduit.__table__)
 INSERT_EDGE = insert(EDGE)
 
 

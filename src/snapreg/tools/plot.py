@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from snapreg.consistency import split_instance
 from snapreg.errors import ConfigurationError, SnapregError
-from snapreg.run_graph import RecordedNode, RunGraph, load_run_graph
+from snapreg.rules.consistency import split_instance
+from snapreg.tools.run_graph import RecordedNode, RunGraph, load_run_graph
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from snapreg.consistency import Topology, declared_operators
 from snapreg.errors import InvalidMetadataError
+from snapreg.rules.consistency import Topology, declared_operators
 
 _FIELDS = (
     "triggers",

@@ -14,9 +14,7 @@ out.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,12 +25,10 @@ from typing import Any
 import ymmsl
 from ymmsl import v0_1, v0_2
 
-from snapreg.consistency import instance_sort_key
-from snapreg.metadata import SnapshotMetadata
+from snapreg.rules.consistency import instance_sort_key
+from snapreg.rules.metadata import SnapshotMetadata
 
 _logger = logging.getLogger(__name__)
-
-TEMPORARY_PREFIX = ".snapreg-tmp-"
 
 
 @dataclass(frozen=True)
@@ -158,122 +154,3 @@ def _render_fast(resume: dict[str, str], description: str) -> str | None:
     parts.append("\nresume:\n")
     parts.extend(f"  {instance}: {filename}\n" for instance, filename in resume.items())
     return "".join(parts)
-
-
-class NameAllocator:
-    """Hands out unused workflow snapshot file names in one folder.
-
-    Names already given out are remembered for the current second, so a burst of
-    workflow snapshots does not stat a growing list of candidates each time.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self._second = ""
-        self._next_suffix = 0
-
-    def allocate(self, taken_at: datetime, reserved: set[str]) -> Path:
-        """A path that no file and no reserved name uses yet."""
-        second = taken_at.strftime("%Y%m%d_%H%M%S")
-        if second != self._second:
-            self._second, self._next_suffix = second, 0
-        while True:
-            suffix = self._next_suffix
-            self._next_suffix += 1
-            name = (
-                f"snapshot_{second}.ymmsl"
-                if suffix == 0
-                else (f"snapshot_{second}_{suffix}.ymmsl")
-            )
-            path = self.folder / name
-            if str(path) not in reserved and not path.exists():
-                return path
-
-
-def write_file(path: Path, text: str, *, sync: bool) -> None:
-    """Write a file atomically: a temporary file in the same folder, then rename.
-
-    Raises:
-        OSError: the file could not be written (no temporary file is left).
-    """
-    temporary = path.with_name(f"{TEMPORARY_PREFIX}{path.name}")
-    try:
-        with open(temporary, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            if sync:
-                stream.flush()
-                os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except OSError:
-        # a read-only folder: nothing could have been created to remove
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
-        raise
-
-
-class FileWriter:
-    """Writes workflow snapshot files once their rows have committed.
-
-    A file that cannot be written (a full or read-only folder) is reported at once
-    with a warning, kept, and tried again before every later write and when the run
-    ends; its row is in the database, so a registry that opens the run again
-    writes it too.
-    """
-
-    def __init__(self, *, sync: bool) -> None:
-        """Args:
-        sync: fsync each file before it is renamed into place.
-        """
-        self._sync = sync
-        self._waiting: dict[Path, str] = {}
-
-    @property
-    def waiting(self) -> list[Path]:
-        """The files not written yet, oldest first."""
-        return list(self._waiting)
-
-    def write(self, path: Path, text: str) -> bool:
-        """Write one file after the ones still waiting; False if it must wait too."""
-        self.retry()
-        return self._write(path, text)
-
-    def retry(self) -> None:
-        """Try the waiting files again, oldest first, until one fails."""
-        for path, text in list(self._waiting.items()):
-            try:
-                write_file(path, text, sync=self._sync)
-            except OSError as err:  # reported when it first failed
-                _logger.debug("Still cannot write %s: %s", path, err)
-                return
-            del self._waiting[path]
-            _logger.info("Wrote workflow snapshot file %s after all", path)
-
-    def _write(self, path: Path, text: str) -> bool:
-        try:
-            write_file(path, text, sync=self._sync)
-        except OSError as err:
-            self._waiting[path] = text
-            _logger.warning(
-                "Could not write workflow snapshot file %s (%s); %d file(s) wait to"
-                " be written, tried again with each registration and when the run"
-                " ends",
-                path,
-                err.strerror or err,
-                len(self._waiting),
-            )
-            return False
-        return True
-
-
-def remove_temporary_files(folder: Path) -> int:
-    """Delete half-written files a crash left behind; returns how many."""
-    removed = 0
-    if not folder.is_dir():
-        return 0
-    for leftover in folder.glob(f"{TEMPORARY_PREFIX}*"):
-        try:
-            leftover.unlink()
-            removed += 1
-        except OSError as err:  # pragma: no cover - racing cleanup
-            _logger.warning("Could not remove %s: %s", leftover, err)
-    return removed

@@ -22,16 +22,16 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
-from snapreg import models, queries, tables
-from snapreg.consistency import Topology, split_instance
 from snapreg.errors import (
     ConfigurationError,
     NotFoundError,
     TopologyMismatchError,
     WriterConflictError,
 )
-from snapreg.graph import ActiveGraph
-from snapreg.metadata import restart_metadata, storable_text
+from snapreg.rules.consistency import Topology, split_instance
+from snapreg.rules.graph import ActiveGraph
+from snapreg.rules.metadata import restart_metadata, storable_text
+from snapreg.storage import queries, schema, statements
 
 _logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class WriterLease:
     token: str
     timeout: float
 
-    def acquire(self, run: models.Run, campaign: str) -> None:
+    def acquire(self, run: schema.Run, campaign: str) -> None:
         """Take the run, unless a live holder with a fresh heartbeat has it.
 
         Raises:
@@ -155,7 +155,7 @@ class WriterLease:
             )
         self.stamp(run, now)
 
-    def stamp(self, run: models.Run, now: datetime) -> None:
+    def stamp(self, run: schema.Run, now: datetime) -> None:
         """Write this lease into a run row."""
         run.writer_host = self.host
         run.writer_pid = self.pid
@@ -170,8 +170,11 @@ class WriterLease:
             WriterConflictError: another registry took the run over.
         """
         renewed = connection.execute(
-            update(tables.RUN)
-            .where(tables.RUN.c.id == run_id, tables.RUN.c.writer_token == self.token)
+            update(statements.RUN)
+            .where(
+                statements.RUN.c.id == run_id,
+                statements.RUN.c.writer_token == self.token,
+            )
             .values(writer_heartbeat_at=datetime.now(timezone.utc))
         )
         if renewed.rowcount != 1:
@@ -183,8 +186,8 @@ class WriterLease:
     def release(self, session: Session, run_id: int) -> None:
         """Give the run up, if it is still ours."""
         session.execute(
-            update(models.Run)
-            .where(models.Run.id == run_id, models.Run.writer_token == self.token)
+            update(schema.Run)
+            .where(schema.Run.id == run_id, schema.Run.writer_token == self.token)
             .values(
                 writer_token=None,
                 writer_host=None,
@@ -220,10 +223,10 @@ def open_run(
         WriterConflictError: another live registry writes the run.
     """
     campaign = session.scalars(
-        select(models.Campaign).where(models.Campaign.name == setup.campaign)
+        select(schema.Campaign).where(schema.Campaign.name == setup.campaign)
     ).one_or_none()
     if campaign is None:
-        campaign = models.Campaign(name=setup.campaign)
+        campaign = schema.Campaign(name=setup.campaign)
         session.add(campaign)
         session.flush()
     run = queries.latest_run(session, campaign.id)
@@ -265,11 +268,11 @@ def _check_resumed_from(
     session: Session, campaign: str, campaign_id: int, workflow_snapshot_id: int
 ) -> None:
     found = session.execute(
-        select(models.WorkflowSnapshot.id)
-        .join(models.Run, models.Run.id == models.WorkflowSnapshot.run_id)
+        select(schema.WorkflowSnapshot.id)
+        .join(schema.Run, schema.Run.id == schema.WorkflowSnapshot.run_id)
         .where(
-            models.WorkflowSnapshot.id == workflow_snapshot_id,
-            models.Run.campaign_id == campaign_id,
+            schema.WorkflowSnapshot.id == workflow_snapshot_id,
+            schema.Run.campaign_id == campaign_id,
         )
     ).first()
     if found is None:
@@ -285,11 +288,11 @@ def _create_run(
     campaign_id: int,
     number: int,
     resumed_from: int | None,
-) -> models.Run:
+) -> schema.Run:
     """A new run with its restart nodes, their edges and its topology rows."""
     now = datetime.now(timezone.utc)
     topology = setup.topology
-    run = models.Run(
+    run = schema.Run(
         campaign_id=campaign_id,
         number=number,
         model_name=topology.model_name,
@@ -307,9 +310,9 @@ def _create_run(
     graph = ActiveGraph(topology)
     restart = restart_metadata()
     values = queries.node_row_values(restart)
-    ids = tables.allocate_ids(connection, tables.NODE, len(topology.instances))
+    ids = statements.allocate_ids(connection, statements.NODE, len(topology.instances))
     connection.execute(
-        insert(tables.NODE),
+        insert(statements.NODE),
         [
             {
                 "id": node_id,
@@ -326,9 +329,9 @@ def _create_run(
     edges: list[dict[str, int]] = []
     for node_id, instance in zip(ids, topology.instances, strict=True):
         node = graph.new_node(node_id, instance, restart, True)
-        edges.extend(tables.edge_rows(node, graph.add(node)))
+        edges.extend(statements.edge_rows(node, graph.add(node)))
     if edges:
-        connection.execute(tables.INSERT_EDGE, edges)
+        connection.execute(statements.INSERT_EDGE, edges)
     _write_topology_rows(connection, topology, run.id)
     return run
 
@@ -348,7 +351,7 @@ def _write_topology_rows(
         for peer in sorted(topology.peers(instance))
     ]
     if peer_rows:
-        connection.execute(insert(tables.INSTANCE_PEER), peer_rows)
+        connection.execute(insert(statements.INSTANCE_PEER), peer_rows)
     conduit_rows = [
         {
             "run_id": run_id,
@@ -367,7 +370,7 @@ def _write_topology_rows(
         if rule.is_sending
     ]
     if conduit_rows:
-        connection.execute(insert(tables.INSTANCE_CONDUIT), conduit_rows)
+        connection.execute(insert(statements.INSTANCE_CONDUIT), conduit_rows)
 
 
 def process_alive(pid: int | None) -> bool:

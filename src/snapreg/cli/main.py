@@ -1,8 +1,8 @@
 """The ``snapreg`` command: run MUSCLE3 on a persistent registry, steer campaigns.
 
-A thin shell: ``manage`` hands over to :mod:`snapreg.muscle3`, the schema commands to
-:mod:`snapreg.database`, and every other command reads through
-:class:`snapreg.reader.DatabaseReader`, which never creates or changes a database.
+A thin shell: ``manage`` hands over to :mod:`snapreg.muscle3.manage`, the schema
+commands to :mod:`snapreg.storage.database`, and every other command reads through
+:class:`snapreg.tools.reader.DatabaseReader`, which never creates or changes a database.
 Tables are for people; ``--json`` prints the same facts for scripts. Every error
 snapreg raises on purpose ends up in :func:`main` and is printed as one line on
 standard error with a non-zero exit status.
@@ -24,17 +24,17 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from snapreg.cli_options import ROW_ID, RUN_NUMBER, count, database_option
-from snapreg.database import describe_url, migrate_database
+from snapreg.cli.options import ROW_ID, RUN_NUMBER, count, database_option
 from snapreg.errors import NotFoundError, SnapregError
-from snapreg.grants import DEFAULT_STATEMENT_TIMEOUT, MAX_STATEMENT_TIMEOUT
-from snapreg.graph import POLICIES, Policy
-from snapreg.reader import CampaignSummary, DatabaseReader, InstanceHistory
-from snapreg.snapshot import SnapshotNode, WorkflowSnapshot
-from snapreg.sql import sql_command
+from snapreg.rules.graph import POLICIES, Policy
+from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
+from snapreg.storage.database import describe_url, migrate_database
+from snapreg.storage.grants import DEFAULT_STATEMENT_TIMEOUT, MAX_STATEMENT_TIMEOUT
+from snapreg.tools.reader import CampaignSummary, DatabaseReader, InstanceHistory
+from snapreg.tools.sql import sql_command
 
 if TYPE_CHECKING:
-    from snapreg.cleanup import CleanupPlan, CleanupResult, SnapshotFileEntry
+    from snapreg.tools.gc import CleanupPlan, CleanupResult, SnapshotFileEntry
 
 #: Exit status for every error snapreg reports (click uses 2 for usage errors).
 ERROR_STATUS = 1
@@ -116,8 +116,8 @@ def manage(
     the run directory as muscle_manager writes them, and recorded in the database.
     """
     # imported here: the other commands work without MUSCLE3 installed
-    from snapreg.muscle3 import ManagerUsageError
-    from snapreg.muscle3 import manage as run_manager
+    from snapreg.muscle3.manage import ManagerUsageError
+    from snapreg.muscle3.manage import manage as run_manager
 
     try:
         status = run_manager(
@@ -227,7 +227,7 @@ def grant_reader_command(
     pg_reload_conf(), replication slots or file reads. Needs a connection that
     may create roles and grant on snapreg's tables.
     """
-    from snapreg.grants import grant_reader
+    from snapreg.storage.grants import grant_reader
 
     password = None
     if ask_password:
@@ -720,9 +720,9 @@ def _console() -> Console:
 cli.add_command(sql_command)
 
 
-# ------------------------------------------- explain, plot, gc, import (issue 7)
-# Each command is a thin shell over its module: snapreg.explain, snapreg.plot,
-# snapreg.cleanup and snapreg.importer.
+# ------------------------------------------------------ explain, plot, gc, import
+# Each command is a thin shell over its module: snapreg.tools.explain,
+# snapreg.tools.plot, snapreg.tools.gc and snapreg.tools.importer.
 
 
 @cli.command()
@@ -752,7 +752,11 @@ def explain(
     and slot their message counts disagree (sender's count, receiver's count, and
     the rule that failed: strong, weak or restart).
     """
-    from snapreg.explain import explain_campaign, explanation_json, explanation_lines
+    from snapreg.tools.explain import (
+        explain_campaign,
+        explanation_json,
+        explanation_lines,
+    )
 
     found = explain_campaign(
         database_url, campaign, run=run_number, candidates=candidates
@@ -800,7 +804,7 @@ def plot(
     lines; workflow snapshots as cuts across the lanes, the newest in red. Needs
     matplotlib: pip install 'snapreg[plot]'.
     """
-    from snapreg.plot import plot_campaign
+    from snapreg.tools.plot import plot_campaign
 
     summary = plot_campaign(
         database_url,
@@ -872,7 +876,7 @@ def gc(
     directory is refused). Each deleted file is recorded in the
     deleted_snapshot_file table.
     """
-    from snapreg.cleanup import delete_files, plan_cleanup
+    from snapreg.tools.gc import delete_files, plan_cleanup
 
     if dry_run and delete:
         raise click.UsageError("give either --dry-run or --delete, not both")
@@ -1022,7 +1026,7 @@ def import_command(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from snapreg.importer import import_run_directory
+    from snapreg.tools.importer import import_run_directory
 
     console = Console(stderr=True)
     with Progress(

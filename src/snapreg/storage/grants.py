@@ -31,7 +31,8 @@ from typing import Any
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from snapreg.database import (
+from snapreg.errors import ConfigurationError, NotFoundError, StorageUnavailableError
+from snapreg.storage.database import (
     create_database_engine,
     describe_url,
     normalize_url,
@@ -40,8 +41,7 @@ from snapreg.database import (
     schema_state,
     writer,
 )
-from snapreg.errors import ConfigurationError, NotFoundError, StorageUnavailableError
-from snapreg.models import Base
+from snapreg.storage.schema import Base
 
 #: snapreg's views at the newest schema revision (docs/schema.md).
 SNAPREG_VIEWS = (

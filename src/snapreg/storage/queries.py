@@ -16,11 +16,11 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from snapreg import models
-from snapreg.consistency import Topology
 from snapreg.errors import NotFoundError
-from snapreg.metadata import SnapshotMetadata
-from snapreg.snapshot import Reference, SnapshotNode, WorkflowSnapshot
+from snapreg.rules.consistency import Topology
+from snapreg.rules.metadata import SnapshotMetadata
+from snapreg.rules.snapshot import Reference, SnapshotNode, WorkflowSnapshot
+from snapreg.storage import schema
 
 
 @lru_cache(maxsize=65536)
@@ -149,7 +149,7 @@ def nodes_with_edges(
 
     With ``active_only``, only active nodes and edges between active nodes.
     """
-    node = models.SnapshotNode
+    node = schema.SnapshotNode
     conditions = [node.run_id == run_id, node.instance == instance]
     if active_only:
         conditions.append(node.retired_at.is_(None))
@@ -157,7 +157,7 @@ def nodes_with_edges(
     nodes = {row.id: public_node(row, topology, run_number) for row in rows}
     if not nodes:
         return []
-    pair = models.ConsistentPair
+    pair = schema.ConsistentPair
     own_ids = select(node.id).where(*conditions).scalar_subquery()
     edge_rows = session.execute(
         select(pair.lower_node_id, pair.higher_node_id).where(
@@ -200,8 +200,8 @@ def workflow_snapshots(
     ids: Sequence[int] | None = None,
 ) -> list[WorkflowSnapshot]:
     """A campaign's workflow snapshots, oldest first, with their members (2 queries)."""
-    snapshot = models.WorkflowSnapshot
-    run = models.Run
+    snapshot = schema.WorkflowSnapshot
+    run = schema.Run
     query = (
         select(snapshot, run.number)
         .join(run, run.id == snapshot.run_id)
@@ -213,8 +213,8 @@ def workflow_snapshots(
     headers = session.execute(query).all()
     if not headers:
         return []
-    member = models.WorkflowSnapshotMember
-    node = models.SnapshotNode
+    member = schema.WorkflowSnapshotMember
+    node = schema.SnapshotNode
     member_query = (
         select(member.workflow_snapshot_id, node)
         .join(node, node.id == member.snapshot_node_id)
@@ -247,17 +247,17 @@ def workflow_snapshots(
     ]
 
 
-def campaign_row(session: Session, name: str) -> models.Campaign:
+def campaign_row(session: Session, name: str) -> schema.Campaign:
     """The campaign called ``name``.
 
     Raises:
         NotFoundError: listing the campaigns there are.
     """
     found = session.scalars(
-        select(models.Campaign).where(models.Campaign.name == name)
+        select(schema.Campaign).where(schema.Campaign.name == name)
     ).one_or_none()
     if found is None:
-        known = session.scalars(select(models.Campaign.name).order_by("name")).all()
+        known = session.scalars(select(schema.Campaign.name).order_by("name")).all()
         raise NotFoundError(
             f"no campaign {name!r} in this database"
             + (f" (campaigns: {', '.join(known)})" if known else " (it has none)")
@@ -265,27 +265,27 @@ def campaign_row(session: Session, name: str) -> models.Campaign:
     return found
 
 
-def latest_run(session: Session, campaign_id: int) -> models.Run | None:
+def latest_run(session: Session, campaign_id: int) -> schema.Run | None:
     """The campaign's newest run, if any."""
     return session.scalars(
-        select(models.Run)
-        .where(models.Run.campaign_id == campaign_id)
-        .order_by(models.Run.number.desc())
+        select(schema.Run)
+        .where(schema.Run.campaign_id == campaign_id)
+        .order_by(schema.Run.number.desc())
         .limit(1)
     ).one_or_none()
 
 
 def active_graph_rows(
     session: Session, run_id: int
-) -> tuple[Sequence[models.SnapshotNode], list[tuple[int, int]]]:
+) -> tuple[Sequence[schema.SnapshotNode], list[tuple[int, int]]]:
     """The active nodes of a run and the edges between them."""
-    node = models.SnapshotNode
+    node = schema.SnapshotNode
     nodes = session.scalars(
         select(node).where(node.run_id == run_id, node.retired_at.is_(None))
     ).all()
     lower = aliased(node)
     higher = aliased(node)
-    pair = models.ConsistentPair
+    pair = schema.ConsistentPair
     edges = session.execute(
         select(pair.lower_node_id, pair.higher_node_id)
         .join(lower, lower.id == pair.lower_node_id)
@@ -301,10 +301,10 @@ def active_graph_rows(
     return nodes, [(lower_id, higher_id) for lower_id, higher_id in edges]
 
 
-def pending_submissions(session: Session, run_id: int) -> Sequence[models.Submission]:
+def pending_submissions(session: Session, run_id: int) -> Sequence[schema.Submission]:
     """Acknowledged submissions of a run that have no node yet, in order."""
-    submission = models.Submission
-    node = models.SnapshotNode
+    submission = schema.Submission
+    node = schema.SnapshotNode
     processed = select(node.id).where(node.submission_id == submission.id).exists()
     return session.scalars(
         select(submission)

@@ -24,7 +24,7 @@ as the manager wrote. Where they race, MUSCLE3's clean-up makes the result depen
 on who came first, and the manager's own output differs from run to run. When the
 manager left its workflow snapshot files in ``RUN_DIR/snapshots``, they tell who
 came first: the registrations are replayed in memory (on the registry's own
-:class:`~snapreg.graph.ActiveGraph`), and where the replay finds workflow
+:class:`~snapreg.rules.graph.ActiveGraph`), and where the replay finds workflow
 snapshots other than the manager's next ones, the other instances' next snapshots
 within the race window are tried first, so that the import finds what the manager
 found. :func:`compare_with_manager` says how the result compares with those files.
@@ -47,14 +47,14 @@ from typing import Any, Literal
 
 import ymmsl
 
-from snapreg.consistency import Topology
 from snapreg.errors import ConfigurationError, NotFoundError
-from snapreg.graph import ActiveGraph, GraphNode
-from snapreg.metadata import coerce_metadata, restart_metadata
-from snapreg.muscle3_compat import snapshot_reader
-from snapreg.reader import DatabaseReader
-from snapreg.registry import SnapshotRegistry
-from snapreg.snapshot import WorkflowSnapshot
+from snapreg.muscle3.compat import snapshot_reader
+from snapreg.registry.snapshot_registry import SnapshotRegistry
+from snapreg.rules.consistency import Topology
+from snapreg.rules.graph import ActiveGraph, GraphNode
+from snapreg.rules.metadata import coerce_metadata, restart_metadata
+from snapreg.rules.snapshot import WorkflowSnapshot
+from snapreg.tools.reader import DatabaseReader
 
 #: The folder inside the run directory that receives the rebuilt workflow snapshots.
 IMPORT_FOLDER = "snapreg_import"

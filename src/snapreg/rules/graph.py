@@ -38,8 +38,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from snapreg.consistency import MessageCounts, Rule, Topology, rules_hold
-from snapreg.metadata import SnapshotMetadata
+from snapreg.rules.consistency import MessageCounts, Rule, Topology, rules_hold
+from snapreg.rules.metadata import SnapshotMetadata
 
 Policy = Literal["all", "latest"]
 POLICIES: tuple[Policy, ...] = ("all", "latest")

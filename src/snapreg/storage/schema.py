@@ -382,7 +382,7 @@ class InstanceConduit(Base):
 class DeletedSnapshotFile(Base):
     """An instance snapshot file that ``snapreg gc`` deleted: what, when and why.
 
-    Written by :mod:`snapreg.cleanup`, not by the registry: the nodes that named the
+    Written by :mod:`snapreg.tools.gc`, not by the registry: the nodes that named the
     file stay as history, and this row says the file is gone.
     """
 

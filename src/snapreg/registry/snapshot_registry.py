@@ -48,9 +48,34 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from snapreg import models, queries, tables
-from snapreg.consistency import PeerSource, Topology, instance_sort_key
-from snapreg.database import (
+from snapreg.errors import (
+    ConfigurationError,
+    DatabaseRefusedError,
+    RegistryClosedError,
+    SnapregError,
+    StorageUnavailableError,
+    UnwrittenFilesError,
+    WorkerError,
+    WriterConflictError,
+)
+from snapreg.registry.files import (
+    FileWriter,
+    NameAllocator,
+    remove_temporary_files,
+)
+from snapreg.registry.runs import RunSetup, WriterLease, check_arguments, open_run
+from snapreg.rules.consistency import PeerSource, Topology, instance_sort_key
+from snapreg.rules.graph import POLICIES, ActiveGraph, GraphNode, Policy
+from snapreg.rules.metadata import (
+    CountRules,
+    SnapshotMetadata,
+    check_counts,
+    coerce_metadata,
+)
+from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
+from snapreg.rules.workflow_file import Member, describe, render, resume_mapping
+from snapreg.storage import queries, schema, statements
+from snapreg.storage.database import (
     Durability,
     HeldConnection,
     create_database_engine,
@@ -64,34 +89,6 @@ from snapreg.database import (
     run_transaction,
     writer,
 )
-from snapreg.errors import (
-    ConfigurationError,
-    DatabaseRefusedError,
-    RegistryClosedError,
-    SnapregError,
-    StorageUnavailableError,
-    UnwrittenFilesError,
-    WorkerError,
-    WriterConflictError,
-)
-from snapreg.graph import POLICIES, ActiveGraph, GraphNode, Policy
-from snapreg.materialize import (
-    FileWriter,
-    Member,
-    NameAllocator,
-    describe,
-    remove_temporary_files,
-    render,
-    resume_mapping,
-)
-from snapreg.metadata import (
-    CountRules,
-    SnapshotMetadata,
-    check_counts,
-    coerce_metadata,
-)
-from snapreg.runs import RunSetup, WriterLease, check_arguments, open_run
-from snapreg.snapshot import SnapshotNode, WorkflowSnapshot
 
 _logger = logging.getLogger(__name__)
 
@@ -714,9 +711,9 @@ class SnapshotRegistry(threading.Thread):
 
         def missing(session: Session) -> list[WorkflowSnapshot]:
             rows = session.execute(
-                select(models.WorkflowSnapshot.id, models.WorkflowSnapshot.path)
-                .join(models.Run, models.Run.id == models.WorkflowSnapshot.run_id)
-                .where(models.Run.campaign_id == self._campaign_id)
+                select(schema.WorkflowSnapshot.id, schema.WorkflowSnapshot.path)
+                .join(schema.Run, schema.Run.id == schema.WorkflowSnapshot.run_id)
+                .where(schema.Run.campaign_id == self._campaign_id)
             ).all()
             lost = [
                 row.id
@@ -864,14 +861,14 @@ class SnapshotRegistry(threading.Thread):
             self._insert_submissions(
                 connection,
                 batch,
-                tables.allocate_ids(connection, tables.SUBMISSION, len(batch)),
+                statements.allocate_ids(connection, statements.SUBMISSION, len(batch)),
                 now,
             )
             return [item.allocated_id or 0 for item in batch]
 
         def landed(connection: Connection, ids: Sequence[int]) -> bool:
             # only this run's writer adds submissions to it
-            return self._row_exists(connection, tables.SUBMISSION, ids[0])
+            return self._row_exists(connection, statements.SUBMISSION, ids[0])
 
         with self._write_lock:
             ids = run_in_connection(self._writes, work, landed=landed)
@@ -902,7 +899,7 @@ class SnapshotRegistry(threading.Thread):
                     now,
                 )
             )
-        tables.FAST_SUBMISSION.execute(connection, rows)
+        statements.FAST_SUBMISSION.execute(connection, rows)
 
     def _drain_pending(self) -> None:
         while self._process_pending_batch():
@@ -961,7 +958,7 @@ class SnapshotRegistry(threading.Thread):
                     lambda connection: self._write_batch(connection, batch, now),
                     # only this run's writer adds nodes to it
                     landed=lambda connection, first_node: self._row_exists(
-                        connection, tables.NODE, first_node
+                        connection, statements.NODE, first_node
                     ),
                 )
         except BaseException:
@@ -1029,21 +1026,21 @@ class SnapshotRegistry(threading.Thread):
             The id of the batch's first node, to tell later whether it committed.
         """
         self._heartbeat_if_due(connection)
-        ids = tables.allocate_many(
+        ids = statements.allocate_many(
             connection,
             {
-                tables.SUBMISSION: len(batch.staged),
-                tables.NODE: len(batch.nodes),
-                tables.WORKFLOW_SNAPSHOT: len(batch.workflow_snapshots),
+                statements.SUBMISSION: len(batch.staged),
+                statements.NODE: len(batch.nodes),
+                statements.WORKFLOW_SNAPSHOT: len(batch.workflow_snapshots),
             },
         )
         if batch.staged:
             self._insert_submissions(
-                connection, batch.staged, ids[tables.SUBMISSION], now
+                connection, batch.staged, ids[statements.SUBMISSION], now
             )
-        for (node, _), node_id in zip(batch.nodes, ids[tables.NODE], strict=True):
+        for (node, _), node_id in zip(batch.nodes, ids[statements.NODE], strict=True):
             node.id = node_id
-        tables.FAST_NODE.execute(
+        statements.FAST_NODE.execute(
             connection,
             [
                 (
@@ -1061,7 +1058,7 @@ class SnapshotRegistry(threading.Thread):
                 for node, submission in batch.nodes
             ],
         )
-        tables.FAST_EDGE.execute(
+        statements.FAST_EDGE.execute(
             connection,
             [
                 (min(node.id, peer.id), max(node.id, peer.id))
@@ -1069,8 +1066,8 @@ class SnapshotRegistry(threading.Thread):
             ],
         )
         if batch.workflow_snapshots:
-            snapshot_ids = ids[tables.WORKFLOW_SNAPSHOT]
-            tables.FAST_WORKFLOW_SNAPSHOT.execute(
+            snapshot_ids = ids[statements.WORKFLOW_SNAPSHOT]
+            statements.FAST_WORKFLOW_SNAPSHOT.execute(
                 connection,
                 [
                     (
@@ -1094,8 +1091,8 @@ class SnapshotRegistry(threading.Thread):
             ):
                 item.id = snapshot_id
                 member_rows.extend((snapshot_id, member.id) for member in item.nodes)
-            tables.FAST_MEMBER.execute(connection, member_rows)
-        tables.FAST_RETIRE.execute(
+            statements.FAST_MEMBER.execute(connection, member_rows)
+        statements.FAST_RETIRE.execute(
             connection, [(node.id, now) for node in batch.retired]
         )
         return batch.nodes[0][0].id

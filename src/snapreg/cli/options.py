@@ -15,12 +15,12 @@ from pathlib import Path
 
 import click
 
-from snapreg.database import (
+from snapreg.storage.database import (
     DATABASE_URL_VARIABLE,
     DEFAULT_DATABASE_FILE,
     default_database_url,
 )
-from snapreg.models import MAX_ID, MAX_NUMBER
+from snapreg.storage.schema import MAX_ID, MAX_NUMBER
 
 
 def command_line_database_url() -> str:

@@ -16,8 +16,8 @@ from typing import Any
 
 from ymmsl import v0_1
 
-from snapreg.consistency import Connection, ConnectionInfo, counts_consistent
-from snapreg.metadata import SnapshotMetadata
+from snapreg.rules.consistency import Connection, ConnectionInfo, counts_consistent
+from snapreg.rules.metadata import SnapshotMetadata
 
 Reference = v0_1.Reference
 
