@@ -52,3 +52,14 @@ RUN_NUMBER = click.IntRange(min=1, max=MAX_NUMBER)
 def count(minimum: int) -> click.IntRange:
     """A count of things, from ``minimum`` up to what a 64-bit integer holds."""
     return click.IntRange(min=minimum, max=MAX_ID)
+
+
+campaign_option = click.option(
+    "--campaign",
+    metavar="NAME",
+    help="The campaign; default: the only one in the database.",
+)
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON for scripts instead of text."
+)
+run_option = click.option("--run", "run_number", type=RUN_NUMBER, help="Only this run.")
