@@ -191,15 +191,17 @@ def floor(url: str, count: int = 2000) -> float:
     engine = create_database_engine(url)
     upgrade_engine(engine)
     now = datetime.now(timezone.utc)
-    node_table = schema.SnapshotNode.__table__
-    edge_table = schema.ConsistentPair.__table__
+    node_table = schema.SnapshotNodeRow.__table__
+    edge_table = schema.ConsistentPairRow.__table__
     with writer(engine).begin() as connection:
         campaign = connection.execute(
-            insert(schema.Campaign.__table__).returning(schema.Campaign.__table__.c.id),
+            insert(schema.CampaignRow.__table__).returning(
+                schema.CampaignRow.__table__.c.id
+            ),
             {"name": f"floor-{uuid.uuid4().hex}", "created_at": now},
         ).scalar_one()
         run = connection.execute(
-            insert(schema.Run.__table__).returning(schema.Run.__table__.c.id),
+            insert(schema.RunRow.__table__).returning(schema.RunRow.__table__.c.id),
             {
                 "campaign_id": campaign,
                 "number": 1,
@@ -380,7 +382,7 @@ def history(url: str, retired: int) -> tuple[float, float, float, float]:
         run_id = registry.run_id
     engine = create_database_engine(url)
     now = datetime.now(timezone.utc)
-    node_table = schema.SnapshotNode.__table__
+    node_table = schema.SnapshotNodeRow.__table__
     with writer(engine).begin() as connection:
         batch = 50_000
         for start in range(0, retired, batch):

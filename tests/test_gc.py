@@ -184,7 +184,7 @@ def test_delete_removes_exactly_those_files_and_records_each(
     engine = create_database_engine(campaign.url)
     with engine.connect() as connection:
         rows = connection.execute(
-            select(schema.DeletedSnapshotFile.__table__)  # type: ignore[arg-type]
+            select(schema.DeletedSnapshotFileRow.__table__)  # type: ignore[arg-type]
         ).all()
     engine.dispose()
     assert {(Path(row.path), row.bytes) for row in rows} == set(sizes.items())

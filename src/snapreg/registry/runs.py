@@ -125,7 +125,7 @@ class WriterLease:
     token: str
     timeout: float
 
-    def acquire(self, run: schema.Run, campaign: str) -> None:
+    def acquire(self, run: schema.RunRow, campaign: str) -> None:
         """Take the run, unless a live holder with a fresh heartbeat has it.
 
         Raises:
@@ -155,7 +155,7 @@ class WriterLease:
             )
         self.stamp(run, now)
 
-    def stamp(self, run: schema.Run, now: datetime) -> None:
+    def stamp(self, run: schema.RunRow, now: datetime) -> None:
         """Write this lease into a run row."""
         run.writer_host = self.host
         run.writer_pid = self.pid
@@ -186,8 +186,8 @@ class WriterLease:
     def release(self, session: Session, run_id: int) -> None:
         """Give the run up, if it is still ours."""
         session.execute(
-            update(schema.Run)
-            .where(schema.Run.id == run_id, schema.Run.writer_token == self.token)
+            update(schema.RunRow)
+            .where(schema.RunRow.id == run_id, schema.RunRow.writer_token == self.token)
             .values(
                 writer_token=None,
                 writer_host=None,
@@ -223,10 +223,10 @@ def open_run(
         WriterConflictError: another live registry writes the run.
     """
     campaign = session.scalars(
-        select(schema.Campaign).where(schema.Campaign.name == setup.campaign)
+        select(schema.CampaignRow).where(schema.CampaignRow.name == setup.campaign)
     ).one_or_none()
     if campaign is None:
-        campaign = schema.Campaign(name=setup.campaign)
+        campaign = schema.CampaignRow(name=setup.campaign)
         session.add(campaign)
         session.flush()
     run = queries.latest_run(session, campaign.id)
@@ -268,11 +268,11 @@ def _check_resumed_from(
     session: Session, campaign: str, campaign_id: int, workflow_snapshot_id: int
 ) -> None:
     found = session.execute(
-        select(schema.WorkflowSnapshot.id)
-        .join(schema.Run, schema.Run.id == schema.WorkflowSnapshot.run_id)
+        select(schema.WorkflowSnapshotRow.id)
+        .join(schema.RunRow, schema.RunRow.id == schema.WorkflowSnapshotRow.run_id)
         .where(
-            schema.WorkflowSnapshot.id == workflow_snapshot_id,
-            schema.Run.campaign_id == campaign_id,
+            schema.WorkflowSnapshotRow.id == workflow_snapshot_id,
+            schema.RunRow.campaign_id == campaign_id,
         )
     ).first()
     if found is None:
@@ -288,11 +288,11 @@ def _create_run(
     campaign_id: int,
     number: int,
     resumed_from: int | None,
-) -> schema.Run:
+) -> schema.RunRow:
     """A new run with its restart nodes, their edges and its topology rows."""
     now = datetime.now(timezone.utc)
     topology = setup.topology
-    run = schema.Run(
+    run = schema.RunRow(
         campaign_id=campaign_id,
         number=number,
         model_name=topology.model_name,

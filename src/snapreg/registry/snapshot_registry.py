@@ -711,9 +711,11 @@ class SnapshotRegistry(threading.Thread):
 
         def missing(session: Session) -> list[WorkflowSnapshot]:
             rows = session.execute(
-                select(schema.WorkflowSnapshot.id, schema.WorkflowSnapshot.path)
-                .join(schema.Run, schema.Run.id == schema.WorkflowSnapshot.run_id)
-                .where(schema.Run.campaign_id == self._campaign_id)
+                select(schema.WorkflowSnapshotRow.id, schema.WorkflowSnapshotRow.path)
+                .join(
+                    schema.RunRow, schema.RunRow.id == schema.WorkflowSnapshotRow.run_id
+                )
+                .where(schema.RunRow.campaign_id == self._campaign_id)
             ).all()
             lost = [
                 row.id

@@ -149,7 +149,7 @@ def nodes_with_edges(
 
     With ``active_only``, only active nodes and edges between active nodes.
     """
-    node = schema.SnapshotNode
+    node = schema.SnapshotNodeRow
     conditions = [node.run_id == run_id, node.instance == instance]
     if active_only:
         conditions.append(node.retired_at.is_(None))
@@ -157,7 +157,7 @@ def nodes_with_edges(
     nodes = {row.id: public_node(row, topology, run_number) for row in rows}
     if not nodes:
         return []
-    pair = schema.ConsistentPair
+    pair = schema.ConsistentPairRow
     own_ids = select(node.id).where(*conditions).scalar_subquery()
     edge_rows = session.execute(
         select(pair.lower_node_id, pair.higher_node_id).where(
@@ -200,8 +200,8 @@ def workflow_snapshots(
     ids: Sequence[int] | None = None,
 ) -> list[WorkflowSnapshot]:
     """A campaign's workflow snapshots, oldest first, with their members (2 queries)."""
-    snapshot = schema.WorkflowSnapshot
-    run = schema.Run
+    snapshot = schema.WorkflowSnapshotRow
+    run = schema.RunRow
     query = (
         select(snapshot, run.number)
         .join(run, run.id == snapshot.run_id)
@@ -213,8 +213,8 @@ def workflow_snapshots(
     headers = session.execute(query).all()
     if not headers:
         return []
-    member = schema.WorkflowSnapshotMember
-    node = schema.SnapshotNode
+    member = schema.WorkflowSnapshotMemberRow
+    node = schema.SnapshotNodeRow
     member_query = (
         select(member.workflow_snapshot_id, node)
         .join(node, node.id == member.snapshot_node_id)
@@ -247,17 +247,17 @@ def workflow_snapshots(
     ]
 
 
-def campaign_row(session: Session, name: str) -> schema.Campaign:
+def campaign_row(session: Session, name: str) -> schema.CampaignRow:
     """The campaign called ``name``.
 
     Raises:
         NotFoundError: listing the campaigns there are.
     """
     found = session.scalars(
-        select(schema.Campaign).where(schema.Campaign.name == name)
+        select(schema.CampaignRow).where(schema.CampaignRow.name == name)
     ).one_or_none()
     if found is None:
-        known = session.scalars(select(schema.Campaign.name).order_by("name")).all()
+        known = session.scalars(select(schema.CampaignRow.name).order_by("name")).all()
         raise NotFoundError(
             f"no campaign {name!r} in this database"
             + (f" (campaigns: {', '.join(known)})" if known else " (it has none)")
@@ -265,27 +265,27 @@ def campaign_row(session: Session, name: str) -> schema.Campaign:
     return found
 
 
-def latest_run(session: Session, campaign_id: int) -> schema.Run | None:
+def latest_run(session: Session, campaign_id: int) -> schema.RunRow | None:
     """The campaign's newest run, if any."""
     return session.scalars(
-        select(schema.Run)
-        .where(schema.Run.campaign_id == campaign_id)
-        .order_by(schema.Run.number.desc())
+        select(schema.RunRow)
+        .where(schema.RunRow.campaign_id == campaign_id)
+        .order_by(schema.RunRow.number.desc())
         .limit(1)
     ).one_or_none()
 
 
 def active_graph_rows(
     session: Session, run_id: int
-) -> tuple[Sequence[schema.SnapshotNode], list[tuple[int, int]]]:
+) -> tuple[Sequence[schema.SnapshotNodeRow], list[tuple[int, int]]]:
     """The active nodes of a run and the edges between them."""
-    node = schema.SnapshotNode
+    node = schema.SnapshotNodeRow
     nodes = session.scalars(
         select(node).where(node.run_id == run_id, node.retired_at.is_(None))
     ).all()
     lower = aliased(node)
     higher = aliased(node)
-    pair = schema.ConsistentPair
+    pair = schema.ConsistentPairRow
     edges = session.execute(
         select(pair.lower_node_id, pair.higher_node_id)
         .join(lower, lower.id == pair.lower_node_id)
@@ -301,10 +301,12 @@ def active_graph_rows(
     return nodes, [(lower_id, higher_id) for lower_id, higher_id in edges]
 
 
-def pending_submissions(session: Session, run_id: int) -> Sequence[schema.Submission]:
+def pending_submissions(
+    session: Session, run_id: int
+) -> Sequence[schema.SubmissionRow]:
     """Acknowledged submissions of a run that have no node yet, in order."""
-    submission = schema.Submission
-    node = schema.SnapshotNode
+    submission = schema.SubmissionRow
+    node = schema.SnapshotNodeRow
     processed = select(node.id).where(node.submission_id == submission.id).exists()
     return session.scalars(
         select(submission)

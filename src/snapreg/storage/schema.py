@@ -79,7 +79,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class Campaign(Base):
+class CampaignRow(Base):
     """A named sequence of runs of one simulation."""
 
     __tablename__ = "campaign"
@@ -93,12 +93,12 @@ class Campaign(Base):
         UtcDateTime, default=utcnow, comment="When the campaign was created (UTC)."
     )
 
-    runs: Mapped[list[Run]] = relationship(
-        back_populates="campaign", order_by="Run.number"
+    runs: Mapped[list[RunRow]] = relationship(
+        back_populates="campaign", order_by="RunRow.number"
     )
 
 
-class Run(Base):
+class RunRow(Base):
     """One execution of the simulation: one manager start."""
 
     __tablename__ = "run"
@@ -153,10 +153,10 @@ class Run(Base):
         UtcDateTime, comment="Last sign of life of the writer (UTC)."
     )
 
-    campaign: Mapped[Campaign] = relationship(back_populates="runs")
+    campaign: Mapped[CampaignRow] = relationship(back_populates="runs")
 
 
-class Submission(Base):
+class SubmissionRow(Base):
     """A registration acknowledged to an instance, before and after processing."""
 
     __tablename__ = "submission"
@@ -182,7 +182,7 @@ class Submission(Base):
     )
 
 
-class SnapshotNode(Base):
+class SnapshotNodeRow(Base):
     """One snapshot of one instance in one run, or a restart node."""
 
     __tablename__ = "snapshot_node"
@@ -241,7 +241,7 @@ class SnapshotNode(Base):
     )
 
 
-class ConsistentPair(Base):
+class ConsistentPairRow(Base):
     """Two snapshot nodes of peer instances that are consistent: an edge."""
 
     __tablename__ = "consistent_pair"
@@ -262,7 +262,7 @@ class ConsistentPair(Base):
     )
 
 
-class WorkflowSnapshot(Base):
+class WorkflowSnapshotRow(Base):
     """A set of one node per instance, pairwise consistent: a safe restart point."""
 
     __tablename__ = "workflow_snapshot"
@@ -282,12 +282,12 @@ class WorkflowSnapshot(Base):
         UtcDateTime, default=utcnow, comment="When it was found (UTC)."
     )
 
-    members: Mapped[list[WorkflowSnapshotMember]] = relationship(
+    members: Mapped[list[WorkflowSnapshotMemberRow]] = relationship(
         back_populates="workflow_snapshot"
     )
 
 
-class WorkflowSnapshotMember(Base):
+class WorkflowSnapshotMemberRow(Base):
     """One node of a workflow snapshot."""
 
     __tablename__ = "workflow_snapshot_member"
@@ -307,11 +307,13 @@ class WorkflowSnapshotMember(Base):
         comment="A member node.",
     )
 
-    workflow_snapshot: Mapped[WorkflowSnapshot] = relationship(back_populates="members")
-    snapshot_node: Mapped[SnapshotNode] = relationship()
+    workflow_snapshot: Mapped[WorkflowSnapshotRow] = relationship(
+        back_populates="members"
+    )
+    snapshot_node: Mapped[SnapshotNodeRow] = relationship()
 
 
-class InstancePeer(Base):
+class InstancePeerRow(Base):
     """One peer of one instance in one run: the instances it shares a conduit with."""
 
     __tablename__ = "instance_peer"
@@ -334,7 +336,7 @@ class InstancePeer(Base):
     )
 
 
-class InstanceConduit(Base):
+class InstanceConduitRow(Base):
     """One conduit between two peer instances of a run, with the counts it compares."""
 
     __tablename__ = "instance_conduit"
@@ -379,7 +381,7 @@ class InstanceConduit(Base):
     )
 
 
-class DeletedSnapshotFile(Base):
+class DeletedSnapshotFileRow(Base):
     """An instance snapshot file that ``snapreg gc`` deleted: what, when and why.
 
     Written by :mod:`snapreg.tools.gc`, not by the registry: the nodes that named the

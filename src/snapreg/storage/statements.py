@@ -21,14 +21,14 @@ from snapreg.rules.graph import GraphNode
 from snapreg.storage import schema
 from snapreg.storage.queries import NODE_METADATA_COLUMNS
 
-RUN = cast(Table, schema.Run.__table__)
-SUBMISSION = cast(Table, schema.Submission.__table__)
-NODE = cast(Table, schema.SnapshotNode.__table__)
-EDGE = cast(Table, schema.ConsistentPair.__table__)
-WORKFLOW_SNAPSHOT = cast(Table, schema.WorkflowSnapshot.__table__)
-MEMBER = cast(Table, schema.WorkflowSnapshotMember.__table__)
-INSTANCE_PEER = cast(Table, schema.InstancePeer.__table__)
-INSTANCE_CONDUIT = cast(Table, schema.InstanceConduit.__table__)
+RUN = cast(Table, schema.RunRow.__table__)
+SUBMISSION = cast(Table, schema.SubmissionRow.__table__)
+NODE = cast(Table, schema.SnapshotNodeRow.__table__)
+EDGE = cast(Table, schema.ConsistentPairRow.__table__)
+WORKFLOW_SNAPSHOT = cast(Table, schema.WorkflowSnapshotRow.__table__)
+MEMBER = cast(Table, schema.WorkflowSnapshotMemberRow.__table__)
+INSTANCE_PEER = cast(Table, schema.InstancePeerRow.__table__)
+INSTANCE_CONDUIT = cast(Table, schema.InstanceConduitRow.__table__)
 INSERT_EDGE = insert(EDGE)
 
 

@@ -261,10 +261,10 @@ class _Facts:
 
 def _read(session: Session, campaign: str, keep: int) -> _Facts:
     campaign_row = queries.campaign_row(session, campaign)
-    run = schema.Run
-    node = schema.SnapshotNode
-    snapshot = schema.WorkflowSnapshot
-    member = schema.WorkflowSnapshotMember
+    run = schema.RunRow
+    node = schema.SnapshotNodeRow
+    snapshot = schema.WorkflowSnapshotRow
+    member = schema.WorkflowSnapshotMemberRow
     runs = session.execute(
         select(run.id, run.number, run.snapshot_folder)
         .where(run.campaign_id == campaign_row.id)
@@ -317,7 +317,7 @@ def _read(session: Session, campaign: str, keep: int) -> _Facts:
                 Path(filename), node_id, run_numbers[run_id], instance, num
             )
         )
-    deleted = schema.DeletedSnapshotFile
+    deleted = schema.DeletedSnapshotFileRow
     already_deleted = set(
         session.scalars(
             select(deleted.path).where(deleted.campaign_id == campaign_row.id)
@@ -492,8 +492,8 @@ def _run_directories_by_run(engine: Engine, campaign_id: int) -> dict[int, Path 
     rows = run_transaction(
         engine,
         lambda session: session.execute(
-            select(schema.Run.number, schema.Run.snapshot_folder).where(
-                schema.Run.campaign_id == campaign_id
+            select(schema.RunRow.number, schema.RunRow.snapshot_folder).where(
+                schema.RunRow.campaign_id == campaign_id
             )
         ).all(),
     )
@@ -557,7 +557,7 @@ def _record(
         }
         for entry, deleted_at in batch
     ]
-    table: Any = schema.DeletedSnapshotFile.__table__
+    table: Any = schema.DeletedSnapshotFileRow.__table__
     run_transaction(
         writer(engine), lambda session: session.execute(insert(table), rows)
     )

@@ -275,7 +275,7 @@ class DatabaseReader:
             if requested is not None:
                 return queries.campaign_row(session, requested).name
             names = session.scalars(
-                select(schema.Campaign.name).order_by(schema.Campaign.name)
+                select(schema.CampaignRow.name).order_by(schema.CampaignRow.name)
             ).all()
             if len(names) == 1:
                 return names[0]
@@ -305,8 +305,8 @@ class DatabaseReader:
             if run is not None:
                 run_id = _run_row(session, row, run).id
                 ids = session.scalars(
-                    select(schema.WorkflowSnapshot.id).where(
-                        schema.WorkflowSnapshot.run_id == run_id
+                    select(schema.WorkflowSnapshotRow.id).where(
+                        schema.WorkflowSnapshotRow.run_id == run_id
                     )
                 ).all()
             return queries.workflow_snapshots(session, row.id, row.name, ids=ids)
@@ -332,13 +332,16 @@ class DatabaseReader:
             # column (PostgreSQL): it is simply not there
             if 1 <= workflow_snapshot_id <= schema.MAX_ID:
                 found = session.execute(
-                    select(schema.Campaign.id, schema.Campaign.name)
-                    .join(schema.Run, schema.Run.campaign_id == schema.Campaign.id)
+                    select(schema.CampaignRow.id, schema.CampaignRow.name)
                     .join(
-                        schema.WorkflowSnapshot,
-                        schema.WorkflowSnapshot.run_id == schema.Run.id,
+                        schema.RunRow,
+                        schema.RunRow.campaign_id == schema.CampaignRow.id,
                     )
-                    .where(schema.WorkflowSnapshot.id == workflow_snapshot_id)
+                    .join(
+                        schema.WorkflowSnapshotRow,
+                        schema.WorkflowSnapshotRow.run_id == schema.RunRow.id,
+                    )
+                    .where(schema.WorkflowSnapshotRow.id == workflow_snapshot_id)
                 ).first()
             if campaign is not None:
                 queries.campaign_row(session, campaign)
@@ -364,9 +367,11 @@ class DatabaseReader:
         def load(session: Session) -> WorkflowSnapshot | None:
             row = queries.campaign_row(session, campaign)
             newest = session.scalar(
-                select(func.max(schema.WorkflowSnapshot.id))
-                .join(schema.Run, schema.Run.id == schema.WorkflowSnapshot.run_id)
-                .where(schema.Run.campaign_id == row.id)
+                select(func.max(schema.WorkflowSnapshotRow.id))
+                .join(
+                    schema.RunRow, schema.RunRow.id == schema.WorkflowSnapshotRow.run_id
+                )
+                .where(schema.RunRow.campaign_id == row.id)
             )
             if newest is None:
                 return None
@@ -447,9 +452,9 @@ class DatabaseReader:
             else:
                 runs = list(
                     session.scalars(
-                        select(schema.Run)
-                        .where(schema.Run.campaign_id == campaign_row.id)
-                        .order_by(schema.Run.number)
+                        select(schema.RunRow)
+                        .where(schema.RunRow.campaign_id == campaign_row.id)
+                        .order_by(schema.RunRow.number)
                     )
                 )
             topologies = [topology_from_signature(row.topology) for row in runs]
@@ -511,11 +516,13 @@ def topology_from_signature(signature: str) -> Topology:
     )
 
 
-def _run_row(session: Session, campaign: schema.Campaign, number: int) -> schema.Run:
+def _run_row(
+    session: Session, campaign: schema.CampaignRow, number: int
+) -> schema.RunRow:
     found = (
         session.scalars(
-            select(schema.Run).where(
-                schema.Run.campaign_id == campaign.id, schema.Run.number == number
+            select(schema.RunRow).where(
+                schema.RunRow.campaign_id == campaign.id, schema.RunRow.number == number
             )
         ).one_or_none()
         if 1 <= number <= schema.MAX_NUMBER  # else no row can have it
@@ -527,9 +534,9 @@ def _run_row(session: Session, campaign: schema.Campaign, number: int) -> schema
 
 
 def _campaign_summaries(session: Session) -> list[CampaignSummary]:
-    node = schema.SnapshotNode
-    snapshot = schema.WorkflowSnapshot
-    run = schema.Run
+    node = schema.SnapshotNodeRow
+    snapshot = schema.WorkflowSnapshotRow
+    run = schema.RunRow
     node_counts = {
         run_id: (count, newest)
         for run_id, count, newest in session.execute(
@@ -606,7 +613,7 @@ def _campaign_summaries(session: Session) -> list[CampaignSummary]:
             runs=tuple(runs_by_campaign.get(row.id, [])),
         )
         for row in session.scalars(
-            select(schema.Campaign).order_by(schema.Campaign.name)
+            select(schema.CampaignRow).order_by(schema.CampaignRow.name)
         )
     ]
 
@@ -618,7 +625,7 @@ def _utc(moment: datetime | str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
-def _run_status(row: schema.Run) -> RunStatus:
+def _run_status(row: schema.RunRow) -> RunStatus:
     """Whether a run is being written, was left by a dead writer, or was closed."""
     if row.writer_token is None:
         return "ended"

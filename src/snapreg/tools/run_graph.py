@@ -173,9 +173,9 @@ def _load(
 ) -> RunGraph:
     campaign_row = queries.campaign_row(session, campaign)
     runs = session.scalars(
-        select(schema.Run)
-        .where(schema.Run.campaign_id == campaign_row.id)
-        .order_by(schema.Run.number)
+        select(schema.RunRow)
+        .where(schema.RunRow.campaign_id == campaign_row.id)
+        .order_by(schema.RunRow.number)
     ).all()
     if not runs:
         raise NotFoundError(f"campaign {campaign!r} has no runs yet")
@@ -189,7 +189,7 @@ def _load(
                 f" {runs[-1].number})"
             )
         run_row = matching[0]
-    node = schema.SnapshotNode
+    node = schema.SnapshotNodeRow
     node_query = select(node).where(node.run_id == run_row.id).order_by(node.id)
     if active_only:
         node_query = node_query.where(node.retired_at.is_(None))
@@ -206,7 +206,7 @@ def _load(
     )
 
 
-def _recorded(row: schema.SnapshotNode) -> RecordedNode:
+def _recorded(row: schema.SnapshotNodeRow) -> RecordedNode:
     simulation_time = row.simulation_time
     if simulation_time is not None and math.isnan(simulation_time):
         simulation_time = None  # stored as NULL; a NaN would only come from SQL
@@ -228,9 +228,9 @@ def _recorded(row: schema.SnapshotNode) -> RecordedNode:
 
 
 def _edges(session: Session, run_id: int, active_only: bool) -> list[tuple[int, int]]:
-    lower = aliased(schema.SnapshotNode)
-    higher = aliased(schema.SnapshotNode)
-    pair = schema.ConsistentPair
+    lower = aliased(schema.SnapshotNodeRow)
+    higher = aliased(schema.SnapshotNodeRow)
+    pair = schema.ConsistentPairRow
     conditions = [lower.run_id == run_id]
     if active_only:
         conditions += [lower.retired_at.is_(None), higher.retired_at.is_(None)]
@@ -247,8 +247,8 @@ def _edges(session: Session, run_id: int, active_only: bool) -> list[tuple[int, 
 def _workflow_snapshots(
     session: Session, run_id: int
 ) -> list[RecordedWorkflowSnapshot]:
-    snapshot = schema.WorkflowSnapshot
-    member = schema.WorkflowSnapshotMember
+    snapshot = schema.WorkflowSnapshotRow
+    member = schema.WorkflowSnapshotMemberRow
     headers = session.execute(
         select(snapshot.id, snapshot.created_at, snapshot.path)
         .where(snapshot.run_id == run_id)
@@ -274,10 +274,10 @@ def _workflow_snapshots(
 
 def _newest_in_campaign(session: Session, campaign_id: int) -> tuple[int, int] | None:
     found = session.execute(
-        select(schema.WorkflowSnapshot.id, schema.Run.number)
-        .join(schema.Run, schema.Run.id == schema.WorkflowSnapshot.run_id)
-        .where(schema.Run.campaign_id == campaign_id)
-        .order_by(schema.WorkflowSnapshot.id.desc())
+        select(schema.WorkflowSnapshotRow.id, schema.RunRow.number)
+        .join(schema.RunRow, schema.RunRow.id == schema.WorkflowSnapshotRow.run_id)
+        .where(schema.RunRow.campaign_id == campaign_id)
+        .order_by(schema.WorkflowSnapshotRow.id.desc())
         .limit(1)
     ).first()
     return None if found is None else (found[0], found[1])
