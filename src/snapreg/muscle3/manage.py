@@ -188,7 +188,7 @@ def _resume_latest(
     else:  # muscle_manager makes up the run directory; keep the file meanwhile
         folder = Path(cleanup.enter_context(tempfile.TemporaryDirectory()))
     resume_file = folder / f"snapreg_resume_{latest.id}.ymmsl"
-    resume = {str(instance): str(path) for instance, path in latest.resume.items()}
+    resume = latest.resume_files
     resume_file.write_text(
         render(
             resume,

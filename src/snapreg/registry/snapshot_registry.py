@@ -736,17 +736,16 @@ class SnapshotRegistry(threading.Thread):
 
         for snapshot in self._read(missing):
             assert snapshot.path is not None
-            resume = {
-                str(node.instance): node.snapshot.snapshot_filename
-                for node in snapshot.nodes
-                if not node.is_restart
-            }
             _logger.warning(
                 "Rewriting missing workflow snapshot file %s", snapshot.path
             )
             self._files.write(
                 snapshot.path,
-                render(resume, snapshot.description, ymmsl_version=self._ymmsl_version),
+                render(
+                    snapshot.resume_files,
+                    snapshot.description,
+                    ymmsl_version=self._ymmsl_version,
+                ),
             )
 
     # ------------------------------------------------------------- registration

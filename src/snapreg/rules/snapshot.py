@@ -18,6 +18,7 @@ from ymmsl import v0_1
 
 from snapreg.rules.consistency import Connection, ConnectionInfo, counts_consistent
 from snapreg.rules.metadata import SnapshotMetadata
+from snapreg.rules.workflow_file import Member, resume_mapping
 
 Reference = v0_1.Reference
 
@@ -141,10 +142,23 @@ class WorkflowSnapshot:
     def resume(self) -> dict[Reference, Path]:
         """Instance to snapshot file for each member that is not a restart node."""
         return {
-            node.instance: Path(node.snapshot.snapshot_filename)
-            for node in self.nodes
-            if not node.is_restart
+            Reference(instance): Path(filename)
+            for instance, filename in self.resume_files.items()
         }
+
+    @property
+    def resume_files(self) -> dict[str, str]:
+        """The ``resume:`` section of its file: instance to snapshot file, as sent.
+
+        The one place the mapping is built from public objects; unlike
+        :attr:`resume`, the file names are exactly as the instances reported them.
+        """
+        return resume_mapping(
+            [
+                Member(str(node.instance), node.snapshot, node.is_restart)
+                for node in self.nodes
+            ]
+        )
 
     @property
     def members(self) -> frozenset[tuple[str, int]]:

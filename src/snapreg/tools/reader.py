@@ -404,11 +404,7 @@ class DatabaseReader:
                 ).configuration
             )
         )
-        resume = {
-            str(node.instance): node.snapshot.snapshot_filename
-            for node in snapshot.nodes
-            if not node.is_restart
-        }
+        resume = snapshot.resume_files
         version = "v0.1" if configuration.startswith("ymmsl_version: v0.1") else "v0.2"
         if not with_config:
             return render(resume, snapshot.description, ymmsl_version=version)
