@@ -22,8 +22,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 
 from snapreg import SnapshotRegistry
+from snapreg.storage.codecs import metadata_from_json
 from snapreg.storage.database import normalize_url
-from snapreg.storage.queries import metadata_from_json
 from support import torture
 from support.entries import register_or_raise
 from support.oracle import run_oracle

@@ -10,8 +10,8 @@ from sqlalchemy import insert, text
 from snapreg import SnapshotRegistry
 from snapreg.rules.metadata import SnapshotMetadata
 from snapreg.storage import statements
+from snapreg.storage.codecs import NODE_METADATA_COLUMNS, metadata_to_json, node_values
 from snapreg.storage.database import create_database_engine, writer
-from snapreg.storage.queries import NODE_METADATA_COLUMNS, metadata_to_json, node_values
 from support.streams import macro_micro
 
 STREAM = macro_micro(3, num_micro=2, num_steps=2)

@@ -31,7 +31,7 @@ from snapreg.errors import (
 from snapreg.rules.consistency import Topology, split_instance
 from snapreg.rules.graph import ActiveGraph
 from snapreg.rules.metadata import restart_metadata, storable_text
-from snapreg.storage import queries, schema, statements
+from snapreg.storage import codecs, queries, schema, statements
 
 _logger = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ def _create_run(
     # Restart nodes first, as MUSCLE3 does: every instance may start afresh.
     graph = ActiveGraph(topology)
     restart = restart_metadata()
-    values = queries.node_row_values(restart)
+    values = codecs.node_row_values(restart)
     ids = statements.allocate_ids(connection, statements.NODE, len(topology.instances))
     connection.execute(
         insert(statements.NODE),

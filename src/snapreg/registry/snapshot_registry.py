@@ -74,7 +74,7 @@ from snapreg.rules.metadata import (
 )
 from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
 from snapreg.rules.workflow_file import Member, describe, render, resume_mapping
-from snapreg.storage import queries, schema, statements
+from snapreg.storage import codecs, queries, schema, statements
 from snapreg.storage.database import (
     Durability,
     HeldConnection,
@@ -661,7 +661,7 @@ class SnapshotRegistry(threading.Thread):
                 _Pending(
                     row.id,
                     row.instance,
-                    queries.metadata_from_json(row.snapshot_metadata),
+                    codecs.metadata_from_json(row.snapshot_metadata),
                 )
                 for row in queries.pending_submissions(session, self._run_id)
             ]
@@ -695,7 +695,7 @@ class SnapshotRegistry(threading.Thread):
                     row.id,
                     row.instance,
                     row.num,
-                    queries.metadata_from_row(row),
+                    codecs.metadata_from_row(row),
                     row.is_restart,
                     self._topology.peers(row.instance),
                 )
@@ -896,7 +896,7 @@ class SnapshotRegistry(threading.Thread):
                     submission_id,
                     self._run_id,
                     item.instance,
-                    queries.metadata_to_json(item.metadata),
+                    codecs.metadata_to_json(item.metadata),
                     now,
                 )
             )
@@ -1054,7 +1054,7 @@ class SnapshotRegistry(threading.Thread):
                     if isinstance(submission, _Staged)
                     else submission,
                     now,
-                    *queries.node_values(node.metadata),
+                    *codecs.node_values(node.metadata),
                 )
                 for node, submission in batch.nodes
             ],

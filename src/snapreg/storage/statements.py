@@ -19,7 +19,7 @@ from sqlalchemy.sql.elements import TextClause
 
 from snapreg.rules.graph import GraphNode
 from snapreg.storage import schema
-from snapreg.storage.queries import NODE_METADATA_COLUMNS
+from snapreg.storage.codecs import NODE_METADATA_COLUMNS
 
 RUN = cast(Table, schema.RunRow.__table__)
 SUBMISSION = cast(Table, schema.SubmissionRow.__table__)
