@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -134,16 +134,20 @@ def started(
 
 
 def run(
-    command: Sequence[str], cwd: Path, timeout: float = RUN_TIMEOUT
+    command: Sequence[str],
+    cwd: Path,
+    timeout: float = RUN_TIMEOUT,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command to the end in a new session, within a time limit.
 
     On timeout the whole process group is killed before the error is raised.
+    ``env`` replaces :func:`environment` when given.
     """
     process = subprocess.Popen(
         list(command),
         cwd=cwd,
-        env=environment(),
+        env=environment() if env is None else dict(env),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

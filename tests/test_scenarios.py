@@ -1,0 +1,110 @@
+"""MUSCLE3's snapshot scenarios, run with snapreg swapped in by name.
+
+A MUSCLE3 developer tries snapreg by rebinding the one name ``SnapshotRegistry``
+in ``libmuscle.manager.manager`` and running a simulation, nothing else: the
+manager builds the registry with no database URL and ends it with
+``shutdown()`` and ``join()``. For each coupling that MUSCLE3's own snapshot
+tests exercise (stateless, vector and transformer micro models, a dispatch
+chain, interacting models, a complex coupling with several conduits between the
+same pair), a real simulation runs once with stock MUSCLE3 and once with the name
+rebound, and then again resumed from one of its workflow snapshots. Both must
+write the same workflow snapshot files, the snapshot folder must hold nothing
+else, and snapreg's run must be ended in its database, beside the folder.
+
+Every scenario's workflow snapshots were the same over repeated stock runs when
+this test was written: its components snapshot at simulation times only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from snapreg.tools.reader import DatabaseReader
+from support import scenarios
+from support.scenarios import SCENARIOS, Manager, Scenario
+
+pytestmark = pytest.mark.muscle3
+
+DATABASE_NAME = "snapreg.sqlite"
+
+
+def run_to_the_end(
+    scenario: Scenario, manager: Manager, run_dir: Path, *extra_files: Path
+) -> list[Path]:
+    """Run a scenario; check it finished and its snapshot folder; its files."""
+    finished = scenarios.run(scenario, manager, run_dir, *extra_files)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert "Simulation completed successfully." in finished.stdout
+    folder = run_dir / "snapshots"
+    entries = sorted(entry.name for entry in folder.iterdir())
+    strays = [
+        name for name in entries if not scenarios.WORKFLOW_SNAPSHOT_NAME.fullmatch(name)
+    ]
+    assert strays == [], "the snapshot folder holds more than workflow snapshots"
+    files = scenarios.workflow_snapshot_files(run_dir)
+    assert sorted(path.name for path in files) == entries
+    return files
+
+
+def assert_run_ended_in_database_beside(run_dir: Path, files: list[Path]) -> None:
+    """snapreg's database is in the run directory, its one run ended."""
+    database = run_dir / DATABASE_NAME
+    assert database.is_file(), f"no {DATABASE_NAME} in the run directory"
+    wal = database.with_name(f"{DATABASE_NAME}-wal")
+    # a finished run has folded its write-ahead log back into the database
+    assert not wal.exists() or wal.stat().st_size == 0
+    with DatabaseReader(f"sqlite:///{database}") as reader:
+        [campaign] = reader.campaigns()
+        [run] = campaign.runs
+        recorded = reader.workflow_snapshots(campaign.name)
+    assert (run.status, run.writer) == ("ended", None)
+    assert run.snapshot_folder == str((run_dir / "snapshots").resolve())
+    assert sorted(Path(snapshot.path or "") for snapshot in recorded) == sorted(
+        path.resolve() for path in files
+    )
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda scenario: scenario.name)
+def test_snapreg_swapped_in_by_name_writes_what_stock_muscle3_writes(
+    tmp_path: Path, scenario: Scenario
+) -> None:
+    roots = {manager: tmp_path / manager for manager in scenarios.MANAGERS}
+    first = {
+        manager: run_to_the_end(scenario, manager, root / "run1")
+        for manager, root in roots.items()
+    }
+
+    written = {
+        manager: scenarios.resume_mappings(root / "run1", root)
+        for manager, root in roots.items()
+    }
+    assert written["snapreg"] == written["stock"]
+    assert len(first["stock"]) > scenario.resume_from
+    assert_run_ended_in_database_beside(roots["snapreg"] / "run1", first["snapreg"])
+
+    # resume each from its own file holding the same workflow snapshot
+    chosen = first["stock"][scenario.resume_from]
+    mapping = scenarios.resume_mapping(chosen, roots["stock"])
+    resume_files = {
+        "stock": chosen,
+        "snapreg": next(
+            path
+            for path in first["snapreg"]
+            if scenarios.resume_mapping(path, roots["snapreg"]) == mapping
+        ),
+    }
+    second = {
+        manager: run_to_the_end(scenario, manager, root / "run2", resume_files[manager])
+        for manager, root in roots.items()
+    }
+
+    resumed = {
+        manager: scenarios.resume_mappings(root / "run2", root)
+        for manager, root in roots.items()
+    }
+    assert resumed["snapreg"] == resumed["stock"]
+    # it resumed, rather than starting again: fewer workflow snapshots to go
+    assert 0 < len(second["stock"]) < len(first["stock"])
+    assert_run_ended_in_database_beside(roots["snapreg"] / "run2", second["snapreg"])
