@@ -28,13 +28,30 @@ from support.scenarios import SCENARIOS, Manager, Scenario
 pytestmark = pytest.mark.muscle3
 
 DATABASE_NAME = "snapreg.sqlite"
+#: A scenario runs in seconds; startup alone can take ten on a busy host.
+RUN_TIMEOUT = 60.0
 
 
 def run_to_the_end(
-    scenario: Scenario, manager: Manager, run_dir: Path, *extra_files: Path
+    scenario: Scenario,
+    manager: Manager,
+    run_dir: Path,
+    *extra_files: Path,
+    database_url: str | None = None,
 ) -> list[Path]:
-    """Run a scenario; check it finished and its snapshot folder; its files."""
-    finished = scenarios.run(scenario, manager, run_dir, *extra_files)
+    """Run a scenario; check it finished and its snapshot folder; its files.
+
+    ``database_url`` becomes ``$SNAPREG_DATABASE_URL`` (unset without it).
+    """
+    finished = scenarios.run(
+        scenario,
+        manager,
+        run_dir,
+        *extra_files,
+        env=scenarios.environment(database_url),
+        # a registration that is refused must not leave a simulation hanging
+        timeout=RUN_TIMEOUT,
+    )
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert "Simulation completed successfully." in finished.stdout
     folder = run_dir / "snapshots"
@@ -108,3 +125,46 @@ def test_snapreg_swapped_in_by_name_writes_what_stock_muscle3_writes(
     # it resumed, rather than starting again: fewer workflow snapshots to go
     assert 0 < len(second["stock"]) < len(first["stock"])
     assert_run_ended_in_database_beside(roots["snapreg"] / "run2", second["snapreg"])
+
+
+def test_snapreg_database_url_keeps_a_campaign_of_several_manager_starts(
+    tmp_path: Path,
+) -> None:
+    # One database for the first run and the run resumed from it, as a user
+    # would set it for a campaign; each manager start is a run of its own.
+    scenario = scenarios.MACRO_MICRO
+    database = tmp_path / "campaign.sqlite"
+    url = f"sqlite:///{database}"
+    roots = {manager: tmp_path / manager for manager in scenarios.MANAGERS}
+    first = {
+        manager: run_to_the_end(scenario, manager, root / "run1", database_url=url)
+        for manager, root in roots.items()
+    }
+    chosen = {manager: files[scenario.resume_from] for manager, files in first.items()}
+    second = {
+        manager: run_to_the_end(
+            scenario, manager, root / "run2", chosen[manager], database_url=url
+        )
+        for manager, root in roots.items()
+    }
+
+    for run_dir in ("run1", "run2"):
+        assert scenarios.resume_mappings(
+            roots["snapreg"] / run_dir, roots["snapreg"]
+        ) == scenarios.resume_mappings(roots["stock"] / run_dir, roots["stock"])
+        assert not (roots["snapreg"] / run_dir / DATABASE_NAME).exists()
+    with DatabaseReader(url) as reader:
+        [campaign] = reader.campaigns()
+        recorded = reader.workflow_snapshots(campaign.name)
+    assert campaign.name == scenario.name
+    assert [(run.number, run.status, run.writer) for run in campaign.runs] == [
+        (1, "ended", None),
+        (2, "ended", None),
+    ]
+    assert [run.snapshot_folder for run in campaign.runs] == [
+        str((roots["snapreg"] / run_dir / "snapshots").resolve())
+        for run_dir in ("run1", "run2")
+    ]
+    assert sorted(Path(snapshot.path or "") for snapshot in recorded) == sorted(
+        path.resolve() for path in first["snapreg"] + second["snapreg"]
+    )
