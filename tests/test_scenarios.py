@@ -17,6 +17,7 @@ this test was written: its components snapshot at simulation times only.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -43,15 +44,21 @@ def run_to_the_end(
 
     ``database_url`` becomes ``$SNAPREG_DATABASE_URL`` (unset without it).
     """
-    finished = scenarios.run(
-        scenario,
-        manager,
-        run_dir,
-        *extra_files,
-        env=scenarios.environment(database_url),
-        # a registration that is refused must not leave a simulation hanging
-        timeout=RUN_TIMEOUT,
-    )
+    try:
+        finished = scenarios.run(
+            scenario,
+            manager,
+            run_dir,
+            *extra_files,
+            env=scenarios.environment(database_url),
+            timeout=RUN_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired as timed_out:
+        # e.g. a registration refused without an answer: the instance waits
+        pytest.fail(
+            f"the {manager} run did not finish within {RUN_TIMEOUT:.0f} s; the end"
+            f" of its output:\n{(timed_out.stderr or '')[-3000:]}"
+        )
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert "Simulation completed successfully." in finished.stdout
     folder = run_dir / "snapshots"

@@ -141,8 +141,9 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """Run a command to the end in a new session, within a time limit.
 
-    On timeout the whole process group is killed before the error is raised.
-    ``env`` replaces :func:`environment` when given.
+    On timeout the whole process group is killed before the error, which
+    carries the command's output, is raised. ``env`` replaces
+    :func:`environment` when given.
     """
     process = subprocess.Popen(
         list(command),
@@ -159,8 +160,11 @@ def run(
     except subprocess.TimeoutExpired:
         with suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        process.communicate(timeout=30)
-        raise
+        stdout, stderr = process.communicate(timeout=30)
+        # with what the command wrote before it was killed, to tell why
+        raise subprocess.TimeoutExpired(
+            process.args, timeout, output=stdout, stderr=stderr
+        ) from None
     finally:
         # e.g. an instance left behind by a failed run
         with suppress(ProcessLookupError):
