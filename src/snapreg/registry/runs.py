@@ -234,7 +234,16 @@ def open_run(
         # a retry after a commit whose answer was lost: the run is ours already
         return campaign.id, run.id, run.number
     signature = setup.topology.signature()
-    if run is None or new_run:
+    folder = None if setup.folder is None else str(setup.folder.resolve())
+    # Another snapshot folder is another manager start (MUSCLE3 gives each its own
+    # run directory), whose instances start afresh: a new run, never a
+    # continuation of the last one, even when nothing can pass new_run (MUSCLE3's
+    # manager building the registry itself).
+    moved = folder is not None and run is not None and run.snapshot_folder not in (
+        None,
+        folder,
+    )
+    if run is None or new_run or moved:
         if resumed_from is not None:
             _check_resumed_from(session, setup.campaign, campaign.id, resumed_from)
         run = _create_run(
@@ -259,8 +268,8 @@ def open_run(
             " new run (new_run=True) or use another campaign"
         )
     setup.lease.acquire(run, setup.campaign)
-    if setup.folder is not None and run.snapshot_folder != str(setup.folder.resolve()):
-        run.snapshot_folder = str(setup.folder.resolve())
+    if folder is not None and run.snapshot_folder is None:
+        run.snapshot_folder = folder
     return campaign.id, run.id, run.number
 
 
