@@ -1,5 +1,7 @@
-"""Storage: engines, the schema's rows, fast statements, read queries, roles.
+"""Storage: engines, the read-only layer, the schema's rows, fast statements, roles.
 
 The only package that speaks SQL; the rules know nothing of it, and everything
-above reaches the database through it.
+above reaches the database through it. Every reader opens a database through
+:mod:`snapreg.storage.readonly`; every driver error becomes snapreg's through
+:func:`snapreg.storage.database.storage_error`.
 """

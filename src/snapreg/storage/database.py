@@ -488,7 +488,7 @@ def migrate_database(url: str | URL, revision: str = "head") -> tuple[str | None
         return before, current_revision(engine) or ""
 
     try:
-        return _translate_connect_errors(engine, migrate)
+        return translating_errors(engine.url, migrate)
     finally:
         engine.dispose()
 
@@ -590,7 +590,7 @@ def ensure_schema(engine: Engine, *, upgrade: bool = False) -> None:
             _logger.info("Upgrading %s to %s", engine.url, head_revision())
             upgrade_engine(engine)
 
-    _translate_connect_errors(engine, check)
+    translating_errors(engine.url, check)
 
 
 def _has_snapreg_tables(engine: Engine) -> bool:
@@ -619,34 +619,27 @@ def database_relations(engine: Engine) -> list[str]:
         return list(connection.scalars(text(statement)))
 
 
-def opening_error(location: str, err: DatabaseError) -> StorageUnavailableError:
-    """The error for a database that cannot be opened or read.
+def translating_errors(
+    url: str | URL, action: Callable[[], _T], *, doing: str = "open"
+) -> _T:
+    """Run ``action``, which opens or inspects a database; map what stops it.
 
-    SQLite says "file is not a database" for a file that is no SQLite database
-    (or whose header is damaged) and "malformed" for a damaged one; say so in
-    words a user can act on.
+    An operational error (an unreachable server, a wrong password, a missing
+    database) or a file that is no SQLite database becomes snapreg's error
+    (:func:`storage_error`). Any other driver error is raised as it is: it is a
+    bug, not to be hidden as "unavailable".
+
+    Args:
+        url: The database, for the message.
+        action: What to run.
+        doing: What it does, for the message: ``open`` or ``read``.
     """
-    detail = " ".join(str(err.orig).split())
-    if "file is not a database" in detail:
-        return StorageUnavailableError(
-            f"cannot open database {location}: the file is not a SQLite database"
-            " (or its header is damaged); snapreg leaves it untouched"
-        )
-    if "malformed" in detail:
-        return StorageUnavailableError(
-            f"cannot open database {location}: the SQLite database is damaged"
-            f" ({detail}); snapreg leaves it untouched"
-        )
-    return StorageUnavailableError(f"cannot open database {location}: {detail}")
-
-
-def _translate_connect_errors(engine: Engine, action: Callable[[], _T]) -> _T:
     try:
         return action()
     except DatabaseError as err:
         if isinstance(err, OperationalError) or is_unreadable_file(err):
-            raise opening_error(describe_url(engine.url), err) from err
-        raise  # e.g. a programming error: not to be hidden as "unavailable"
+            raise storage_error(url, err, doing=doing) from err
+        raise
 
 
 def is_unreadable_file(err: DatabaseError) -> bool:
@@ -661,28 +654,61 @@ _FULL_DISK = ("database or disk is full", "disk is full")
 _OUT_OF_RESOURCES_CLASS = "53"
 
 
-def storage_error(url: URL, err: BaseException) -> SnapregError:
-    """snapreg's error for a database error that retrying will not mend.
+def storage_error(
+    url: str | URL | None, err: BaseException, *, doing: str | None = None
+) -> SnapregError:
+    """snapreg's error for a driver error: the one mapper of writers and readers.
 
     The original error stays attached as the cause (``raise ... from err``), so
     that nothing is hidden from whoever debugs it.
+
+    Args:
+        url: The database (its password is hidden in the message); None when
+            the caller does not know it.
+        err: SQLAlchemy's error, or the driver's own.
+        doing: What failed, when it is opening or reading a database (``open``,
+            ``read``): an operational error then means the database cannot be
+            reached or used, and the message starts with "cannot open
+            database ...". None for a transaction (a writer's, or a query of
+            someone's): an operational error is then the database refusing it.
+
+    Returns:
+        :class:`StorageFullError` for a full disk; :class:`StorageUnavailableError`
+        for a database out of resources, a file that is no (or a damaged) SQLite
+        database, one that cannot be written, or (when opening or reading) one
+        that cannot be reached; :class:`TransientDatabaseError` for a lock,
+        conflict or lost connection (when retrying is not, or no more, an
+        option); :class:`DatabaseRefusedError` for anything else.
     """
     cause = getattr(err, "orig", None) or err
-    where = describe_url(url)
+    where = "" if url is None else f" {describe_url(url)}"
+    subject = f"cannot {doing} database{where}" if doing else f"database{where}"
     sqlstate = getattr(cause, "sqlstate", None) or ""
-    message = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
-    if sqlstate == "53100" or any(sign in message.lower() for sign in _FULL_DISK):
-        return StorageFullError(f"database {where}: the disk is full ({message})")
+    detail = " ".join(str(cause).split()) or repr(cause)
+    lowered = detail.lower()
+    if sqlstate == "53100" or any(sign in lowered for sign in _FULL_DISK):
+        return StorageFullError(f"{subject}: the disk is full ({detail})")
     if sqlstate.startswith(_OUT_OF_RESOURCES_CLASS):
+        return StorageUnavailableError(f"{subject}: out of resources ({detail})")
+    if "file is not a database" in lowered:
         return StorageUnavailableError(
-            f"database {where} is out of resources: {message}"
+            f"{subject}: the file is not a SQLite database (or its header is"
+            " damaged); snapreg leaves it untouched"
         )
-    lowered = message.lower()
+    if "malformed" in lowered:
+        return StorageUnavailableError(
+            f"{subject}: the SQLite database is damaged ({detail}); snapreg leaves"
+            " it untouched"
+        )
+    if is_transient(err):
+        return TransientDatabaseError(f"{subject}: {detail}")
     if "readonly" in lowered or "read-only" in lowered or "disk i/o error" in lowered:
-        return StorageUnavailableError(f"database {where} cannot be written: {message}")
-    if "not a database" in lowered or "malformed" in lowered:
-        return StorageUnavailableError(f"database {where} is damaged: {message}")
-    return DatabaseRefusedError(f"database {where} refused the transaction: {message}")
+        return StorageUnavailableError(f"{subject}: it cannot be written ({detail})")
+    if doing is None:
+        return DatabaseRefusedError(f"{subject} refused the transaction: {detail}")
+    if isinstance(err, OperationalError | sqlite3.OperationalError):
+        return StorageUnavailableError(f"{subject}: {detail}")
+    return DatabaseRefusedError(f"{subject}: {detail}")
 
 
 def is_transient(err: BaseException) -> bool:
@@ -723,6 +749,7 @@ def run_transaction(
     *,
     attempts: int | None = None,
     on_retry: Callable[[], None] | None = None,
+    doing: str | None = None,
 ) -> _T:
     """Run ``work`` in one ORM session transaction, retrying transient failures.
 
@@ -734,16 +761,18 @@ def run_transaction(
             :data:`TRANSACTION_ATTEMPTS` (read at each call, so tests can lower it).
         on_retry: Called after a failed attempt, before the next one, to reset
             state that ``work`` built in memory.
+        doing: ``read`` for a reader's transaction (see :func:`storage_error`).
 
     Raises:
         TransientDatabaseError: the failure persisted through every attempt.
+        SnapregError: any other failure, mapped by :func:`storage_error`.
     """
 
     def attempt() -> _T:
         with unit_of_work(engine) as session:
             return work(session)
 
-    return _with_retries(engine, attempt, attempts, on_retry)
+    return _with_retries(engine, attempt, attempts, on_retry, doing)
 
 
 class HeldConnection:
@@ -838,6 +867,7 @@ def _with_retries(
     attempt: Callable[[], _T],
     attempts: int | None,
     on_retry: Callable[[], None] | None,
+    doing: str | None = None,
 ) -> _T:
     attempts = TRANSACTION_ATTEMPTS if attempts is None else attempts
     delay = 0.05
@@ -846,7 +876,7 @@ def _with_retries(
             return attempt()
         except (DBAPIError, sqlite3.Error) as err:
             if not is_transient(err):
-                raise storage_error(engine.url, err) from err
+                raise storage_error(engine.url, err, doing=doing) from err
             cause = getattr(err, "orig", err)
             if number == attempts:
                 raise TransientDatabaseError(

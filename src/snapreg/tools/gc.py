@@ -56,7 +56,8 @@ from snapreg.storage.database import (
     run_transaction,
     writer,
 )
-from snapreg.tools.reader import DatabaseReader
+from snapreg.storage.readonly import ReadOnlyStore
+from snapreg.tools.reader import campaign_name
 
 #: Files unlinked before their rows are recorded in one transaction.
 RECORD_BATCH = 200
@@ -190,13 +191,12 @@ def plan_cleanup(database_url: str, campaign: str | None, keep: int) -> CleanupP
     """
     if keep < 1:
         raise ConfigurationError("--keep must be at least 1")
-    with DatabaseReader(database_url) as reader:
-        name = reader.campaign_name(campaign)
-    engine = create_database_engine(database_url, read_only=True)
-    try:
-        facts = run_transaction(engine, lambda session: _read(session, name, keep))
-    finally:
-        engine.dispose()
+    with ReadOnlyStore(database_url, check_schema=True) as store:
+        facts = store.read(
+            lambda session: _read(
+                session, campaign_name(session, campaign, store.location), keep
+            )
+        )
     return _plan(facts, _database_files(database_url))
 
 

@@ -1,7 +1,8 @@
 """Read-only access to a snapreg database: what the command line shows.
 
-A :class:`DatabaseReader` opens a database the way a reader should: SQLite files
-read-only, nothing created, nothing migrated. A missing SQLite file, a database
+A :class:`DatabaseReader` opens a database the way every reader does, through
+:class:`~snapreg.storage.readonly.ReadOnlyStore`: read-only by the database
+itself, nothing created, nothing migrated. A missing SQLite file, a database
 without snapreg's schema and a schema that does not match the code are refused with
 a :class:`~snapreg.errors.SnapregError` that says what to do, so that looking at a
 campaign can never change it. Readers never block the registry that writes the same
@@ -20,41 +21,21 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import ymmsl
-from sqlalchemy import Engine, func, select
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
-from snapreg.errors import (
-    ConfigurationError,
-    NotFoundError,
-    StorageUnavailableError,
-    UnknownInstanceError,
-)
+from snapreg.errors import ConfigurationError, NotFoundError, UnknownInstanceError
 from snapreg.registry.runs import process_alive
 from snapreg.rules.consistency import ConduitInfo, Topology
 from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
 from snapreg.rules.workflow_file import render
 from snapreg.storage import queries, schema
-from snapreg.storage.database import (
-    create_database_engine,
-    current_revision,
-    describe_url,
-    head_revision,
-    host_and_pid,
-    is_memory_sqlite,
-    is_unreadable_file,
-    normalize_url,
-    opening_error,
-    out_of_date,
-    refuse_foreign,
-    run_transaction,
-    schema_state,
-)
+from snapreg.storage.database import head_revision, host_and_pid
+from snapreg.storage.readonly import ReadOnlyStore
 
 _T = TypeVar("_T")
 
@@ -191,31 +172,12 @@ class DatabaseReader:
             SchemaTooNewError: a schema written by a newer snapreg.
             StorageUnavailableError: the database cannot be reached.
         """
-        url = normalize_url(database_url)
-        self.location = describe_url(url)
-        if is_memory_sqlite(url):
-            raise ConfigurationError(
-                "an in-memory SQLite database has nothing to read; pass the URL of"
-                " a database file or server with --db"
-            )
-        if url.get_backend_name() == "sqlite":
-            path = Path(url.database or "").resolve()
-            if not path.is_file():
-                raise NotFoundError(
-                    f"no database at {path} (snapreg manage creates it on its first"
-                    " run; choose another one with --db or $SNAPREG_DATABASE_URL)"
-                )
-        self._engine: Engine = create_database_engine(url, read_only=True)
-        try:
-            if check_schema:
-                self._check_schema()
-        except BaseException:
-            self._engine.dispose()
-            raise
+        self._store = ReadOnlyStore(database_url, check_schema=check_schema)
+        self.location = self._store.location
 
     def close(self) -> None:
         """Release the database connections."""
-        self._engine.dispose()
+        self._store.close()
 
     def __enter__(self) -> DatabaseReader:
         return self
@@ -234,25 +196,10 @@ class DatabaseReader:
         """The database's schema revision next to the newest one.
 
         Raises:
+            ForeignDatabaseError: another application's database.
             StorageUnavailableError: the database cannot be reached.
         """
-
-        def read() -> str | None:
-            revision = current_revision(self._engine)
-            refuse_foreign(self._engine, revision)
-            return revision
-
-        return SchemaStatus(self.location, self._connecting(read), head_revision())
-
-    def _check_schema(self) -> None:
-        state = self._connecting(lambda: schema_state(self._engine))
-        if state == "empty":
-            raise NotFoundError(
-                f"{self.location} holds no snapreg data yet (create the schema"
-                f" with: snapreg db upgrade --db '{self.location}')"
-            )
-        if state == "older":
-            raise self._connecting(lambda: out_of_date(self._engine))
+        return SchemaStatus(self.location, self._store.revision(), head_revision())
 
     # --------------------------------------------------------------- campaigns
 
@@ -270,23 +217,9 @@ class DatabaseReader:
             NotFoundError: no such campaign, no campaign at all, or several to
                 choose from (listing them).
         """
-
-        def resolve(session: Session) -> str:
-            if requested is not None:
-                return queries.campaign_row(session, requested).name
-            names = session.scalars(
-                select(schema.CampaignRow.name).order_by(schema.CampaignRow.name)
-            ).all()
-            if len(names) == 1:
-                return names[0]
-            if not names:
-                raise NotFoundError(f"{self.location} has no campaigns yet")
-            raise NotFoundError(
-                f"{self.location} has {len(names)} campaigns; choose one with"
-                f" --campaign ({', '.join(names)})"
-            )
-
-        return self._read(resolve)
+        return self._read(
+            lambda session: campaign_name(session, requested, self.location)
+        )
 
     # ------------------------------------------------------- workflow snapshots
 
@@ -484,19 +417,34 @@ class DatabaseReader:
     # ---------------------------------------------------------------- plumbing
 
     def _read(self, work: Callable[[Session], _T]) -> _T:
-        return self._connecting(lambda: run_transaction(self._engine, work))
+        return self._store.read(work)
 
-    def _connecting(self, action: Callable[[], _T]) -> _T:
-        try:
-            return action()
-        except OperationalError as err:
-            raise StorageUnavailableError(
-                f"cannot read database {self.location}: {err.orig}"
-            ) from err
-        except DatabaseError as err:
-            if is_unreadable_file(err):
-                raise opening_error(self.location, err) from err
-            raise
+
+def campaign_name(session: Session, requested: str | None, location: str) -> str:
+    """The campaign a command works on (see :meth:`DatabaseReader.campaign_name`).
+
+    Args:
+        session: A reading session.
+        requested: The name the user gave, or None for the only one there is.
+        location: The database, for the messages.
+
+    Raises:
+        NotFoundError: no such campaign, no campaign at all, or several to
+            choose from (listing them).
+    """
+    if requested is not None:
+        return queries.campaign_row(session, requested).name
+    names = session.scalars(
+        select(schema.CampaignRow.name).order_by(schema.CampaignRow.name)
+    ).all()
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise NotFoundError(f"{location} has no campaigns yet")
+    raise NotFoundError(
+        f"{location} has {len(names)} campaigns; choose one with --campaign"
+        f" ({', '.join(names)})"
+    )
 
 
 def topology_from_signature(signature: str) -> Topology:

@@ -3,26 +3,24 @@
 ``snapreg explain`` and ``snapreg plot`` look at the same thing: the nodes of one
 run of a campaign, the consistent pairs between them and the workflow snapshots
 found from them, together with the run's topology. :func:`load_run_graph` reads
-exactly that, read-only, with a constant number of queries whatever the size of the
-run, into plain objects that outlive the session.
+exactly that, read-only, in one transaction, with a constant number of queries
+whatever the size of the run, into plain objects that outlive the session.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session, aliased
 
 from snapreg.errors import NotFoundError
 from snapreg.rules.consistency import Topology
 from snapreg.storage import queries, schema
-from snapreg.storage.database import create_database_engine, run_transaction
-from snapreg.tools.reader import DatabaseReader, topology_from_signature
+from snapreg.storage.readonly import ReadOnlyStore
+from snapreg.tools.reader import campaign_name, topology_from_signature
 
 
 @dataclass(frozen=True)
@@ -151,21 +149,15 @@ def load_run_graph(
         SchemaVersionError: the schema does not match this snapreg.
         StorageUnavailableError: the database cannot be read.
     """
-    with DatabaseReader(database_url) as reader:  # checks the schema, finds the name
-        name = reader.campaign_name(campaign)
-    with _read_only_engine(database_url) as engine:
-        return run_transaction(
-            engine, lambda session: _load(session, name, run, active_only)
+    with ReadOnlyStore(database_url, check_schema=True) as store:
+        return store.read(
+            lambda session: _load(
+                session,
+                campaign_name(session, campaign, store.location),
+                run,
+                active_only,
+            )
         )
-
-
-@contextmanager
-def _read_only_engine(database_url: str) -> Iterator[Engine]:
-    engine = create_database_engine(database_url, read_only=True)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 def _load(
