@@ -20,11 +20,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from snapreg import SnapshotRegistry
+from snapreg.cli.sql import sql_command
 from snapreg.storage.database import create_database_engine, upgrade_engine
 from snapreg.storage.grants import SNAPREG_VIEWS, reader_relations
 from snapreg.storage.schema import Base
 from snapreg.tools.reader import DatabaseReader
-from snapreg.tools.sql import sql_command
 from support.command_line import Outcome, invoke
 from support.streams import macro_micro
 

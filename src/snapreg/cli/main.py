@@ -20,9 +20,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from snapreg.cli.database import db
 from snapreg.cli.manage import manage
 from snapreg.cli.reading import campaigns, export, history, show, workflows
+from snapreg.cli.sql import sql_command
 from snapreg.cli.tools import explain, gc, import_command, plot
 from snapreg.errors import SnapregError
-from snapreg.tools.sql import sql_command
+from snapreg.storage.database import storage_error
 
 #: Exit status for every error snapreg reports (click uses 2 for usage errors).
 ERROR_STATUS = 1
@@ -69,9 +70,8 @@ def _one_line_errors() -> Iterator[None]:
         yield
     except SnapregError as err:
         _fail(str(err))
-    except SQLAlchemyError as err:  # bad URLs and unreachable servers included
-        detail = getattr(err, "orig", None) or err
-        _fail(f"database error: {detail}")
+    except SQLAlchemyError as err:  # a driver error no layer below has mapped
+        _fail(str(storage_error(None, err)))
     except OSError as err:  # e.g. an output file that cannot be written
         _fail(str(err))
 

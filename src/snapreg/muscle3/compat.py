@@ -31,13 +31,12 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import re
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import click
 
 from snapreg.errors import ConfigurationError, SnapregError
 
@@ -166,6 +165,11 @@ class Manager:
         """
         if not args:  # the manager's parser would answer with its whole help
             raise ManagerUsageError("Missing argument 'YMMSL_FILES...'.")
+        # muscle_manager's command line is click's (a dependency of MUSCLE3's):
+        # its exceptions are part of the parser this drives, not snapreg's own
+        # command line, which is the only other place that imports click.
+        import click
+
         command = self._entry_point.manage_simulation
         try:
             # without its --help, which would print the manager's internal help
@@ -308,7 +312,7 @@ def _exit_status(code: object) -> int:
         return 0
     if isinstance(code, int):
         return code
-    click.echo(code, err=True)  # as Python would have for sys.exit("message")
+    print(code, file=sys.stderr)  # as Python would have for sys.exit("message")
     return 1
 
 

@@ -1,0 +1,84 @@
+"""The layers as the README's layout table states them, checked on the source.
+
+Only the command line (``snapreg.cli``) imports click or rich: library code
+returns data and raises snapreg's errors; printing, exit statuses and options
+are the command line's business.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import snapreg
+
+PACKAGE = Path(snapreg.__file__).parent
+USER_INTERFACE_LIBRARIES = ("click", "rich")
+
+#: Modules outside snapreg.cli that may import click, and only inside a function.
+#: snapreg.muscle3.compat drives muscle_manager's own command line, which MUSCLE3
+#: wrote with click: it catches that parser's click exceptions to turn them into
+#: snapreg's errors. That is the MUSCLE3 boundary speaking MUSCLE3's interface, not
+#: snapreg's command line, and it is imported only when the parser is used.
+INSIDE_A_FUNCTION_ONLY = {"snapreg.muscle3.compat": {"click"}}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _library_modules() -> list[Path]:
+    return [
+        path
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if not _module_name(path).startswith(("snapreg.cli", "snapreg.migrations"))
+    ]
+
+
+def _imported_roots(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name.split(".")[0] for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        return [node.module.split(".")[0]]
+    return []
+
+
+def test_only_the_command_line_imports_click_or_rich() -> None:
+    found = []
+    for path in _library_modules():
+        name = _module_name(path)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        top_level = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            for root in _imported_roots(node):
+                if root not in USER_INTERFACE_LIBRARIES:
+                    continue
+                allowed = root in INSIDE_A_FUNCTION_ONLY.get(name, set())
+                if not allowed or id(node) in top_level:
+                    found.append(f"{name}:{getattr(node, 'lineno', '?')} {root}")
+    assert found == []
+    assert len(_library_modules()) > 20  # the walk sees the package
+
+
+def test_importing_every_library_module_loads_neither_click_nor_rich() -> None:
+    names = [_module_name(path) for path in _library_modules()]
+    program = (
+        "import importlib, json, sys\n"
+        f"for name in {names!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"print(json.dumps([m for m in {list(USER_INTERFACE_LIBRARIES)!r}"
+        " if m in sys.modules]))\n"
+    )
+    finished = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert json.loads(finished.stdout) == []
