@@ -32,6 +32,7 @@ from snapreg.rules.consistency import Topology, split_instance
 from snapreg.rules.graph import ActiveGraph
 from snapreg.rules.metadata import restart_metadata, storable_text
 from snapreg.storage import codecs, queries, schema, statements
+from snapreg.storage.database import process_alive
 
 _logger = logging.getLogger(__name__)
 
@@ -239,9 +240,14 @@ def open_run(
     # run directory), whose instances start afresh: a new run, never a
     # continuation of the last one, even when nothing can pass new_run (MUSCLE3's
     # manager building the registry itself).
-    moved = folder is not None and run is not None and run.snapshot_folder not in (
-        None,
-        folder,
+    moved = (
+        folder is not None
+        and run is not None
+        and run.snapshot_folder
+        not in (
+            None,
+            folder,
+        )
     )
     if run is None or new_run or moved:
         if resumed_from is not None:
@@ -380,19 +386,6 @@ def _write_topology_rows(
     ]
     if conduit_rows:
         connection.execute(insert(statements.INSTANCE_CONDUIT), conduit_rows)
-
-
-def process_alive(pid: int | None) -> bool:
-    """Whether a process with this pid runs on this host."""
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _format_time(moment: datetime | None) -> str:

@@ -899,3 +899,16 @@ def _with_retries(
 def host_and_pid() -> tuple[str, int]:
     """This process's host name and pid, to name a writer."""
     return os.uname().nodename, os.getpid()
+
+
+def process_alive(pid: int | None) -> bool:
+    """Whether a process with this pid runs on this host."""
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -29,12 +29,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from snapreg.errors import ConfigurationError, NotFoundError, UnknownInstanceError
-from snapreg.registry.runs import process_alive
 from snapreg.rules.consistency import ConduitInfo, Topology
 from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
 from snapreg.rules.workflow_file import render
 from snapreg.storage import queries, schema
-from snapreg.storage.database import head_revision, host_and_pid
+from snapreg.storage.database import head_revision, host_and_pid, process_alive
 from snapreg.storage.readonly import ReadOnlyStore
 
 _T = TypeVar("_T")
