@@ -63,6 +63,7 @@ from snapreg.registry.files import (
     NameAllocator,
     remove_temporary_files,
 )
+from snapreg.registry.group_commit import GroupCommit, Staged
 from snapreg.registry.runs import RunSetup, WriterLease, check_arguments, open_run
 from snapreg.rules.consistency import PeerSource, Topology, instance_sort_key
 from snapreg.rules.graph import POLICIES, ActiveGraph, GraphNode, Policy
@@ -99,10 +100,6 @@ _IN_LIST_CHUNK = 10_000
 # Submissions stored unprocessed (a crash, a failed processing) are processed this
 # many per transaction when the run is opened again.
 _PROCESSING_BATCH = 64
-# A leader waits for concurrent registrations to join its commit while they
-# keep coming, at most this often, and no longer than this for the next one.
-_GATHER_ROUNDS = 8
-_GATHER_PAUSE = 0.00001
 # The worker's pauses between attempts while the database is unavailable.
 _FIRST_BACKOFF = 0.1
 _MAX_BACKOFF = 5.0
@@ -120,22 +117,6 @@ class Refusal:
 
     instance: str
     error: Exception
-
-
-@dataclass
-class _Staged:
-    """A registration waiting for the commit that acknowledges it."""
-
-    instance: str
-    metadata: SnapshotMetadata
-    previous_counts: dict[str, list[int]] | None
-    #: notified when this registration is committed, failed, or leads
-    wakeup: threading.Condition
-    #: the submission row's id in the transaction under way
-    allocated_id: int | None = None
-    #: set once that transaction has committed: the acknowledgement
-    submission_id: int | None = None
-    error: BaseException | None = None
 
 
 @dataclass
@@ -162,9 +143,9 @@ class _Found:
 class _Batch:
     """The rows a batch of registrations will write, gathered before writing."""
 
-    nodes: list[tuple[GraphNode, int | _Staged | None]] = field(default_factory=list)
+    nodes: list[tuple[GraphNode, int | Staged | None]] = field(default_factory=list)
     #: registrations whose submission rows commit with the batch
-    staged: list[_Staged] = field(default_factory=list)
+    staged: list[Staged] = field(default_factory=list)
     edges: list[tuple[GraphNode, GraphNode]] = field(default_factory=list)
     workflow_snapshots: list[_Found] = field(default_factory=list)
     retired: list[GraphNode] = field(default_factory=list)
@@ -294,13 +275,9 @@ class SnapshotRegistry(threading.Thread):
         # Guards what register_snapshot stages and what the worker takes.
         self._queue_mutex = threading.Lock()
         self._queue_lock = threading.Condition(self._queue_mutex)
-        # registrations waiting for their commit, oldest (the leader) first
-        self._staged: deque[_Staged] = deque()
-        self._last_batch_size = 0
-        # per registering thread: the condition it waits on
-        self._threads = threading.local()
-        # notified when a registration joins the queue
-        self._arrival = threading.Condition(self._queue_mutex)
+        self._group_commit = GroupCommit(
+            self._queue_mutex, self._commit_staged, self._forget_counts
+        )
         self._pending: deque[_Pending] = deque()
         self._last_counts: dict[str, dict[str, list[int]]] = {}
         self._stopping = False
@@ -464,19 +441,11 @@ class SnapshotRegistry(threading.Thread):
         with self._queue_lock:
             previous = self._last_counts.get(name)
             check_counts(name, previous or {}, metadata, self._count_rules)
-            staged = _Staged(name, metadata, previous, self._wakeup_of_this_thread())
+            staged = Staged(
+                name, metadata, previous, self._group_commit.wakeup_of_this_thread()
+            )
             self._last_counts[name] = metadata.port_message_counts
-            self._staged.append(staged)
-            self._arrival.notify()  # a leader gathering followers
-            # Group commit: the oldest waiting registration leads; it commits
-            # itself and every one behind it in one transaction, then wakes them
-            # and hands the lead to the next one in line. Only the threads
-            # concerned are woken.
-            while staged.submission_id is None and staged.error is None:
-                if self._staged[0] is staged:
-                    self._commit_staged()
-                else:
-                    staged.wakeup.wait()
+            self._group_commit.wait_for_commit(staged)
         if staged.error is not None:
             raise staged.error
 
@@ -750,69 +719,29 @@ class SnapshotRegistry(threading.Thread):
 
     # ------------------------------------------------------------- registration
 
-    def _commit_staged(self) -> None:
-        """Commit every staged registration in one transaction (group commit).
+    def _commit_staged(self, batch: list[Staged]) -> None:
+        """Store and process staged registrations in one transaction (group commit).
 
-        Called with ``_queue_lock`` held; releases it while the commit runs so
-        that other threads can stage theirs for the next one.
+        Should processing fail for a reason other than the database, their
+        submissions are committed alone, to be processed when the run is opened
+        again.
         """
-        if self._last_batch_size > 1:
-            self._gather_followers()
-        batch = list(self._staged)
-        self._last_batch_size = len(batch)
-        error: BaseException | None = None
-        self._queue_lock.release()
-        try:
-            with self._lock:
-                if not self._process_staged(batch):
-                    self._queue_staged(batch)
-        except BaseException as err:  # handed to every waiting registration
-            error = err
-        finally:
-            self._queue_lock.acquire()
-            for item in batch:
-                self._staged.popleft()
-                item.wakeup.notify()
-            if self._staged:
-                self._staged[0].wakeup.notify()  # the next leader
-        if error is not None:
-            for item in reversed(batch):
-                item.error = error
-                if self._last_counts.get(item.instance) is (
-                    item.metadata.port_message_counts
-                ):
-                    if item.previous_counts is None:
-                        del self._last_counts[item.instance]
-                    else:
-                        self._last_counts[item.instance] = item.previous_counts
-            return
+        with self._lock:
+            if not self._process_staged(batch):
+                self._queue_staged(batch)
+
+    def _forget_counts(self, batch: list[Staged], error: BaseException) -> None:
+        """Undo what a failed batch's registrations set as their latest counts."""
         for item in batch:
-            item.submission_id = item.allocated_id
+            if self._last_counts.get(item.instance) is (
+                item.metadata.port_message_counts
+            ):
+                if item.previous_counts is None:
+                    del self._last_counts[item.instance]
+                else:
+                    self._last_counts[item.instance] = item.previous_counts
 
-    def _wakeup_of_this_thread(self) -> threading.Condition:
-        """The condition this thread waits on for its registration (one at a time)."""
-        wakeup: threading.Condition | None = getattr(self._threads, "wakeup", None)
-        if wakeup is None:
-            wakeup = self._threads.wakeup = threading.Condition(self._queue_mutex)
-        return wakeup
-
-    def _gather_followers(self) -> None:
-        """Let registrations that are on their way join the leader's commit.
-
-        Called by the leader, with ``_queue_lock`` held, when the previous commit
-        was shared: threads register concurrently, and those just acknowledged
-        are probably about to send their next one. The leader waits while they
-        keep arriving (each arrival wakes it at once), and goes ahead as soon as
-        none has come for a moment. A lone registering thread never gets here and
-        pays nothing.
-        """
-        for _ in range(_GATHER_ROUNDS):
-            waiting = len(self._staged)
-            self._arrival.wait(timeout=_GATHER_PAUSE)
-            if len(self._staged) == waiting:
-                return
-
-    def _process_staged(self, batch: list[_Staged]) -> bool:
+    def _process_staged(self, batch: list[Staged]) -> bool:
         """Process staged registrations with their submissions, in one transaction.
 
         Nothing older waits: submissions are only ever stored unprocessed once
@@ -853,7 +782,7 @@ class SnapshotRegistry(threading.Thread):
             return False
         return True
 
-    def _queue_staged(self, batch: list[_Staged]) -> None:
+    def _queue_staged(self, batch: list[Staged]) -> None:
         """Commit only the submissions of staged registrations, left unprocessed."""
         now = datetime.now(timezone.utc)
 
@@ -883,7 +812,7 @@ class SnapshotRegistry(threading.Thread):
     def _insert_submissions(
         self,
         connection: Connection,
-        batch: list[_Staged],
+        batch: list[Staged],
         ids: list[int],
         now: datetime,
     ) -> None:
@@ -926,8 +855,8 @@ class SnapshotRegistry(threading.Thread):
 
     def _process(
         self,
-        registrations: list[tuple[str, SnapshotMetadata, int | _Staged | None]],
-        staged: list[_Staged] | None = None,
+        registrations: list[tuple[str, SnapshotMetadata, int | Staged | None]],
+        staged: list[Staged] | None = None,
     ) -> list[_Outcome]:
         """Process registrations in order, in one transaction; write files after.
 
@@ -977,7 +906,7 @@ class SnapshotRegistry(threading.Thread):
         batch: _Batch,
         instance: str,
         metadata: SnapshotMetadata,
-        submission: int | _Staged | None,
+        submission: int | Staged | None,
         now: datetime,
     ) -> _Outcome:
         """Apply one registration to the in-memory graph and note its rows."""
@@ -1051,7 +980,7 @@ class SnapshotRegistry(threading.Thread):
                     node.num,
                     False,
                     submission.allocated_id
-                    if isinstance(submission, _Staged)
+                    if isinstance(submission, Staged)
                     else submission,
                     now,
                     *codecs.node_values(node.metadata),
