@@ -251,11 +251,9 @@ class _TargetedKill:
         commit_staged = SnapshotRegistry._commit_staged
         write_files = SnapshotRegistry._write_files
 
-        def committed(registry: SnapshotRegistry) -> None:
-            batch = list(registry._staged)
-            commit_staged(registry)
-            if any(item.error is None for item in batch):
-                self.arrive("submission-committed")
+        def committed(registry: SnapshotRegistry, batch: list[Any]) -> None:
+            commit_staged(registry, batch)  # returns once committed, or raises
+            self.arrive("submission-committed")
 
         def before_files(registry: SnapshotRegistry, found: list[Any]) -> None:
             if any(item.path is not None for item in found):

@@ -236,20 +236,18 @@ def open_run(
         return campaign.id, run.id, run.number
     signature = setup.topology.signature()
     folder = None if setup.folder is None else str(setup.folder.resolve())
-    # Another snapshot folder is another manager start (MUSCLE3 gives each its own
-    # run directory), whose instances start afresh: a new run, never a
-    # continuation of the last one, even when nothing can pass new_run (MUSCLE3's
-    # manager building the registry itself).
-    moved = (
+    # Another snapshot folder beside the last run's, which is still there, is
+    # another manager start (MUSCLE3 gives each its own run directory), whose
+    # instances start afresh: a new run, even when nothing can pass new_run
+    # (MUSCLE3's manager building the registry itself). A folder that replaces one
+    # that is gone is the same campaign moved: it goes on.
+    another_start = (
         folder is not None
         and run is not None
-        and run.snapshot_folder
-        not in (
-            None,
-            folder,
-        )
+        and run.snapshot_folder not in (None, folder)
+        and os.path.isdir(run.snapshot_folder)
     )
-    if run is None or new_run or moved:
+    if run is None or new_run or another_start:
         if resumed_from is not None:
             _check_resumed_from(session, setup.campaign, campaign.id, resumed_from)
         run = _create_run(
@@ -274,7 +272,7 @@ def open_run(
             " new run (new_run=True) or use another campaign"
         )
     setup.lease.acquire(run, setup.campaign)
-    if folder is not None and run.snapshot_folder is None:
+    if folder is not None and run.snapshot_folder != folder:
         run.snapshot_folder = folder
     return campaign.id, run.id, run.number
 
