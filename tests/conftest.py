@@ -4,8 +4,9 @@ PostgreSQL tests run against the server named by ``SNAPREG_TEST_POSTGRES_URL``
 (default: the local server on 127.0.0.1:5432, database ``test``, user ``postgres``).
 Each test gets a database of its own, copied from a template migrated once per
 session, and dropped afterwards, so no test ever sees another's rows. Without a
-reachable server the PostgreSQL tests are skipped with the reason, except when
-``CI`` is ``true`` or ``SNAPREG_REQUIRE_POSTGRES`` is set: then they fail.
+reachable server, or without psycopg, the PostgreSQL tests are skipped with the
+reason, except when ``CI`` is ``true`` or ``SNAPREG_REQUIRE_POSTGRES`` is set: then
+they fail.
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from snapreg.storage.database import create_database_engine, upgrade_engine
+
+# pytester runs this conftest in pytests of its own (test_postgres_fixture.py).
+pytest_plugins = ["pytester"]
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "SNAPREG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -59,19 +64,39 @@ class PostgresServer:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """The PostgreSQL server, or a skip (a failure in CI) when unreachable."""
+def _connect_admin() -> Engine:
+    """An autocommit engine on the server, checked to answer."""
+    # create_engine already imports the driver: psycopg may be missing here.
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:
             connection.execute(text("SELECT 1"))
-    except Exception as err:  # noqa: BLE001 - any failure means "no server"
+    except BaseException:
         admin.dispose()
-        message = f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable: {err}"
-        if _postgres_required():
-            pytest.fail(message + " (CI requires it)")
-        pytest.skip(message)
+        raise
+    return admin
+
+
+def _unusable(message: str) -> NoReturn:
+    """Skip the test that needs the server, or fail it where it must run."""
+    if _postgres_required():
+        pytest.fail(message + " (CI requires it)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """The PostgreSQL server, or a skip (a failure in CI) when unusable.
+
+    Unusable means unreachable, or psycopg not installed (snapreg without its
+    ``postgres`` extra).
+    """
+    try:
+        admin = _connect_admin()
+    except ImportError as err:
+        _unusable(f"PostgreSQL tests need psycopg (snapreg[postgres]): {err}")
+    except Exception as err:  # noqa: BLE001 - any failure means "no server"
+        _unusable(f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable: {err}")
     server = PostgresServer(admin, f"snapreg_template_{uuid.uuid4().hex[:12]}")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{server.template}"'))
