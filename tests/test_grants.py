@@ -269,11 +269,17 @@ def test_a_role_name_that_needs_quoting_is_just_a_name(
 def test_a_bad_role_name_is_a_clear_error(
     capsys: pytest.CaptureFixture[str], recorded: str, role: str, message: str
 ) -> None:
+    # Only this name's roles: other tests (or pytest-xdist workers) on the same
+    # server create and drop roles of their own meanwhile. PostgreSQL would cut a
+    # name to 63 bytes.
+    roles = text(
+        "SELECT rolname, rolconfig FROM pg_roles"
+        " WHERE rolname IN (:role, :cut) ORDER BY rolname"
+    )
+    names = {"role": role, "cut": role.encode()[:63].decode(errors="ignore")}
     engine = create_engine(recorded)
     with engine.connect() as connection:
-        before = connection.execute(
-            text("SELECT rolname, rolconfig FROM pg_roles ORDER BY rolname")
-        ).all()
+        before = connection.execute(roles, names).all()
     outcome = invoke(capsys, "db", "grant-reader", role, "--db", recorded)
 
     assert outcome.status == 1, outcome.stdout
@@ -281,9 +287,7 @@ def test_a_bad_role_name_is_a_clear_error(
     assert outcome.stderr.count("\n") == 1, outcome.stderr
     assert message in outcome.stderr
     with engine.connect() as connection:
-        after = connection.execute(
-            text("SELECT rolname, rolconfig FROM pg_roles ORDER BY rolname")
-        ).all()
+        after = connection.execute(roles, names).all()
     engine.dispose()
     assert after == before
 
