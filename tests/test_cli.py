@@ -744,6 +744,7 @@ def test_default_database_is_snapreg_sqlite_here_unless_the_variable_is_set(
     assert found["name"] == CAMPAIGN
 
 
+@pytest.mark.slow  # runs the installed command
 def test_the_console_script_prints_no_traceback(tmp_path: Path) -> None:
     missing = tmp_path / "missing.sqlite"
     finished = simulation.run(
@@ -773,6 +774,7 @@ def test_the_console_script_prints_no_traceback(tmp_path: Path) -> None:
 # ------------------------------------------------------------ real simulation
 
 
+@pytest.mark.slow  # real MUSCLE3 runs
 def test_export_with_config_of_a_real_run_runs_in_stock_muscle_manager(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -206,7 +206,7 @@ def final_counts(url: str) -> tuple[int, int]:
     return int(nodes), int(snapshots)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # readers in child processes
 def test_readers_in_other_processes_see_only_whole_registrations(
     persistent_database_url: str,
     tmp_path: Path,

@@ -42,6 +42,7 @@ def campaign(tmp_path_factory: pytest.TempPathFactory) -> tuple[Stream, Expected
     return stream, expected_results(stream, tmp_path_factory.mktemp("uninterrupted"))
 
 
+@pytest.mark.slow  # torture: kills a child process 50 times
 def test_sigkill_at_random_points_loses_nothing(
     persistent_database_url: str, tmp_path: Path, campaign: tuple[Stream, Expected]
 ) -> None:

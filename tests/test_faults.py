@@ -770,6 +770,7 @@ def private_postgres() -> Iterator[PrivateServer]:
         shutil.rmtree(server.root, ignore_errors=True)
 
 
+@pytest.mark.slow  # starts, stops and restarts a PostgreSQL server
 @pytest.mark.postgres
 def test_a_restarted_server_loses_nothing_acknowledged(
     private_postgres: PrivateServer,
@@ -925,6 +926,7 @@ def set_lease(url: str, **values: Any) -> None:
     engine.dispose()
 
 
+@pytest.mark.slow  # a writer in a child process
 def test_a_second_writer_in_another_process_is_refused_at_once(
     persistent_database_url: str, tmp_path: Path
 ) -> None:
@@ -1022,6 +1024,7 @@ def _holder_is_idle(url: str, holder: Holder) -> bool:
     return busy == 0
 
 
+@pytest.mark.slow  # stops a child process
 def test_a_frozen_holder_is_taken_over_and_then_refused(
     persistent_database_url: str, tmp_path: Path
 ) -> None:
@@ -1056,6 +1059,7 @@ def test_a_frozen_holder_is_taken_over_and_then_refused(
     check_campaign(url, folder, STREAM, tmp_path, campaign_of(STREAM))
 
 
+@pytest.mark.slow  # writers in child processes
 def test_two_campaigns_side_by_side_in_two_processes(
     persistent_database_url: str, tmp_path: Path
 ) -> None:

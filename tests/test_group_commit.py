@@ -19,6 +19,7 @@ import threading
 from collections import Counter
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, create_engine, event, text
 
 from snapreg import SnapshotRegistry
@@ -161,6 +162,7 @@ def _orphan_submissions(url: str) -> int:
         engine.dispose()
 
 
+@pytest.mark.slow  # kills child processes
 def test_group_commit_killed_at_random_loses_nothing(
     persistent_database_url: str,
 ) -> None:

@@ -35,7 +35,8 @@ from snapreg.tools.reader import DatabaseReader
 from support import stock_runs
 from support.command_line import invoke
 
-pytestmark = pytest.mark.muscle3
+# slow: all but one test import real runs of MUSCLE3's manager
+pytestmark = [pytest.mark.muscle3, pytest.mark.slow]
 
 MODEL = "reaction_diffusion"
 

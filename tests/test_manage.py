@@ -23,7 +23,8 @@ from snapreg.tools.reader import DatabaseReader
 from support import simulation
 from support.command_line import invoke
 
-pytestmark = pytest.mark.muscle3
+# slow: every test runs MUSCLE3's manager or snapreg manage for real
+pytestmark = [pytest.mark.muscle3, pytest.mark.slow]
 
 MODEL = "reaction_diffusion"
 #: Workflow snapshots of one default run: t = 0, 0.25, 0.5, 0.75, 1.0 and the end.

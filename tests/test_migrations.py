@@ -82,6 +82,7 @@ def test_upgrade_and_downgrade_round_trip(empty_url: str) -> None:
     engine.dispose()
 
 
+@pytest.mark.slow  # runs the alembic command
 def test_alembic_command_line_from_the_checkout(tmp_path: Path) -> None:
     database = tmp_path / "cli.sqlite"
     alembic = Path(sys.executable).parent / "alembic"
@@ -157,7 +158,7 @@ def test_migrations_ship_inside_the_package() -> None:
     assert any(folder.joinpath("versions").glob("0001_initial.py"))
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # builds and installs a wheel
 def test_installed_wheel_migrates_from_any_directory(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     build = subprocess.run(

@@ -18,6 +18,8 @@ from snapreg.tools.importer import import_run_directory
 from support import stock_runs
 from support.command_line import invoke
 
+pytestmark = pytest.mark.slow  # every test plots a real run of MUSCLE3's manager
+
 INSTANCES = ["macro", "micro[0]", "micro[1]", "micro[2]"]
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each test runs a pytest of its own
+
 CONFTEST = Path(__file__).with_name("conftest.py")
 
 # Loaded with -p before the conftest: every later `import psycopg` fails as it

@@ -512,6 +512,7 @@ def _count(url: str, query: str) -> int:
         engine.dispose()
 
 
+@pytest.mark.slow  # kills a child process
 def test_acknowledged_registrations_survive_a_crash(
     persistent_database_url: str, tmp_path: Path
 ) -> None:
@@ -600,6 +601,7 @@ def test_names_never_run_out(tmp_path: Path) -> None:
     assert "snapshot_20260102_030405_250.ymmsl" in names
 
 
+@pytest.mark.slow  # thousands of workflow snapshots
 def test_more_than_a_hundred_files_in_a_second(tmp_path: Path) -> None:
     # ten micro instances with intermediate snapshots: thousands of combinations
     stream = macro_micro(0, num_micro=10)
@@ -639,6 +641,7 @@ FORGETFUL_CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a child process
 def test_a_forgotten_worker_never_keeps_the_process_alive(
     persistent_database_url: str, tmp_path: Path
 ) -> None:
