@@ -130,6 +130,17 @@ def empty_postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
         postgres_server.drop_database(name)
 
 
+@pytest.fixture(autouse=True)
+def _terminal_width_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables print as wide as the command line makes them without a terminal.
+
+    pytest-xdist's workers set ``COLUMNS=80`` (a developer's shell may export
+    anything), which the command line obeys: headers would wrap differently
+    than in a plain run.
+    """
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
 @pytest.fixture
 def tmp_path(tmp_path: Path) -> Path:
     """pytest's folder for the test, one level down, so that its parent is the test's.
