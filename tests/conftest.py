@@ -130,6 +130,20 @@ def empty_postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
         postgres_server.drop_database(name)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark slow the PostgreSQL cases of tests marked ``slow_on_postgresql``.
+
+    A PostgreSQL case costs about a second more than a SQLite one (a database
+    made and dropped, a commit per registration); tests with dozens of cases
+    check the same rules on SQLite in the fast loop and on all backends in full.
+    """
+    for item in items:
+        if item.get_closest_marker("slow_on_postgresql") and item.get_closest_marker(
+            "postgres"
+        ):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _terminal_width_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tables print as wide as the command line makes them without a terminal.

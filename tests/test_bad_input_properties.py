@@ -644,6 +644,7 @@ def hole(
         seeded.close()
 
 
+@pytest.mark.slow_on_postgresql
 @pytest.mark.parametrize("metadata", METADATA_BUGS)
 @pytest.mark.parametrize("entry", ["add_snapshot", "register_snapshot"])
 def test_metadata_holes_stay_closed(hole: Seeded, entry: str, metadata: Any) -> None:
@@ -695,6 +696,7 @@ CONSTRUCTOR_BUGS = [
 ]
 
 
+@pytest.mark.slow_on_postgresql
 @pytest.mark.parametrize("arguments", CONSTRUCTOR_BUGS)
 def test_constructor_holes_stay_closed(hole: Seeded, arguments: dict[str, Any]) -> None:
     hole.registry.close()

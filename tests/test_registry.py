@@ -122,6 +122,7 @@ BAD_INPUTS: list[tuple[str, Any, Any, type[Exception]]] = [
 ]
 
 
+@pytest.mark.slow_on_postgresql
 @pytest.mark.parametrize(
     ("instance", "bad", "error"),
     [case[1:] for case in BAD_INPUTS],
@@ -207,6 +208,7 @@ def _counts_metadata(counts: dict[str, list[int]], final: bool) -> dict[str, Any
     return metadata(counts, final=final)
 
 
+@pytest.mark.slow_on_postgresql
 @pytest.mark.parametrize(
     "sequence",
     [case[1] for case in SENT_BY_LIBMUSCLE_0_10],
@@ -228,6 +230,7 @@ def test_counts_libmuscle_0_10_sends_are_accepted(
     ]
 
 
+@pytest.mark.slow_on_postgresql
 @pytest.mark.parametrize(
     ("instance", "before", "counts", "final"),
     [case[1:] for case in NEVER_SENT],

@@ -68,6 +68,7 @@ def _check_step(
     assert _active(registry, stream) == step.active, where
 
 
+@pytest.mark.slow_on_postgresql
 @pytest.mark.parametrize("stream", STREAMS, ids=[stream.name for stream in STREAMS])
 def test_same_results_as_muscle3(
     stream: Stream, database_url: str, tmp_path: Path
@@ -75,6 +76,7 @@ def test_same_results_as_muscle3(
     _check_same_results(stream, database_url, tmp_path)
 
 
+@pytest.mark.slow_on_postgresql
 @pytest.mark.parametrize(
     "stream",
     LIBMUSCLE_0_10_STREAMS,
@@ -113,6 +115,7 @@ def _check_same_results(stream: Stream, database_url: str, tmp_path: Path) -> No
         assert len(list(folder.glob("snapshot_*.ymmsl"))) == total
 
 
+@pytest.mark.slow_on_postgresql
 @pytest.mark.parametrize(
     "stream", STREAMS[::3], ids=[stream.name for stream in STREAMS[::3]]
 )
@@ -140,6 +143,7 @@ def test_reopening_between_registrations_changes_nothing(
         registry.close()
 
 
+@pytest.mark.slow_on_postgresql
 @pytest.mark.parametrize("stream", STREAMS[:6], ids=[s.name for s in STREAMS[:6]])
 def test_worker_thread_gives_the_same_workflow_snapshots(
     stream: Stream, database_url: str, tmp_path: Path
