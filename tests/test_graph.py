@@ -86,6 +86,7 @@ def test_searches_agree_with_brute_force(stream: Stream, policy: Policy) -> None
     replay(stream, policy)
 
 
+@pytest.mark.muscle3
 @pytest.mark.parametrize("seed", range(6))
 def test_latest_is_unique_and_maximal_with_many_candidates(seed: int) -> None:
     # micro intermediates give several candidates per instance: many combinations
