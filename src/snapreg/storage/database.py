@@ -105,6 +105,9 @@ POSTGRES_LOCK_TIMEOUT_MS = 10_000
 #: persistent failure goes unreported.
 TRANSACTION_ATTEMPTS = 8
 
+#: First key of the PostgreSQL advisory lock that serialises schema changes.
+SCHEMA_LOCK_SPACE = 0x736E7073
+
 #: Where Linux lists the mounted file systems, to spot network file systems.
 MOUNTS_FILE = Path("/proc/self/mounts")
 
@@ -428,33 +431,59 @@ def known_revisions() -> set[str]:
     return {revision.revision for revision in script.walk_revisions()}
 
 
-def current_revision(engine: Engine) -> str | None:
+def current_revision(bind: Engine | Connection) -> str | None:
     """The schema revision of the database, or None if it has none.
 
     Raises:
         ForeignDatabaseError: several revisions at once: another application's
             Alembic history, never snapreg's, which has one head.
     """
-    with engine.connect() as connection:
+    with _connected(bind) as connection:
         try:
             return MigrationContext.configure(connection).get_current_revision()
         except CommandError as err:
             raise ForeignDatabaseError(
-                f"{describe_url(engine.url)} is not a snapreg database: its"
-                f" alembic_version table holds several revisions ({err}); snapreg"
-                " leaves it untouched"
+                f"{describe_url(connection.engine.url)} is not a snapreg database:"
+                f" its alembic_version table holds several revisions ({err});"
+                " snapreg leaves it untouched"
             ) from err
+
+
+@contextmanager
+def _connected(bind: Engine | Connection) -> Iterator[Connection]:
+    """The connection itself, or a new one of the engine's for the block."""
+    if isinstance(bind, Connection):
+        yield bind
+        return
+    with bind.connect() as connection:
+        yield connection
+
+
+def _schema_changes_take_turns(connection: Connection) -> None:
+    """Hold off every other schema check or change until this transaction ends.
+
+    SQLite: the writer's ``BEGIN IMMEDIATE`` already excludes every other writer.
+    PostgreSQL: a transaction-level advisory lock, so that processes opening a new
+    database at the same instant do not all create its tables.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(:space, 0)"),
+            {"space": SCHEMA_LOCK_SPACE},
+        )
 
 
 def upgrade_engine(engine: Engine, revision: str = "head") -> None:
     """Migrate the database behind an engine to a revision (default: newest)."""
     with writer(engine).begin() as connection:
+        _schema_changes_take_turns(connection)
         command.upgrade(alembic_config(connection), revision)
 
 
 def downgrade_engine(engine: Engine, revision: str) -> None:
     """Migrate the database behind an engine down to a revision."""
     with writer(engine).begin() as connection:
+        _schema_changes_take_turns(connection)
         command.downgrade(alembic_config(connection), revision)
 
 
@@ -496,7 +525,7 @@ def migrate_database(url: str | URL, revision: str = "head") -> tuple[str | None
 SchemaState = Literal["current", "empty", "older"]
 
 
-def schema_state(engine: Engine) -> SchemaState:
+def schema_state(bind: Engine | Connection) -> SchemaState:
     """Whether the database's schema is this code's newest, absent, or older.
 
     Only a database without any table, view or sequence (in the schema
@@ -509,31 +538,35 @@ def schema_state(engine: Engine) -> SchemaState:
             were not made by snapreg's migrations.
         SchemaTooNewError: a revision this code does not know, from a newer snapreg.
     """
-    revision = current_revision(engine)
-    head = head_revision()
-    if revision == head:
-        return "current"
-    refuse_foreign(engine, revision)
-    if revision is None:
-        if _has_snapreg_tables(engine):
-            raise SchemaOutOfDateError(
-                f"{describe_url(engine.url)} holds snapreg tables without a schema"
-                " revision; they were not made by snapreg's migrations"
+    with _connected(bind) as connection:
+        # one connection: the revision and the tables seen at the same moment
+        revision = current_revision(connection)
+        head = head_revision()
+        if revision == head:
+            return "current"
+        refuse_foreign(connection, revision)
+        if revision is None:
+            if _has_snapreg_tables(connection):
+                raise SchemaOutOfDateError(
+                    f"{describe_url(connection.engine.url)} holds snapreg tables"
+                    " without a schema revision; they were not made by snapreg's"
+                    " migrations"
+                )
+            return "empty"
+        if revision not in known_revisions():  # snapreg's, from a newer snapreg
+            raise SchemaTooNewError(
+                f"{describe_url(connection.engine.url)} has schema revision"
+                f" {revision}, newer than this snapreg knows (newest: {head});"
+                " upgrade snapreg"
             )
-        return "empty"
-    if revision not in known_revisions():  # snapreg's tables, from a newer snapreg
-        raise SchemaTooNewError(
-            f"{describe_url(engine.url)} has schema revision {revision}, newer than"
-            f" this snapreg knows (newest: {head}); upgrade snapreg"
-        )
-    return "older"
+        return "older"
 
 
-def refuse_foreign(engine: Engine, revision: str | None) -> None:
+def refuse_foreign(bind: Engine | Connection, revision: str | None) -> None:
     """Refuse a database that holds something, but not snapreg's schema.
 
     Args:
-        engine: The database.
+        bind: The database, or a connection to it.
         revision: Its schema revision (:func:`current_revision`).
 
     Raises:
@@ -543,15 +576,15 @@ def refuse_foreign(engine: Engine, revision: str | None) -> None:
     """
     if revision is not None and revision in known_revisions():
         return
-    if _has_snapreg_tables(engine):
+    if _has_snapreg_tables(bind):
         return
-    relations = database_relations(engine)
+    relations = database_relations(bind)
     if not relations:
         return
     shown = ", ".join(relations[:5]) + (", ..." if len(relations) > 5 else "")
     plural = "s" * (len(relations) != 1)
     raise ForeignDatabaseError(
-        f"{describe_url(engine.url)} is not a snapreg database: it holds"
+        f"{describe_url(bind.engine.url)} is not a snapreg database: it holds"
         f" {len(relations)} table{plural} or view{plural} of something else"
         f" ({shown}) and no snapreg schema; snapreg leaves it untouched (give"
         " snapreg a database of its own)"
@@ -580,30 +613,36 @@ def ensure_schema(engine: Engine, *, upgrade: bool = False) -> None:
     """
 
     def check() -> None:
-        state = schema_state(engine)
-        if state == "older" and not upgrade:
-            raise out_of_date(engine)
-        use_wal(engine)  # the file is snapreg's (or empty): now it may change
-        if state == "empty":
-            upgrade_engine(engine)
-        elif state == "older":
-            _logger.info("Upgrading %s to %s", engine.url, head_revision())
-            upgrade_engine(engine)
+        if current_revision(engine) != head_revision():
+            # Processes that open a new database at the same instant take turns:
+            # the first creates the schema, the others find it made.
+            with writer(engine).begin() as connection:
+                _schema_changes_take_turns(connection)
+                state = schema_state(connection)
+                if state == "empty" or (state == "older" and upgrade):
+                    if state == "older":
+                        _logger.info(
+                            "Upgrading %s to %s", engine.url, head_revision()
+                        )
+                    command.upgrade(alembic_config(connection), "head")
+            if state == "older" and not upgrade:
+                raise out_of_date(engine)
+        use_wal(engine)  # the file is snapreg's (or was empty): now it may change
 
     translating_errors(engine.url, check)
 
 
-def _has_snapreg_tables(engine: Engine) -> bool:
-    return inspect(engine).has_table("snapshot_node")
+def _has_snapreg_tables(bind: Engine | Connection) -> bool:
+    return inspect(bind).has_table("snapshot_node")
 
 
-def database_relations(engine: Engine) -> list[str]:
+def database_relations(bind: Engine | Connection) -> list[str]:
     """Tables, views and sequences in the schema snapreg uses, by name.
 
     On SQLite the main database; on PostgreSQL the current schema (foreign
     tables and materialized views included).
     """
-    if engine.dialect.name == "sqlite":
+    if bind.dialect.name == "sqlite":
         statement = (
             "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')"
             " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
@@ -615,7 +654,7 @@ def database_relations(engine: Engine) -> list[str]:
             " WHERE n.nspname = current_schema()"
             " AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') ORDER BY c.relname"
         )
-    with engine.connect() as connection:
+    with _connected(bind) as connection:
         return list(connection.scalars(text(statement)))
 
 
