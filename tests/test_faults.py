@@ -31,7 +31,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,13 @@ from support.torture import (
     expected_results,
     inspection_engine,
     verify,
+)
+from support.writers import (
+    age_heartbeats,
+    end_session,
+    lock_holder,
+    run_id_of,
+    run_lock_held,
 )
 
 STREAM = macro_micro(21, num_micro=3, num_steps=5)
@@ -955,38 +962,46 @@ def test_a_second_writer_in_another_process_is_refused_at_once(
     check_campaign(url, folder, STREAM, tmp_path, campaign_of(STREAM))
 
 
-def test_a_holder_on_another_machine_is_taken_over_when_its_heartbeat_stops(
+def test_a_holder_on_another_machine_is_taken_over_once_it_is_gone(
     persistent_database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = persistent_database_url
+    postgres = not url.startswith("sqlite")
     folder = snapshot_folder(tmp_path)
     half = len(STREAM.registrations) // 2
     registry = SnapshotRegistry(STREAM.config, folder, database_url=url)
     replay(registry, STREAM, 0, half)  # stored; the next writer goes on from here
+    run_id = registry.run_id
     registry.close()
     since = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-
-    def held_elsewhere(heartbeat: datetime) -> None:
-        set_lease(
-            url,
-            host="compute-node-17",
-            pid=4242,
-            token="f" * 32,
-            since=since,
-            heartbeat=heartbeat,
-        )
-
-    held_elsewhere(datetime.now(timezone.utc))
-    before = database_rows(url)
-    # a fresh heartbeat: refused (with room to spare on a slow, busy machine)
-    with pytest.raises(WriterConflictError) as refused:
-        SnapshotRegistry(STREAM.config, folder, database_url=url, writer_timeout=30.0)
-    assert "pid 4242 on compute-node-17 since 2026-01-02 03:04:05 UTC" in str(
-        refused.value
+    set_lease(
+        url,
+        host="compute-node-17",
+        pid=4242,
+        token="f" * 32,
+        since=since,
+        heartbeat=datetime.now(timezone.utc),
     )
-    assert database_rows(url) == before
-    # the holder falls silent: its last heartbeat is older than the timeout
-    held_elsewhere(datetime.now(timezone.utc) - timedelta(seconds=31))
+    before = database_rows(url)
+    # PostgreSQL: the other machine's writer session holds the run's lock
+    with run_lock_held(url, run_id) if postgres else contextlib.nullcontext():
+        # a fresh heartbeat: refused (with room to spare on a slow, busy machine)
+        with pytest.raises(WriterConflictError) as refused:
+            SnapshotRegistry(
+                STREAM.config, folder, database_url=url, writer_timeout=30.0
+            )
+        assert "pid 4242 on compute-node-17 since 2026-01-02 03:04:05 UTC" in str(
+            refused.value
+        )
+        assert database_rows(url) == before
+        # the holder falls silent: its last heartbeat is older than the timeout
+        age_heartbeats(url, 31)
+        if postgres:  # but as long as its session lives, the run is its own
+            with pytest.raises(WriterConflictError, match="compute-node-17"):
+                SnapshotRegistry(
+                    STREAM.config, folder, database_url=url, writer_timeout=30.0
+                )
+    # PostgreSQL: its session has ended
     with (
         caplog.at_level(logging.WARNING),
         SnapshotRegistry(
@@ -995,7 +1010,8 @@ def test_a_holder_on_another_machine_is_taken_over_when_its_heartbeat_stops(
     ):
         registry.start()
         replay(registry, STREAM, half)
-    assert any("heartbeat too old" in record.getMessage() for record in caplog.records)
+    gone = "database session is gone" if postgres else "heartbeat too old"
+    assert any(gone in record.getMessage() for record in caplog.records)
     check_campaign(url, folder, STREAM, tmp_path, campaign_of(STREAM))
 
 
@@ -1025,13 +1041,13 @@ def _holder_is_idle(url: str, holder: Holder) -> bool:
 
 
 @pytest.mark.slow  # stops a child process
-def test_a_frozen_holder_is_taken_over_and_then_refused(
+def test_a_frozen_holder_is_taken_over_once_gone_and_then_refused(
     persistent_database_url: str, tmp_path: Path
 ) -> None:
     url = persistent_database_url
     folder = snapshot_folder(tmp_path)
     third = len(STREAM.registrations) // 3
-    holder = Holder(url, folder, STREAM, tmp_path, writer_timeout=2.0)
+    holder = Holder(url, folder, STREAM, tmp_path, writer_timeout=30.0)
     try:
         assert holder.command("register", 0, third) == "ok"
         while True:  # freeze it, but not in the middle of a heartbeat
@@ -1040,9 +1056,21 @@ def test_a_frozen_holder_is_taken_over_and_then_refused(
                 break
             os.kill(holder.pid, signal.SIGCONT)
             time.sleep(0.05)
-        time.sleep(2.2)
+        # silent for longer than the timeout, by the database's clock
+        age_heartbeats(url, 60)
+        if not url.startswith("sqlite"):
+            # its session still holds the run: refused, however old the heartbeat
+            with pytest.raises(WriterConflictError) as refused:
+                SnapshotRegistry(
+                    STREAM.config, folder, database_url=url, writer_timeout=30.0
+                )
+            assert f"pid {holder.pid} on {os.uname().nodename}" in str(refused.value)
+            # until that session ends (as it would when its connection is lost)
+            backend = lock_holder(url, run_id_of(url, campaign_of(STREAM)))
+            assert backend is not None
+            end_session(url, backend)
         with SnapshotRegistry(
-            STREAM.config, folder, database_url=url, writer_timeout=2.0
+            STREAM.config, folder, database_url=url, writer_timeout=30.0
         ) as registry:
             registry.start()
             replay(registry, STREAM, third, 2 * third)

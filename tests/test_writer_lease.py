@@ -27,9 +27,10 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-import snapreg.runs
+import snapreg.registry.runs
 from snapreg import SnapregError, SnapshotRegistry, WriterConflictError
-from snapreg.consistency import Topology
+from snapreg.rules.consistency import Topology
+from support.entries import call_entry, register_or_raise
 from support.streams import macro_micro
 from support.torture import (
     Expected,
@@ -226,7 +227,7 @@ def python_clock_off_by(
             return cls.fromtimestamp(moment.timestamp(), tz)
 
     with monkeypatch.context() as patch:
-        patch.setattr(snapreg.runs, "datetime", Skewed)
+        patch.setattr(snapreg.registry.runs, "datetime", Skewed)
         yield
 
 
@@ -302,13 +303,13 @@ def test_a_registry_that_lost_its_run_writes_nothing(
     try:
         registry.start()
         for instance, metadata in STREAM.registrations[:5]:
-            registry.register_snapshot(instance, metadata)
+            register_or_raise(registry, instance, metadata)
         _take_over_behind_its_back(url)
         before = database_rows(url)
         files = sorted(folder.iterdir())
         instance, metadata = STREAM.registrations[5]
         with pytest.raises(WriterConflictError, match="taken over"):
-            getattr(registry, entry)(instance, metadata)
+            call_entry(registry, entry, instance, metadata)
         assert database_rows(url) == before
         assert sorted(folder.iterdir()) == files
     finally:
@@ -325,7 +326,7 @@ def test_submissions_stored_unprocessed_need_the_run_too(
     registry = SnapshotRegistry(STREAM.config, folder, database_url=url)
     try:
         for instance, metadata in STREAM.registrations[:5]:
-            registry.register_snapshot(instance, metadata)
+            register_or_raise(registry, instance, metadata)
         before = database_rows(url)
 
         def taken_over_then_failing(*args: Any) -> Any:
@@ -336,7 +337,7 @@ def test_submissions_stored_unprocessed_need_the_run_too(
 
         monkeypatch.setattr(registry, "_register", taken_over_then_failing)
         with pytest.raises(WriterConflictError, match="taken over"):
-            registry.register_snapshot(*STREAM.registrations[5])
+            register_or_raise(registry, *STREAM.registrations[5])
         after = database_rows(url)
         # nothing of the registration: neither its node nor its submission
         assert {name: rows for name, rows in after.items() if name != "run"} == {

@@ -31,8 +31,9 @@ from typing import Any
 from sqlalchemy import text
 
 from snapreg import SnapshotRegistry, WriterConflictError
-from snapreg.runs import writer_lock_key
+from snapreg.registry.runs import writer_lock_key
 
+from .entries import register_or_raise
 from .streams import Stream
 from .torture import inspection_engine
 
@@ -77,7 +78,7 @@ def open_at_once(job: OpenerJob, barrier: Any, channel: Connection) -> None:
         if command == "register":
             registry.start()
             for instance, metadata in stream.registrations:
-                registry.register_snapshot(instance, metadata)
+                register_or_raise(registry, instance, metadata)
         registry.close()
     except Exception:  # noqa: BLE001
         channel.send(("error", pid, traceback.format_exc()))

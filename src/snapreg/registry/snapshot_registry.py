@@ -20,8 +20,11 @@ Two entry points, as in MUSCLE3:
   lease while no registrations come.
 
 Only one registry may write a run at a time; the right to write is a lease on the
-``run`` row (holder's host, pid, token and heartbeat), taken over only when the
-holder's process is gone or its heartbeat is older than ``writer_timeout``.
+``run`` row (holder's host, pid, token and heartbeat), held on PostgreSQL by the
+writer's own database session, and taken over only when the holder is gone (see
+:mod:`snapreg.registry.runs`). The first statement of every write transaction
+checks that the lease is still this registry's, so one that was taken over writes
+nothing.
 """
 
 from __future__ import annotations
@@ -64,7 +67,13 @@ from snapreg.registry.files import (
     remove_temporary_files,
 )
 from snapreg.registry.group_commit import GroupCommit, Staged
-from snapreg.registry.runs import RunSetup, WriterLease, check_arguments, open_run
+from snapreg.registry.runs import (
+    DEFAULT_WRITER_TIMEOUT,
+    RunSetup,
+    WriterLease,
+    check_arguments,
+    open_run_on,
+)
 from snapreg.rules.consistency import PeerSource, Topology, instance_sort_key
 from snapreg.rules.graph import POLICIES, ActiveGraph, GraphNode, Policy
 from snapreg.rules.metadata import (
@@ -182,7 +191,7 @@ class SnapshotRegistry(threading.Thread):
         resumed_from: int | None = None,
         durability: Durability = "normal",
         upgrade: bool = False,
-        writer_timeout: float = 60.0,
+        writer_timeout: float = DEFAULT_WRITER_TIMEOUT,
         policy: Policy = "all",
     ) -> None:
         """Open (or create) a campaign's run in a database.
@@ -201,8 +210,11 @@ class SnapshotRegistry(threading.Thread):
             resumed_from: Id of the workflow snapshot a new run resumes from.
             durability: ``"normal"`` or ``"full"`` (SQLite: survive power loss).
             upgrade: Upgrade an older schema instead of refusing it.
-            writer_timeout: Seconds without a heartbeat after which another
-                process's right to write the run may be taken over.
+            writer_timeout: SQLite: seconds without a heartbeat (by the
+                database's clock) after which another process's right to write
+                the run may be taken over. (PostgreSQL: as long as its database
+                session lives, however silent.) The worker renews the heartbeat
+                every quarter of it, at most every 15 s.
             policy: Which workflow snapshots to materialise: ``"all"`` that
                 contain the new node (MUSCLE3's behaviour; their number can grow
                 exponentially with the instances that have several candidates), or
@@ -256,7 +268,10 @@ class SnapshotRegistry(threading.Thread):
         self._engine = create_database_engine(url, durability=durability)
         self._write_engine = writer(self._engine)
         # the registration path's transactions, one at a time (under self._lock)
-        self._writes = HeldConnection(self._write_engine)
+        # on PostgreSQL its session holds the run's writer lock (see runs.py)
+        self._writes = HeldConnection(
+            self._write_engine, session_locks=url.get_backend_name() == "postgresql"
+        )
         self._in_memory = is_memory_sqlite(url)
         self._campaign_name = campaign or self._topology.model_name
         self._heartbeat_interval = min(writer_timeout / 4, 15.0)
@@ -298,9 +313,18 @@ class SnapshotRegistry(threading.Thread):
                 self._folder,
                 self._lease,
             )
-            self._campaign_id, self._run_id, self._run_number = run_transaction(
-                self._write_engine,
-                lambda session: open_run(session, setup, new_run, resumed_from),
+            self._campaign_id, self._run_id, self._run_number = run_in_connection(
+                self._writes,
+                lambda connection: open_run_on(
+                    connection, setup, new_run, resumed_from
+                ),
+            )
+            # every write transaction checks that the run is still ours
+            self._writer = statements.RunWriter(
+                self._run_id, self._lease.token, self._run_description()
+            )
+            self._writes.on_reconnect = lambda connection: self._lease.hold(
+                connection, self._run_id, self._run_description()
             )
             self._last_heartbeat = _monotonic()
             self._graph = self._load_state()
@@ -791,7 +815,9 @@ class SnapshotRegistry(threading.Thread):
             self._insert_submissions(
                 connection,
                 batch,
-                statements.allocate_ids(connection, statements.SUBMISSION, len(batch)),
+                statements.allocate_ids(
+                    connection, statements.SUBMISSION, len(batch), writer=self._writer
+                ),
                 now,
             )
             return [item.allocated_id or 0 for item in batch]
@@ -963,6 +989,7 @@ class SnapshotRegistry(threading.Thread):
                 statements.NODE: len(batch.nodes),
                 statements.WORKFLOW_SNAPSHOT: len(batch.workflow_snapshots),
             },
+            writer=self._writer,
         )
         if batch.staged:
             self._insert_submissions(
@@ -1081,11 +1108,7 @@ class SnapshotRegistry(threading.Thread):
             return
 
         def beat(work_connection: Connection) -> None:
-            self._lease.renew(
-                work_connection,
-                self._run_id,
-                f"run {self._run_number} of campaign {self._campaign_name!r}",
-            )
+            self._lease.renew(work_connection, self._run_id, self._run_description())
 
         if connection is None:
             with self._write_lock:
@@ -1093,6 +1116,9 @@ class SnapshotRegistry(threading.Thread):
         else:
             beat(connection)
         self._last_heartbeat = _monotonic()
+
+    def _run_description(self) -> str:
+        return f"run {self._run_number} of campaign {self._campaign_name!r}"
 
     def _read(self, work: Callable[[Session], _T]) -> _T:
         if self._in_memory:

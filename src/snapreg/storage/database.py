@@ -621,9 +621,7 @@ def ensure_schema(engine: Engine, *, upgrade: bool = False) -> None:
                 state = schema_state(connection)
                 if state == "empty" or (state == "older" and upgrade):
                     if state == "older":
-                        _logger.info(
-                            "Upgrading %s to %s", engine.url, head_revision()
-                        )
+                        _logger.info("Upgrading %s to %s", engine.url, head_revision())
                     command.upgrade(alembic_config(connection), "head")
             if state == "older" and not upgrade:
                 raise out_of_date(engine)
@@ -824,9 +822,21 @@ class HeldConnection:
     transaction takes a fresh one from the pool.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, session_locks: bool = False) -> None:
+        """Keep a connection of ``engine``'s, taken at the first transaction.
+
+        Args:
+            engine: Where the connection comes from.
+            session_locks: The connection's session holds locks (PostgreSQL
+                advisory locks) that must end with it: a connection given up is
+                closed for good instead of going back to the pool.
+        """
         self.engine = engine
         self._connection: Connection | None = None
+        self._session_locks = session_locks
+        #: Called with each new connection but the first, in its first
+        #: transaction, before the work: to take the session's locks again.
+        self.on_reconnect: Callable[[Connection], None] | None = None
 
     @property
     def url(self) -> URL:
@@ -836,10 +846,14 @@ class HeldConnection:
     def begin(self) -> Iterator[Connection]:
         """A transaction on the kept connection: committed, or rolled back."""
         connection = self._connection
-        if connection is None or connection.closed or connection.invalidated:
+        new = connection is None or connection.closed or connection.invalidated
+        if new:
             connection = self._connection = self.engine.connect()
+        assert connection is not None
         try:
             with connection.begin():
+                if new and self.on_reconnect is not None:
+                    self.on_reconnect(connection)
                 yield connection
         except BaseException:
             self.close()
@@ -854,6 +868,9 @@ class HeldConnection:
         connection, self._connection = self._connection, None
         if connection is not None:
             try:
+                if self._session_locks:
+                    # its locks go with the session, not into the pool
+                    connection.invalidate()
                 connection.close()
             except Exception:  # a broken connection: the pool discards it
                 _logger.debug("Closing a writer connection failed", exc_info=True)

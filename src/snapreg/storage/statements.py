@@ -9,6 +9,7 @@ multi-row insert.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, cast
 
@@ -17,6 +18,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.sql.elements import TextClause
 
+from snapreg.errors import WriterConflictError
 from snapreg.rules.graph import GraphNode
 from snapreg.storage import schema
 from snapreg.storage.codecs import NODE_METADATA_COLUMNS
@@ -32,7 +34,24 @@ INSTANCE_CONDUIT = cast(Table, schema.InstanceConduitRow.__table__)
 INSERT_EDGE = insert(EDGE)
 
 
-def allocate_ids(connection: Connection, table: Table, count: int) -> list[int]:
+@dataclass(frozen=True)
+class RunWriter:
+    """The writer lease a transaction writes under: checked as ids are reserved.
+
+    Attributes:
+        run_id: The run's row id.
+        token: The writer's token; the run's lease must still hold it.
+        description: The run, for the error (``run 3 of campaign 'x'``).
+    """
+
+    run_id: int
+    token: str
+    description: str
+
+
+def allocate_ids(
+    connection: Connection, table: Table, count: int, *, writer: RunWriter | None = None
+) -> list[int]:
     """Reserve ``count`` new row ids of ``table``, ascending, in this transaction.
 
     With the ids known in advance a batch is one plain multi-row insert; asking
@@ -40,52 +59,104 @@ def allocate_ids(connection: Connection, table: Table, count: int) -> list[int]:
     SQLAlchemy fall back to one statement per row on SQLite. SQLite: the writer
     holds the database's write lock from BEGIN IMMEDIATE, so max(id) + 1 onwards
     is free. PostgreSQL: the column's own sequence.
+
+    Args:
+        connection: The transaction's connection.
+        table: Whose ids.
+        count: How many.
+        writer: Also check, in the same statement, that the run is still this
+            writer's (see :func:`allocate_many`).
     """
-    return allocate_many(connection, {table: count})[table]
+    return allocate_many(connection, {table: count}, writer=writer)[table]
 
 
 def allocate_many(
-    connection: Connection, counts: Mapping[Table, int]
+    connection: Connection,
+    counts: Mapping[Table, int],
+    *,
+    writer: RunWriter | None = None,
 ) -> dict[Table, list[int]]:
-    """:func:`allocate_ids` for several tables at once, in one statement."""
+    """:func:`allocate_ids` for several tables at once, in one statement.
+
+    With ``writer``, the same statement reads whether the run's lease still
+    holds the writer's token: a transaction's first statement, so a registry
+    whose run was taken over stops before it writes anything, at no extra
+    round trip. Nothing can change the lease between this read and the commit:
+    on SQLite the transaction holds the write lock; on PostgreSQL the writer's
+    session holds the run's advisory lock (see :mod:`snapreg.runs`).
+
+    Raises:
+        WriterConflictError: the run's lease no longer holds ``writer.token``.
+    """
     wanted = tuple((table, count) for table, count in counts.items() if count > 0)
     allocated: dict[Table, list[int]] = {table: [] for table in counts}
-    if not wanted:
+    if not wanted and writer is None:
         return allocated
     names = tuple(table.name for table, _ in wanted)
+    owned = True
     if connection.dialect.name == "postgresql":
+        parameters: dict[str, Any] = {
+            f"count{index}": count for index, (_, count) in enumerate(wanted)
+        }
+        if writer is not None:
+            parameters.update(run_id=writer.run_id, token=writer.token)
         rows = connection.execute(
-            _sequence_statement(names),
-            {f"count{index}": count for index, (_, count) in enumerate(wanted)},
+            _sequence_statement(names, writer is not None), parameters
         )
-        for position, row_id in rows:
-            allocated[wanted[position][0]].append(row_id)
+        for position, value in rows:
+            if position == _LEASE_ROW:
+                owned = value == 1
+            else:
+                allocated[wanted[position][0]].append(value)
         for ids in allocated.values():
             ids.sort()
-        return allocated
-    highest = connection.exec_driver_sql(_max_statement(names)).one()
-    for (table, count), top in zip(wanted, highest, strict=True):
-        start = (top or 0) + 1
-        allocated[table] = list(range(start, start + count))
+    else:
+        row = connection.exec_driver_sql(
+            _max_statement(names, writer is not None),
+            () if writer is None else (writer.run_id, writer.token),
+        ).one()
+        highest = tuple(row)
+        if writer is not None:
+            owned = highest[-1] == 1
+            highest = highest[:-1]
+        for (table, count), top in zip(wanted, highest, strict=True):
+            start = (top or 0) + 1
+            allocated[table] = list(range(start, start + count))
+    if writer is not None and not owned:
+        raise WriterConflictError(
+            f"{writer.description} was taken over by another registry; this one"
+            " stops writing"
+        )
     return allocated
 
 
+# the row of the sequence statement that holds the lease check
+_LEASE_ROW = -1
+
+
 @lru_cache(maxsize=64)
-def _sequence_statement(names: tuple[str, ...]) -> TextClause:
+def _sequence_statement(names: tuple[str, ...], check_writer: bool) -> TextClause:
     """PostgreSQL: the next values of each table's id sequence, as many as asked."""
-    return text(
-        " UNION ALL ".join(
-            f"SELECT {index} AS t, nextval(pg_get_serial_sequence('{name}', 'id'))"
-            f" AS id FROM generate_series(1, :count{index})"
-            for index, name in enumerate(names)
+    parts = [
+        f"SELECT {index} AS t, nextval(pg_get_serial_sequence('{name}', 'id'))"
+        f" AS id FROM generate_series(1, :count{index})"
+        for index, name in enumerate(names)
+    ]
+    if check_writer:
+        parts.append(
+            f"SELECT {_LEASE_ROW} AS t, count(*) AS id FROM run"
+            " WHERE id = :run_id AND writer_token = :token"
         )
-    )
+    return text(" UNION ALL ".join(parts))
 
 
 @lru_cache(maxsize=64)
-def _max_statement(names: tuple[str, ...]) -> str:
+def _max_statement(names: tuple[str, ...], check_writer: bool) -> str:
     """SQLite: each table's highest id (built once: it is on the hot path)."""
-    return "SELECT " + ", ".join(f"(SELECT max(id) FROM {name})" for name in names)
+    columns = [f"(SELECT max(id) FROM {name})" for name in names]
+    if check_writer:
+        columns.append("(SELECT count(*) FROM run WHERE id = ? AND writer_token = ?)")
+    return "SELECT " + ", ".join(columns)
 
 
 def edge_rows(node: GraphNode, peers: list[GraphNode]) -> list[dict[str, int]]:
