@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -37,10 +39,13 @@ from support.torture import (
     database_rows,
     expected_results,
     inspection_engine,
+    stored_registrations,
     verify,
+    wait_for_sessions_to_end,
+    with_application_name,
 )
 from support.writers import OpenerJob, Trial, save_stream, start_openers
-from test_faults import Holder, snapshot_folder
+from test_faults import Holder, campaign_of, snapshot_folder
 
 STREAM = macro_micro(41, num_micro=3, num_steps=5)
 OPENERS = 8
@@ -209,6 +214,70 @@ def test_simultaneous_new_runs_are_numbered_one_after_the_other(
                 assert trial_openers.command(pid, "close")[0] == "closed"
         finally:
             trial_openers.finish()
+
+
+SLOW_COMMIT = (
+    "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS"
+    " $$ BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$",
+    "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON submission"
+    " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
+)
+
+
+@pytest.mark.postgres
+def test_a_takeover_right_after_a_kill_comes_after_the_dead_holder_s_last_commit(
+    postgres_url: str, tmp_path: Path, expected: Expected
+) -> None:
+    url = postgres_url
+    folder = snapshot_folder(tmp_path)
+    campaign = campaign_of(STREAM)
+    total = len(STREAM.registrations)
+    rng = random.Random(1207)
+    engine = inspection_engine(url)
+    # every COMMIT of a registration takes the server 0.2 s: a holder killed
+    # meanwhile has a commit in flight that lands after its process is gone
+    with engine.begin() as connection:
+        for statement in SLOW_COMMIT:
+            connection.execute(text(statement))
+    start = 0
+    try:
+        for kill in range(4):
+            name = f"snapreg-dead-holder-{os.getpid()}-{kill}"
+            holder = Holder(with_application_name(url, name), folder, STREAM, tmp_path)
+            assert holder.process.stdin is not None
+            holder.process.stdin.write(f"register {start} {total}\n")
+            holder.process.stdin.flush()
+            time.sleep(rng.uniform(0.3, 0.6))  # in the middle of registering
+            holder.close()  # SIGKILL
+            # open the run at once: refused as long as the dead holder's session
+            # lives, which is as long as its last COMMIT may still land
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    registry = SnapshotRegistry(STREAM.config, folder, database_url=url)
+                    break
+                except WriterConflictError:
+                    assert time.monotonic() < deadline, "never taken over"
+                    time.sleep(0.005)
+            try:
+                stored = stored_registrations(engine, campaign)
+                wait_for_sessions_to_end(engine, name)
+                assert stored_registrations(engine, campaign) == stored, (
+                    f"kill {kill}: a commit of the dead holder landed after the"
+                    " takeover"
+                )
+            finally:
+                registry.close()
+            assert start < stored < total
+            start = stored
+        with engine.begin() as connection:
+            connection.execute(text("DROP TRIGGER slow_commit ON submission"))
+    finally:
+        engine.dispose()
+    with SnapshotRegistry(STREAM.config, folder, database_url=url) as registry:
+        for instance, metadata in STREAM.registrations[start:]:
+            registry.register_snapshot(instance, metadata)
+    assert verify(url, folder, STREAM, campaign, expected) == []
 
 
 # ------------------------------------------------------------------ clocks
