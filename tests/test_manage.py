@@ -11,6 +11,7 @@ runs when this test was written).
 
 from __future__ import annotations
 
+import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -136,6 +137,48 @@ def test_killed_manager_resumes_with_resume_latest_to_the_same_result(
     assert {str(k): str(v) for k, v in ymmsl.load(resume_file).resume.items()} == {
         str(k): str(v) for k, v in newest.resume.items()
     }
+
+
+def test_resume_latest_refuses_while_the_previous_manager_still_runs(
+    persistent_database_url: str, tmp_path: Path
+) -> None:
+    url = persistent_database_url
+    # slow enough to outlast the two commands below on a busy machine
+    slow = simulation.slow_overlay(tmp_path, step_sleep=1.0)
+    first_dir = tmp_path / "run1"
+    log = tmp_path / "run1.log"
+    command = simulation.manage_command(url, first_dir, slow)
+    with simulation.started(command, tmp_path, log) as manager:
+        simulation.wait_for_workflow_snapshots(first_dir, 1, manager, timeout=90)
+        refused = simulation.run(
+            simulation.manage_command(
+                url, tmp_path / "run2", options=["--resume-latest"]
+            ),
+            cwd=tmp_path,
+        )
+        assert refused.returncode == 1, refused.stderr
+        [message] = refused.stderr.strip().splitlines()
+        assert message.startswith("snapreg: error: run 1 of campaign"), message
+        assert f"pid {manager.pid} on {socket.gethostname()}" in message
+        assert "--force" in message
+        assert manager.poll() is None  # the first manager goes on
+        with DatabaseReader(url) as reader:
+            [campaign] = reader.campaigns()
+        assert [run.number for run in campaign.runs] == [1]  # no second run
+
+        forced = simulation.run(
+            simulation.manage_command(
+                url, tmp_path / "run3", options=["--resume-latest", "--force"]
+            ),
+            cwd=tmp_path,
+        )
+        assert forced.returncode == 0, forced.stderr
+        assert f"pid {manager.pid} on {socket.gethostname()}" in forced.stderr
+        assert "resuming from workflow snapshot" in forced.stderr
+        assert manager.poll() is None
+    with DatabaseReader(url) as reader:
+        [campaign] = reader.campaigns()
+    assert [run.number for run in campaign.runs] == [1, 2]
 
 
 def test_a_registry_that_cannot_open_does_not_leave_the_manager_hanging(
