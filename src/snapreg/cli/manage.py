@@ -33,6 +33,12 @@ from snapreg.rules.graph import POLICIES, Policy
     " has none).",
 )
 @click.option(
+    "--force",
+    is_flag=True,
+    help="With --resume-latest: resume even while the campaign's newest run is"
+    " still being written (its manager still runs).",
+)
+@click.option(
     "--policy",
     type=click.Choice(POLICIES),
     default="all",
@@ -51,6 +57,7 @@ def manage(
     database_url: str,
     campaign: str | None,
     resume_latest: bool,
+    force: bool,
     policy: Policy,
     manager_args: tuple[str, ...],
 ) -> None:
@@ -71,6 +78,7 @@ def manage(
             resume_latest=resume_latest,
             policy=policy,
             announce=lambda line: click.echo(f"snapreg: {line}", err=True),
+            force=force,
         )
     except ManagerUsageError as err:  # snapreg manage's usage, not the manager's
         raise click.UsageError(str(err)) from err

@@ -27,7 +27,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from snapreg.errors import ConfigurationError, NotFoundError
+from snapreg.errors import ConfigurationError, NotFoundError, WriterConflictError
 from snapreg.muscle3.compat import (
     INSTALL_HINT,
     ConfigurationNotLoadedError,
@@ -37,6 +37,7 @@ from snapreg.muscle3.compat import (
     Muscle3NotInstalledError,
     UnsupportedMuscle3Error,
 )
+from snapreg.registry.runs import newest_run_writer
 from snapreg.registry.snapshot_registry import SnapshotRegistry
 from snapreg.rules.graph import Policy
 from snapreg.rules.snapshot import WorkflowSnapshot
@@ -47,6 +48,7 @@ from snapreg.storage.database import (
     ensure_schema,
     is_memory_sqlite,
     normalize_url,
+    run_transaction,
 )
 from snapreg.tools.reader import DatabaseReader
 
@@ -71,6 +73,7 @@ def manage(
     resume_latest: bool = False,
     policy: Policy = "all",
     announce: Announce = print,
+    force: bool = False,
 ) -> int:
     """Run ``muscle_manager`` with snapreg's registry; return its exit status.
 
@@ -89,6 +92,8 @@ def manage(
             only the newest one per registration, ``"latest"``.
         announce: Receives one line per thing the user should know (which run,
             resumed from what), never the manager's own output.
+        force: With ``resume_latest``: resume even while the campaign's newest
+            run still has a live writer (its manager still runs).
 
     Returns:
         The manager's exit status: 0 when the simulation completed.
@@ -101,6 +106,8 @@ def manage(
         ManagerUsageError: the manager's arguments do not parse.
         ConfigurationError: an unusable database URL, or a resume section in the
             configuration files together with ``resume_latest``.
+        WriterConflictError: ``resume_latest`` (without ``force``) while the
+            campaign's newest run still has a live writer; names it.
         SnapregError: the database cannot be opened or has an old schema.
     """
     manager = Manager("snapreg manage")
@@ -128,6 +135,7 @@ def manage(
                     " out either that or --resume-latest"
                 )
             campaign = campaign or model_name
+            _check_no_live_writer(database_url, campaign, force, announce)
             resumed_from, resume_file = _resume_latest(
                 manager, parsed, database_url, campaign, announce, cleanup
             )
@@ -202,6 +210,36 @@ def _resume_latest(
         f" ({latest.path})"
     )
     return latest.id, resume_file
+
+
+def _check_no_live_writer(
+    database_url: str, campaign: str, force: bool, announce: Announce
+) -> None:
+    """Refuse to resume a campaign whose newest run is still being written.
+
+    Its manager still runs: a resumed run beside it would run the simulation
+    twice. ``force`` goes on anyway, and says so.
+    """
+    engine = create_database_engine(database_url)
+    try:
+        writer = run_transaction(
+            engine, lambda session: newest_run_writer(session, campaign)
+        )
+    finally:
+        engine.dispose()
+    if writer is None:
+        return
+    still = (
+        f"run {writer.run} of campaign {campaign!r} is still being written by"
+        f" {writer.describe()}"
+    )
+    if not force:
+        raise WriterConflictError(
+            f"{still}: its manager is still running, and resuming now would run the"
+            " simulation twice. Stop that manager first, or pass --force to resume"
+            " anyway"
+        )
+    announce(f"{still}; resuming anyway (--force)")
 
 
 def _latest_workflow_snapshot(
