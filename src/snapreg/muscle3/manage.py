@@ -48,8 +48,8 @@ from snapreg.storage.database import (
     ensure_schema,
     is_memory_sqlite,
     normalize_url,
-    run_transaction,
 )
+from snapreg.storage.readonly import ReadOnlyStore
 from snapreg.tools.reader import DatabaseReader
 
 __all__ = [
@@ -220,13 +220,8 @@ def _check_no_live_writer(
     Its manager still runs: a resumed run beside it would run the simulation
     twice. ``force`` goes on anyway, and says so.
     """
-    engine = create_database_engine(database_url)
-    try:
-        writer = run_transaction(
-            engine, lambda session: newest_run_writer(session, campaign)
-        )
-    finally:
-        engine.dispose()
+    with ReadOnlyStore(database_url) as store:
+        writer = store.read(lambda session: newest_run_writer(session, campaign))
     if writer is None:
         return
     still = (
