@@ -136,6 +136,7 @@ def _dead_pid() -> int:
         pid += 1
 
 
+@pytest.mark.slow  # child processes
 @pytest.mark.parametrize("run_state", ["new campaign", "ended", "abandoned"])
 def test_simultaneous_openers_of_one_run_exactly_one_writes(
     persistent_database_url: str, tmp_path: Path, run_state: str, expected: Expected
@@ -161,6 +162,7 @@ def test_simultaneous_openers_of_one_run_exactly_one_writes(
         assert verify(url, folder, STREAM, campaign, expected) == [], f"trial {trial}"
 
 
+@pytest.mark.slow  # child processes
 @pytest.mark.postgres
 def test_simultaneous_openers_of_a_new_postgresql_database(
     empty_postgres_url: str, tmp_path: Path, expected: Expected
@@ -171,6 +173,7 @@ def test_simultaneous_openers_of_a_new_postgresql_database(
     assert verify(empty_postgres_url, folder, STREAM, "race", expected) == []
 
 
+@pytest.mark.slow  # child processes
 def test_simultaneous_new_runs_are_numbered_one_after_the_other(
     persistent_database_url: str, tmp_path: Path
 ) -> None:
@@ -224,6 +227,7 @@ SLOW_COMMIT = (
 )
 
 
+@pytest.mark.slow  # kills a child process
 @pytest.mark.postgres
 def test_a_takeover_right_after_a_kill_comes_after_the_dead_holder_s_last_commit(
     postgres_url: str, tmp_path: Path, expected: Expected
@@ -300,6 +304,7 @@ def python_clock_off_by(
         yield
 
 
+@pytest.mark.slow  # a holder in a child process
 def test_an_opener_whose_clock_runs_ahead_does_not_take_over_a_live_holder(
     persistent_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
