@@ -51,6 +51,7 @@ from snapreg.storage.database import (
 )
 
 _T = TypeVar("_T")
+_Self = TypeVar("_Self", bound="Closing")
 
 #: Where the SQLite authorizer of a connection is kept (its pool record's info).
 _REFUSAL_KEY = "snapreg_refusal"
@@ -137,7 +138,26 @@ _SQLITE_ACTION_VERBS = {
 }
 
 
-class ReadOnlyStore:
+class Closing:
+    """A context manager that calls ``close()`` on the way out: what every reader is."""
+
+    def close(self) -> None:
+        """Release what it holds."""
+        raise NotImplementedError
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ReadOnlyStore(Closing):
     """A snapreg database opened for reading only (see the module's notes).
 
     Example::
@@ -197,17 +217,6 @@ class ReadOnlyStore:
     def close(self) -> None:
         """Release the database connections."""
         self.engine.dispose()
-
-    def __enter__(self) -> ReadOnlyStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ schema
 

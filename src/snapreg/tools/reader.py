@@ -21,7 +21,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import ymmsl
@@ -34,7 +33,7 @@ from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
 from snapreg.rules.workflow_file import render
 from snapreg.storage import queries, schema
 from snapreg.storage.database import head_revision, host_and_pid, process_alive
-from snapreg.storage.readonly import ReadOnlyStore
+from snapreg.storage.readonly import Closing, ReadOnlyStore
 
 _T = TypeVar("_T")
 
@@ -148,7 +147,7 @@ class InstanceHistory:
     nodes: tuple[SnapshotNode, ...]
 
 
-class DatabaseReader:
+class DatabaseReader(Closing):
     """A read-only view of a snapreg database.
 
     Use it as a context manager, or call :meth:`close`, to release the
@@ -177,17 +176,6 @@ class DatabaseReader:
     def close(self) -> None:
         """Release the database connections."""
         self._store.close()
-
-    def __enter__(self) -> DatabaseReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ schema
 

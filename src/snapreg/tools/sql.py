@@ -33,7 +33,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
-from types import TracebackType
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -43,6 +42,7 @@ from sqlalchemy.exc import DBAPIError, StatementError
 from snapreg.errors import DatabaseRefusedError, InvalidInputError, SnapregError
 from snapreg.storage.database import storage_error
 from snapreg.storage.readonly import (
+    Closing,
     ReadOnlyStore,
     is_read_only_refusal,
     refused_action,
@@ -85,7 +85,7 @@ class QueryResult:
     rows: list[tuple[Any, ...]]
 
 
-class ReadOnlyDatabase:
+class ReadOnlyDatabase(Closing):
     """A database opened for reading only, to run SQL written by people.
 
     Example::
@@ -114,17 +114,6 @@ class ReadOnlyDatabase:
     def close(self) -> None:
         """Release the database connections."""
         self._store.close()
-
-    def __enter__(self) -> ReadOnlyDatabase:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def query(
         self, statement: str, parameters: Mapping[str, Any] | None = None
