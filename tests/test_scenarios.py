@@ -26,7 +26,8 @@ from snapreg.tools.reader import DatabaseReader
 from support import scenarios
 from support.scenarios import SCENARIOS, Manager, Scenario
 
-pytestmark = pytest.mark.muscle3
+# slow: every test runs real simulations under MUSCLE3's manager
+pytestmark = [pytest.mark.muscle3, pytest.mark.slow]
 
 DATABASE_NAME = "snapreg.sqlite"
 #: A scenario runs in seconds; startup alone can take ten on a busy host.
