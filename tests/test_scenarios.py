@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 import ymmsl
 
+from snapreg.storage.codecs import METADATA_FIELDS
 from snapreg.tools.reader import DatabaseReader
 from support import scenarios
 from support.oracle import run_oracle
@@ -158,18 +159,10 @@ def muscle3_registry_on_what_snapreg_received(
             (run_id,),
         ).fetchall()
     connection.close()
-    fields = (
-        "triggers",
-        "wallclock_time",
-        "timestamp",
-        "next_timestamp",
-        "port_message_counts",
-        "is_final_snapshot",
-        "snapshot_filename",
-    )
     registrations = []
     for instance, *values in rows:
-        metadata = dict(zip(fields, values, strict=True))
+        # the SELECT names the columns in the order of the metadata's fields
+        metadata = dict(zip(METADATA_FIELDS, values, strict=True))
         metadata["triggers"] = json.loads(metadata["triggers"])
         metadata["port_message_counts"] = json.loads(metadata["port_message_counts"])
         if metadata["timestamp"] is None:  # a NULL simulation time is a NaN
