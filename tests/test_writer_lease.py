@@ -409,7 +409,7 @@ def test_submissions_stored_unprocessed_need_the_run_too(
             _take_over_behind_its_back(url)
             raise RuntimeError("processing failed")
 
-        monkeypatch.setattr(registry, "_register", taken_over_then_failing)
+        monkeypatch.setattr(registry._writer, "_plan", taken_over_then_failing)
         with pytest.raises(WriterConflictError, match="taken over"):
             register_or_raise(registry, *STREAM.registrations[5])
         after = database_rows(url)

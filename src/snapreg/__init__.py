@@ -28,7 +28,8 @@ from snapreg.errors import (
     WorkerError,
     WriterConflictError,
 )
-from snapreg.registry.snapshot_registry import Refusal, SnapshotRegistry
+from snapreg.registry.registrations import Refusal
+from snapreg.registry.snapshot_registry import SnapshotRegistry
 from snapreg.rules.consistency import (
     Connection,
     ConnectionInfo,

@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy import text
 
 from snapreg import SnapshotRegistry, WriterConflictError
-from snapreg.registry.runs import writer_lock_key
+from snapreg.registry.lease import writer_lock_key
 
 from .entries import register_or_raise
 from .streams import Stream

@@ -37,7 +37,7 @@ from snapreg.muscle3.compat import (
     Muscle3NotInstalledError,
     UnsupportedMuscle3Error,
 )
-from snapreg.registry.runs import newest_run_writer
+from snapreg.registry.lease import newest_run_writer
 from snapreg.registry.snapshot_registry import SnapshotRegistry
 from snapreg.rules.graph import Policy
 from snapreg.rules.snapshot import WorkflowSnapshot

@@ -1,7 +1,8 @@
-"""The registry, the only writer: the public facade, runs and the writer lease,
-and the workflow snapshot files.
+"""The registry, the only writer: the facade, the registration path, group commit,
+the batch writer, workflow snapshot files, runs and the writer lease.
 """
 
-from snapreg.registry.snapshot_registry import Refusal, SnapshotRegistry
+from snapreg.registry.registrations import Refusal
+from snapreg.registry.snapshot_registry import SnapshotRegistry
 
 __all__ = ["Refusal", "SnapshotRegistry"]

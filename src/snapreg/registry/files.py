@@ -12,6 +12,8 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+from snapreg.rules.workflow_file import render
+
 _logger = logging.getLogger(__name__)
 
 TEMPORARY_PREFIX = ".snapreg-tmp-"
@@ -77,17 +79,27 @@ class FileWriter:
     writes it too.
     """
 
-    def __init__(self, *, sync: bool) -> None:
+    def __init__(self, *, sync: bool, ymmsl_version: str = "v0.2") -> None:
         """Args:
         sync: fsync each file before it is renamed into place.
+        ymmsl_version: The yMMSL version of the files, the configuration's.
         """
         self._sync = sync
+        self._ymmsl_version = ymmsl_version
         self._waiting: dict[Path, str] = {}
 
     @property
     def waiting(self) -> list[Path]:
         """The files not written yet, oldest first."""
         return list(self._waiting)
+
+    def write_workflow_snapshot(
+        self, path: Path, resume: dict[str, str], description: str
+    ) -> bool:
+        """Render and write one workflow snapshot file (see :meth:`write`)."""
+        return self.write(
+            path, render(resume, description, ymmsl_version=self._ymmsl_version)
+        )
 
     def write(self, path: Path, text: str) -> bool:
         """Write one file after the ones still waiting; False if it must wait too."""

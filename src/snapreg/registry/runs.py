@@ -1,4 +1,4 @@
-"""Campaigns, runs and the right to write a run.
+"""Campaigns and runs: opening one, continuing it or starting the next.
 
 Opening a registry either continues a campaign's latest run (same topology, the
 writer lease taken over from a holder that is gone) or creates a new run: its row,
@@ -7,48 +7,32 @@ topology rows the SQL views use. Openers of one campaign take turns (SQLite's
 write lock; a PostgreSQL advisory lock per campaign), so that processes started at
 the same instant each find what the one before them did.
 
-The writer lease lives on the run row: holder's host, pid, random token and a
-heartbeat written by the database's clock. On PostgreSQL the holder's own database
-session also holds an advisory lock on the run for the holder's whole life: the
-run is taken over exactly when that session has ended. On SQLite a holder is gone
-when its process is, or when its heartbeat is older than the timeout. The first
-statement of every write transaction of a registry checks that the lease still
-holds its token (:func:`snapreg.storage.statements.allocate_many`), and stops it if not.
+The right to write a run is the writer lease of :mod:`snapreg.registry.lease`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
-import zlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, text, update
+from sqlalchemy import Connection, insert, select, text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.functions import FunctionElement
 
 from snapreg.errors import (
     ConfigurationError,
     NotFoundError,
     TopologyMismatchError,
-    WriterConflictError,
 )
+from snapreg.registry.lease import WriterLease, campaign_lock_key
 from snapreg.rules.consistency import Topology, split_instance
-from snapreg.rules.graph import ActiveGraph
+from snapreg.rules.graph import POLICIES, ActiveGraph
 from snapreg.rules.metadata import restart_metadata, storable_text
 from snapreg.storage import codecs, queries, schema, statements
-from snapreg.storage.database import host_and_pid, process_alive
-
-_logger = logging.getLogger(__name__)
-
-#: Seconds without a heartbeat after which a SQLite writer may be taken over.
-DEFAULT_WRITER_TIMEOUT = 60.0
 
 # campaign.name is VARCHAR(255); row ids are 64-bit on PostgreSQL
 MAX_CAMPAIGN_NAME_LENGTH = 255
@@ -65,6 +49,7 @@ def check_arguments(
     resumed_from: Any,
     upgrade: Any,
     writer_timeout: Any,
+    policy: Any,
 ) -> None:
     """Refuse unusable registry arguments before anything touches the database.
 
@@ -76,6 +61,12 @@ def check_arguments(
     ):
         raise ConfigurationError(
             f"snapshot_folder must be a path or None, not {snapshot_folder!r}"
+        )
+    if snapshot_folder is not None and not os.path.isdir(snapshot_folder):
+        raise ConfigurationError(f"snapshot folder {snapshot_folder} does not exist")
+    if policy not in POLICIES:
+        raise ConfigurationError(
+            f"policy must be one of {', '.join(POLICIES)}, not {policy!r}"
         )
     if database_url is not None and not (
         (isinstance(database_url, str) and database_url.strip())
@@ -121,312 +112,6 @@ def check_arguments(
             "writer_timeout must be a positive number of seconds,"
             f" not {writer_timeout!r}"
         )
-
-
-#: First keys of snapreg's PostgreSQL advisory locks (their two-key form). A run's
-#: writer holds (RUN_WRITER_LOCK_SPACE, run) on its own database session for as long
-#: as it lives; openers of a campaign take turns on (CAMPAIGN_LOCK_SPACE, campaign).
-RUN_WRITER_LOCK_SPACE = 0x736E7072
-CAMPAIGN_LOCK_SPACE = 0x736E7063
-
-
-def writer_lock_key(run_id: int) -> tuple[int, int]:
-    """The PostgreSQL advisory lock that a run's writer holds while it lives."""
-    return RUN_WRITER_LOCK_SPACE, run_id % 2**31
-
-
-def _campaign_lock_key(campaign: str) -> tuple[int, int]:
-    # crc32 is stable across processes and versions; Python's hash() is not
-    return CAMPAIGN_LOCK_SPACE, zlib.crc32(campaign.encode("utf-8")) - 2**31
-
-
-class database_now(FunctionElement[datetime]):  # noqa: N801 - a SQL function
-    """The database's clock, in UTC.
-
-    Every lease time is written and judged by this one clock: writers on hosts
-    whose clocks disagree then agree on how old a heartbeat is. (SQLite runs in
-    each process, on the one machine that holds the file: its clock is that
-    machine's.)
-    """
-
-    type = schema.UtcDateTime()
-    inherit_cache = True
-
-
-@compiles(database_now)
-def _database_now(element: database_now, compiler: Any, **kwargs: Any) -> str:
-    return "CURRENT_TIMESTAMP"
-
-
-@compiles(database_now, "sqlite")
-def _database_now_sqlite(element: database_now, compiler: Any, **kwargs: Any) -> str:
-    # the text SQLAlchemy stores SQLite datetimes as, to the millisecond
-    return "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
-
-
-_RENEW = (
-    update(statements.RUN)
-    .where(
-        statements.RUN.c.id == bindparam("run_id"),
-        statements.RUN.c.writer_token == bindparam("token"),
-    )
-    .values(writer_heartbeat_at=database_now())
-)
-
-_TRY_LOCK = text("SELECT pg_try_advisory_lock(:space, :key)")
-
-# the server process whose session holds a lock; the two-key form of an
-# advisory lock shows its keys as classid and objid, with objsubid 2
-_LOCK_HOLDER = text(
-    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
-    " AND database = (SELECT oid FROM pg_database"
-    " WHERE datname = current_database())"
-    " AND classid::bigint = :space AND objid::bigint = :key AND objsubid = 2"
-)
-
-
-@dataclass(frozen=True)
-class Writer:
-    """Who holds the right to write a run, as its lease row says.
-
-    Attributes:
-        run: The run's number.
-        host: The writer's host.
-        pid: The writer's process id on that host.
-        since: When it took the run (the database's clock).
-        heartbeat: Its last sign of life (the database's clock).
-    """
-
-    run: int
-    host: str | None
-    pid: int | None
-    since: datetime | None
-    heartbeat: datetime | None
-
-    def describe(self) -> str:
-        """``pid P on HOST since ... (last heartbeat ...)``."""
-        return (
-            f"pid {self.pid} on {self.host} since {_format_time(self.since)}"
-            f" (last heartbeat {_format_time(self.heartbeat)})"
-        )
-
-
-@dataclass(frozen=True)
-class WriterLease:
-    """This process's claim on a run: who it is, and how long a silence may last.
-
-    On PostgreSQL the claim is an advisory lock held by the writer's own database
-    session (the connection it writes on): the server drops it when that session
-    ends, whether the process exited, crashed or lost its connection, and never
-    while it lives, however long it was silent. On SQLite, which has no sessions,
-    a holder is gone when its process is (same host) or when its heartbeat is
-    older than ``timeout`` by the database's clock. Either way every write
-    transaction first checks that the lease still holds this token, and a
-    heartbeat renews this token's lease only: a registry that was taken over
-    writes nothing.
-
-    Attributes:
-        host: This machine's name.
-        pid: This process's id.
-        token: Random, unique to one registry.
-        timeout: SQLite: seconds without a heartbeat after which another
-            registry may take the run over.
-    """
-
-    host: str
-    pid: int
-    token: str
-    timeout: float
-
-    def acquire(self, session: Session, run: schema.RunRow, campaign: str) -> None:
-        """Take the run, unless another writer that is still there has it.
-
-        Called in the transaction that opens the run, on the connection the
-        registry goes on writing with (it keeps the lock on PostgreSQL).
-
-        Raises:
-            WriterConflictError: naming the holder (host, pid, since when).
-        """
-        connection = session.connection()
-        held_by_other = run.writer_token is not None and run.writer_token != self.token
-        if connection.dialect.name == "postgresql":
-            if not _try_lock(connection, run.id):
-                raise _conflict(
-                    connection, run, campaign, "only one registry may write a run."
-                )
-            gone = "its database session is gone" if held_by_other else None
-        elif held_by_other:
-            gone = _why_gone(connection, run, self.host, self.timeout)
-            if gone is None:
-                raise _conflict(
-                    connection,
-                    run,
-                    campaign,
-                    "only one registry may write a run. It is taken over"
-                    f" {self.timeout:g} s after its last heartbeat.",
-                )
-        else:
-            gone = None
-        if gone is not None:
-            _logger.warning(
-                "Taking over run %d of campaign %r from pid %s on %s (%s)",
-                run.number,
-                campaign,
-                run.writer_pid,
-                run.writer_host,
-                gone,
-            )
-        session.execute(
-            update(schema.RunRow)
-            .where(schema.RunRow.id == run.id)
-            .values(
-                writer_host=self.host,
-                writer_pid=self.pid,
-                writer_token=self.token,
-                writer_since=database_now(),
-                writer_heartbeat_at=database_now(),
-            ),
-            execution_options={"synchronize_session": False},
-        )
-
-    def hold(self, connection: Connection, run_id: int, description: str) -> None:
-        """Take the run's lock again on a new connection (PostgreSQL).
-
-        The session that held it ended (a server restart, a dropped connection):
-        the lock went with it, and another registry may have taken the run since.
-
-        Raises:
-            WriterConflictError: another registry holds the lock now.
-        """
-        if connection.dialect.name == "postgresql" and not _try_lock(
-            connection, run_id
-        ):
-            raise WriterConflictError(
-                f"{description} was taken over by another registry while this"
-                " one's database session was lost; this one stops writing"
-            )
-
-    def renew(self, connection: Connection, run_id: int, description: str) -> None:
-        """Record a heartbeat, by the database's clock.
-
-        Only this token's lease is renewed: a registry whose run was taken over
-        learns it here too.
-
-        Raises:
-            WriterConflictError: another registry took the run over.
-        """
-        renewed = connection.execute(_RENEW, {"run_id": run_id, "token": self.token})
-        if renewed.rowcount != 1:
-            raise WriterConflictError(
-                f"{description} was taken over by another registry; this one stops"
-                " writing"
-            )
-
-    def release(self, session: Session, run_id: int) -> None:
-        """Give the run up, if it is still ours.
-
-        On PostgreSQL the lock goes with the writer's session, which the
-        registry ends after this.
-        """
-        session.execute(
-            update(schema.RunRow)
-            .where(schema.RunRow.id == run_id, schema.RunRow.writer_token == self.token)
-            .values(
-                writer_token=None,
-                writer_host=None,
-                writer_pid=None,
-                writer_since=None,
-                writer_heartbeat_at=None,
-            )
-        )
-
-
-def live_writer(session: Session, run: schema.RunRow, timeout: float) -> Writer | None:
-    """Who still writes a run: the holder a new registry would be refused by.
-
-    PostgreSQL: the holder whose session holds the run's lock. SQLite: the holder
-    whose process lives (same host) and whose heartbeat is at most ``timeout``
-    seconds old by the database's clock.
-    """
-    if run.writer_token is None:
-        return None
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        if _lock_holder(connection, run.id) is None:
-            return None
-    elif _why_gone(connection, run, host_and_pid()[0], timeout) is not None:
-        return None
-    return _writer_of(run)
-
-
-def newest_run_writer(
-    session: Session, campaign: str, timeout: float = DEFAULT_WRITER_TIMEOUT
-) -> Writer | None:
-    """Who still writes the campaign's newest run, if anyone (see live_writer)."""
-    campaign_id = session.scalar(
-        select(schema.CampaignRow.id).where(schema.CampaignRow.name == campaign)
-    )
-    if campaign_id is None:
-        return None
-    run = queries.latest_run(session, campaign_id)
-    return None if run is None else live_writer(session, run, timeout)
-
-
-def _writer_of(run: schema.RunRow) -> Writer:
-    return Writer(
-        run.number,
-        run.writer_host,
-        run.writer_pid,
-        run.writer_since,
-        run.writer_heartbeat_at,
-    )
-
-
-def _try_lock(connection: Connection, run_id: int) -> bool:
-    space, key = writer_lock_key(run_id)
-    return bool(connection.execute(_TRY_LOCK, {"space": space, "key": key}).scalar())
-
-
-def _lock_holder(connection: Connection, run_id: int) -> int | None:
-    space, key = writer_lock_key(run_id)
-    found = connection.execute(_LOCK_HOLDER, {"space": space, "key": key}).first()
-    return None if found is None else int(found.pid)
-
-
-def _why_gone(
-    connection: Connection, run: schema.RunRow, host: str, timeout: float
-) -> str | None:
-    """SQLite: why the run's holder may be taken over; None while it is there."""
-    if run.writer_host == host and not process_alive(run.writer_pid):
-        return "process gone"
-    heartbeat = run.writer_heartbeat_at or run.writer_since
-    if heartbeat is None:
-        return "no heartbeat"
-    now = connection.execute(select(database_now())).scalar_one()
-    if now - heartbeat > timedelta(seconds=timeout):
-        return "heartbeat too old"
-    return None
-
-
-def _conflict(
-    connection: Connection, run: schema.RunRow, campaign: str, rule: str
-) -> WriterConflictError:
-    """The error for an opener that may not write the run, naming who does."""
-    where = f"run {run.number} of campaign {campaign!r}"
-    if run.writer_token is None:
-        return WriterConflictError(
-            f"{where} is being opened or closed by another registry at this"
-            " moment; try again"
-        )
-    message = f"{where} is being written by {_writer_of(run).describe()}; {rule}"
-    if connection.dialect.name == "postgresql":
-        backend = _lock_holder(connection, run.id)
-        session = "" if backend is None else f" (server process {backend})"
-        message += (
-            f" Its database session{session} holds the run until it ends: when"
-            " that process exits or is killed, or its connection is lost."
-        )
-    return WriterConflictError(message)
 
 
 @dataclass(frozen=True)
@@ -533,7 +218,7 @@ def _openings_take_turns(session: Session, campaign: str) -> None:
     took. SQLite: the writer's ``BEGIN IMMEDIATE`` already does this.
     """
     if session.connection().dialect.name == "postgresql":
-        space, key = _campaign_lock_key(campaign)
+        space, key = campaign_lock_key(campaign)
         session.execute(
             text("SELECT pg_advisory_xact_lock(:space, :key)"),
             {"space": space, "key": key},
@@ -646,9 +331,3 @@ def _write_topology_rows(
     ]
     if conduit_rows:
         connection.execute(insert(statements.INSTANCE_CONDUIT), conduit_rows)
-
-
-def _format_time(moment: datetime | None) -> str:
-    if moment is None:
-        return "an unknown time"
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
