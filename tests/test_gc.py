@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from snapreg import SnapshotRegistry
 from snapreg.storage import schema
-from snapreg.storage.database import create_database_engine
+from snapreg.storage.engines import create_database_engine
 from snapreg.tools import gc
 from snapreg.tools.gc import delete_files, plan_cleanup
 from snapreg.tools.reader import DatabaseReader

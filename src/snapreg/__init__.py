@@ -40,7 +40,7 @@ from snapreg.rules.consistency import (
 )
 from snapreg.rules.metadata import SnapshotMetadata
 from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
-from snapreg.storage.database import upgrade_database
+from snapreg.storage.versions import upgrade_database
 
 __version__ = "0.1.0"
 

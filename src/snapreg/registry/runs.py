@@ -43,7 +43,7 @@ from snapreg.rules.consistency import Topology, split_instance
 from snapreg.rules.graph import ActiveGraph
 from snapreg.rules.metadata import restart_metadata, storable_text
 from snapreg.storage import codecs, queries, schema, statements
-from snapreg.storage.database import host_and_pid, process_alive
+from snapreg.storage.transactions import host_and_pid, process_alive
 
 _logger = logging.getLogger(__name__)
 

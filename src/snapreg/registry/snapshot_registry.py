@@ -85,20 +85,22 @@ from snapreg.rules.metadata import (
 from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
 from snapreg.rules.workflow_file import Member, describe, render, resume_mapping
 from snapreg.storage import codecs, queries, schema, statements
-from snapreg.storage.database import (
+from snapreg.storage.engines import (
     Durability,
-    HeldConnection,
     create_database_engine,
     default_database_url,
     describe_url,
-    ensure_schema,
-    host_and_pid,
     is_memory_sqlite,
     normalize_url,
-    run_in_connection,
-    run_transaction,
     writer,
 )
+from snapreg.storage.transactions import (
+    HeldConnection,
+    host_and_pid,
+    run_in_connection,
+    run_transaction,
+)
+from snapreg.storage.versions import ensure_schema
 
 _logger = logging.getLogger(__name__)
 

@@ -49,14 +49,14 @@ from sqlalchemy.orm import Session
 
 from snapreg.errors import ConfigurationError
 from snapreg.storage import queries, schema
-from snapreg.storage.database import (
+from snapreg.storage.engines import (
     create_database_engine,
     is_memory_sqlite,
     normalize_url,
-    run_transaction,
     writer,
 )
 from snapreg.storage.readonly import ReadOnlyStore
+from snapreg.storage.transactions import run_transaction
 from snapreg.tools.reader import campaign_name
 
 #: Files unlinked before their rows are recorded in one transaction.
