@@ -20,7 +20,7 @@ import ymmsl
 
 import snapreg.muscle3.compat
 from snapreg import SnapshotRegistry
-from snapreg.rules.consistency import Topology
+from snapreg.rules.topology import Topology
 from snapreg.tools.import_order import (
     ResumeKey,
     manager_workflow_snapshots,

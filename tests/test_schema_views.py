@@ -22,8 +22,10 @@ import pytest
 from sqlalchemy import Engine, inspect, text
 
 from snapreg import SnapshotRegistry
-from snapreg.rules.consistency import ConnectionInfo, Topology, last_index
+from snapreg.rules.consistency import ConnectionInfo
+from snapreg.rules.instances import last_index
 from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
+from snapreg.rules.topology import Topology
 from snapreg.storage.engines import create_database_engine
 from snapreg.storage.schema import Base
 from snapreg.storage.versions import downgrade_engine, upgrade_engine

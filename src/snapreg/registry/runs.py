@@ -39,9 +39,10 @@ from snapreg.errors import (
     TopologyMismatchError,
     WriterConflictError,
 )
-from snapreg.rules.consistency import Topology, split_instance
 from snapreg.rules.graph import ActiveGraph
+from snapreg.rules.instances import split_instance
 from snapreg.rules.metadata import restart_metadata, storable_text
+from snapreg.rules.topology import Topology
 from snapreg.storage import codecs, queries, schema, statements
 from snapreg.storage.transactions import host_and_pid, process_alive
 

@@ -74,8 +74,8 @@ from snapreg.registry.runs import (
     check_arguments,
     open_run_on,
 )
-from snapreg.rules.consistency import PeerSource, Topology, instance_sort_key
 from snapreg.rules.graph import POLICIES, ActiveGraph, GraphNode, Policy
+from snapreg.rules.instances import instance_sort_key
 from snapreg.rules.metadata import (
     CountRules,
     SnapshotMetadata,
@@ -83,6 +83,7 @@ from snapreg.rules.metadata import (
     coerce_metadata,
 )
 from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
+from snapreg.rules.topology import PeerSource, Topology
 from snapreg.rules.workflow_file import Member, describe, render, resume_mapping
 from snapreg.storage import codecs, queries, schema, statements
 from snapreg.storage.engines import (

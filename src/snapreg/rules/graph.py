@@ -38,8 +38,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from snapreg.rules.consistency import MessageCounts, Rule, Topology, rules_hold
+from snapreg.rules.consistency import MessageCounts, Rule, rules_hold
 from snapreg.rules.metadata import SnapshotMetadata
+from snapreg.rules.topology import Topology
 
 Policy = Literal["all", "latest"]
 POLICIES: tuple[Policy, ...] = ("all", "latest")

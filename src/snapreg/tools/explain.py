@@ -28,13 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from snapreg.rules.consistency import (
-    MessageCounts,
-    Topology,
-    calc_consistency,
-    compile_rules,
-    split_instance,
-)
+from snapreg.rules.consistency import MessageCounts, calc_consistency, compile_rules
+from snapreg.rules.instances import split_instance
+from snapreg.rules.topology import Topology
 from snapreg.tools.run_graph import RecordedNode, RunGraph, load_run_graph
 
 FailedRule = Literal["strong", "weak", "restart"]

@@ -32,9 +32,9 @@ from typing import Any
 import ymmsl
 
 from snapreg.errors import ConfigurationError
-from snapreg.rules.consistency import Topology
 from snapreg.rules.graph import ActiveGraph, GraphNode
 from snapreg.rules.metadata import coerce_metadata, restart_metadata
+from snapreg.rules.topology import Topology
 
 #: A workflow snapshot as a set of (instance, snapshot file below the run directory).
 ResumeKey = frozenset[tuple[str, str]]

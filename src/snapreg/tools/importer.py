@@ -35,8 +35,8 @@ import ymmsl
 from snapreg.errors import ConfigurationError, NotFoundError
 from snapreg.muscle3.compat import snapshot_reader
 from snapreg.registry.snapshot_registry import SnapshotRegistry
-from snapreg.rules.consistency import Topology
 from snapreg.rules.snapshot import WorkflowSnapshot
+from snapreg.rules.topology import Topology
 from snapreg.tools.import_order import (
     SnapshotFile,
     manager_workflow_snapshots,
