@@ -45,7 +45,8 @@ from sqlalchemy import create_engine, insert, text  # noqa: E402
 from snapreg import SnapshotRegistry  # noqa: E402
 from snapreg.rules.metadata import SnapshotMetadata, coerce_metadata  # noqa: E402
 from snapreg.storage import schema  # noqa: E402
-from snapreg.storage.database import create_database_engine, upgrade_engine, writer  # noqa: E402
+from snapreg.storage.engines import create_database_engine, writer  # noqa: E402
+from snapreg.storage.versions import upgrade_engine  # noqa: E402
 from support.streams import (  # noqa: E402
     Stream,
     chain,

@@ -1,9 +1,9 @@
 """Alembic environment for snapreg.
 
 Used both from a checkout (``alembic upgrade head`` with the top-level alembic.ini)
-and from the installed package (:func:`snapreg.storage.database.upgrade_database`), which
-hands over an open connection in ``config.attributes["connection"]`` so that an
-in-memory SQLite database is migrated on the connection that will use it.
+and from the installed package (:func:`snapreg.storage.versions.upgrade_database`),
+which hands over an open connection in ``config.attributes["connection"]`` so that
+an in-memory SQLite database is migrated on the connection that will use it.
 """
 
 from alembic import context

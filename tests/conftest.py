@@ -22,7 +22,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from snapreg.storage.database import create_database_engine, upgrade_engine
+from snapreg.storage.engines import create_database_engine
+from snapreg.storage.versions import upgrade_engine
 
 # pytester runs this conftest in pytests of its own (test_postgres_fixture.py).
 pytest_plugins = ["pytester"]

@@ -23,8 +23,8 @@ from sqlalchemy import create_engine, inspect
 from snapreg import SnapshotMetadata, SnapshotRegistry
 from snapreg.cli.main import cli
 from snapreg.errors import NotFoundError
-from snapreg.storage import database
-from snapreg.storage.database import head_revision
+from snapreg.storage import versions
+from snapreg.storage.versions import head_revision
 from snapreg.tools import reader
 from support import simulation
 from support.command_line import Outcome, invoke
@@ -484,8 +484,8 @@ def test_an_old_schema_names_the_upgrade_command(
     # migrated to; the readers must refuse it and never migrate it themselves.
     current = head_revision()
     monkeypatch.setattr(reader, "head_revision", lambda: "9999_future")
-    monkeypatch.setattr(database, "head_revision", lambda: "9999_future")
-    monkeypatch.setattr(database, "known_revisions", lambda: {current, "9999_future"})
+    monkeypatch.setattr(versions, "head_revision", lambda: "9999_future")
+    monkeypatch.setattr(versions, "known_revisions", lambda: {current, "9999_future"})
 
     for command in (["campaigns"], ["workflows"], ["show", "1"], ["history", "macro"]):
         message = _error(invoke(capsys, *command, "--db", campaign.url))
@@ -500,8 +500,8 @@ def test_a_newer_schema_is_refused(
     campaign: Campaign,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(database, "head_revision", lambda: "0000_past")
-    monkeypatch.setattr(database, "known_revisions", lambda: {"0000_past"})
+    monkeypatch.setattr(versions, "head_revision", lambda: "0000_past")
+    monkeypatch.setattr(versions, "known_revisions", lambda: {"0000_past"})
 
     assert "newer than this snapreg knows" in _error(
         invoke(capsys, "workflows", "--db", campaign.url)

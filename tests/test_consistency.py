@@ -18,7 +18,7 @@ from snapreg import (
     calc_consistency_list,
     safe_get,
 )
-from snapreg.rules.consistency import split_instance
+from snapreg.rules.instances import split_instance
 from support.streams import all_streams
 
 

@@ -16,7 +16,8 @@ import pytest
 import ymmsl
 
 from snapreg import SnapshotRegistry
-from snapreg.rules.consistency import Topology, counts_consistent
+from snapreg.rules.consistency import counts_consistent
+from snapreg.rules.topology import Topology
 from snapreg.tools.explain import count_mismatches, explain_campaign
 from support.command_line import invoke
 from support.models import MACRO_MICRO_YMMSL

@@ -40,7 +40,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-import snapreg.storage.database as database
+import snapreg.storage.engines as engines
+import snapreg.storage.transactions as transactions
 from snapreg import (
     ConfigurationError,
     DatabaseRefusedError,
@@ -50,11 +51,8 @@ from snapreg import (
     TransientDatabaseError,
     WriterConflictError,
 )
-from snapreg.storage.database import (
-    create_database_engine,
-    ensure_schema,
-    network_filesystem_of,
-)
+from snapreg.storage.engines import create_database_engine, network_filesystem_of
+from snapreg.storage.versions import ensure_schema
 from support.entries import register_or_raise
 from support.streams import Stream, chain, macro_micro
 from support.torture import (
@@ -108,7 +106,7 @@ def retries_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         record.getMessage()
         for record in caplog.records
-        if record.name == "snapreg.storage.database"
+        if record.name == "snapreg.storage.transactions"
         and "retrying" in record.getMessage()
     ]
 
@@ -136,7 +134,7 @@ def test_durability_sets_sqlite_synchronous_in_wal_mode(
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert (
             connection.exec_driver_sql("PRAGMA busy_timeout").scalar()
-            == database.SQLITE_BUSY_TIMEOUT_MS
+            == engines.SQLITE_BUSY_TIMEOUT_MS
         )
     engine.dispose()
 
@@ -210,8 +208,8 @@ def test_opening_sqlite_on_a_network_filesystem_warns(
     mounts = fake_mounts(
         tmp_path, ["/dev/sda1 / ext4 rw 0 0", f"srv:/x {shared} nfs rw 0 0"]
     )
-    monkeypatch.setattr(database, "MOUNTS_FILE", mounts)
-    with caplog.at_level(logging.WARNING, logger="snapreg.storage.database"):
+    monkeypatch.setattr(engines, "MOUNTS_FILE", mounts)
+    with caplog.at_level(logging.WARNING, logger="snapreg.storage.engines"):
         with SnapshotRegistry(STREAM.config, local / "snapshots"):
             pass
         assert not [r for r in caplog.records if "network file system" in r.message]
@@ -230,9 +228,9 @@ def test_opening_sqlite_on_a_network_filesystem_warns(
 @pytest.fixture
 def impatient(monkeypatch: pytest.MonkeyPatch) -> None:
     """Locks time out after 50 ms; three attempts; so giving up takes a moment."""
-    monkeypatch.setattr(database, "SQLITE_BUSY_TIMEOUT_MS", 50)
-    monkeypatch.setattr(database, "POSTGRES_LOCK_TIMEOUT_MS", 100)
-    monkeypatch.setattr(database, "TRANSACTION_ATTEMPTS", 3)
+    monkeypatch.setattr(engines, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr(engines, "POSTGRES_LOCK_TIMEOUT_MS", 100)
+    monkeypatch.setattr(transactions, "TRANSACTION_ATTEMPTS", 3)
 
 
 @pytest.mark.usefixtures("impatient")
@@ -274,7 +272,7 @@ def test_a_sqlite_lock_that_outlasts_the_retries_is_reported_as_transient(
 def test_a_brief_sqlite_lock_is_waited_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(database, "SQLITE_BUSY_TIMEOUT_MS", 20)
+    monkeypatch.setattr(engines, "SQLITE_BUSY_TIMEOUT_MS", 20)
     path = tmp_path / "registry.sqlite"
     url = f"sqlite:///{path}"
     folder = snapshot_folder(tmp_path)
@@ -787,7 +785,7 @@ def test_a_restarted_server_loses_nothing_acknowledged(
 ) -> None:
     caplog.set_level(logging.WARNING)
     # about 11 s of patience instead of 5: a restart on a busy machine can be slow
-    monkeypatch.setattr(database, "TRANSACTION_ATTEMPTS", 11)
+    monkeypatch.setattr(transactions, "TRANSACTION_ATTEMPTS", 11)
     stream = macro_micro(22, num_micro=3, num_steps=25)
     url = private_postgres.create_database("restarted")
     folder = snapshot_folder(tmp_path)

@@ -24,8 +24,8 @@ from sqlalchemy import select
 
 from snapreg import SnapshotRegistry
 from snapreg.storage import schema
-from snapreg.storage.database import create_database_engine
-from snapreg.tools import gc
+from snapreg.storage.engines import create_database_engine
+from snapreg.tools import gc_safety
 from snapreg.tools.gc import delete_files, plan_cleanup
 from snapreg.tools.reader import DatabaseReader
 from support.command_line import invoke
@@ -221,7 +221,7 @@ def test_a_folder_swapped_for_a_link_after_the_last_check_deletes_nothing(
     target = campaign.files["macro", 3]
     decoy = campaign.outside / "decoy"
     shutil.copytree(target.parent, decoy)
-    checked = gc._refusal
+    checked = gc_safety.refusal_of
 
     def swap_right_after_the_check(*args: Any) -> Any:
         answer = checked(*args)
@@ -230,7 +230,7 @@ def test_a_folder_swapped_for_a_link_after_the_last_check_deletes_nothing(
             target.parent.symlink_to(decoy)
         return answer
 
-    monkeypatch.setattr(gc, "_refusal", swap_right_after_the_check)
+    monkeypatch.setattr(gc_safety, "refusal_of", swap_right_after_the_check)
     result = delete_files(campaign.url, plan)
 
     assert [(entry.path, error) for entry, error in result.failed] == [

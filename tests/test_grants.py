@@ -21,9 +21,10 @@ from sqlalchemy.exc import DBAPIError
 
 from snapreg import SnapshotRegistry
 from snapreg.cli.sql import sql_command
-from snapreg.storage.database import create_database_engine, upgrade_engine
+from snapreg.storage.engines import create_database_engine
 from snapreg.storage.grants import SNAPREG_VIEWS, reader_relations
 from snapreg.storage.schema import Base
+from snapreg.storage.versions import upgrade_engine
 from snapreg.tools.reader import DatabaseReader
 from support.command_line import Outcome, invoke
 from support.streams import macro_micro

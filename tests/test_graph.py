@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 import snapreg.rules.graph as graph_module
-from snapreg.rules.consistency import Topology, rules_hold
+from snapreg.rules.consistency import rules_hold
 from snapreg.rules.graph import ActiveGraph, GraphNode, Policy
 from snapreg.rules.metadata import coerce_metadata, restart_metadata
+from snapreg.rules.topology import Topology
 from support.oracle import run_oracle, workflow_snapshot_count
 from support.streams import Stream, all_streams, macro_micro, near_miss
 

@@ -24,7 +24,7 @@ from sqlalchemy import Engine, create_engine, event, text
 
 from snapreg import SnapshotRegistry
 from snapreg.storage.codecs import metadata_from_json
-from snapreg.storage.database import normalize_url
+from snapreg.storage.engines import normalize_url
 from support import torture
 from support.entries import register_or_raise
 from support.oracle import run_oracle

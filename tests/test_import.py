@@ -20,16 +20,18 @@ import ymmsl
 
 import snapreg.muscle3.compat
 from snapreg import SnapshotRegistry
-from snapreg.rules.consistency import Topology
-from snapreg.tools.importer import (
-    IMPORT_FOLDER,
+from snapreg.rules.topology import Topology
+from snapreg.tools.import_order import (
     ResumeKey,
-    import_run_directory,
-    load_configuration,
     manager_workflow_snapshots,
-    read_snapshot_files,
     registration_order,
     resume_key,
+)
+from snapreg.tools.importer import (
+    IMPORT_FOLDER,
+    import_run_directory,
+    load_configuration,
+    read_snapshot_files,
 )
 from snapreg.tools.reader import DatabaseReader
 from support import stock_runs

@@ -24,15 +24,15 @@ from snapreg import (
     StorageUnavailableError,
     upgrade_database,
 )
-from snapreg.storage.database import (
-    create_database_engine,
+from snapreg.storage.engines import create_database_engine
+from snapreg.storage.schema import Base
+from snapreg.storage.versions import (
     current_revision,
     downgrade_engine,
     head_revision,
     migrations_directory,
     upgrade_engine,
 )
-from snapreg.storage.schema import Base
 from snapreg.tools.reader import DatabaseReader
 from support.command_line import invoke
 from support.streams import macro_micro
@@ -118,11 +118,11 @@ def test_an_older_schema_names_the_upgrade_command(
     url = f"sqlite:///{tmp_path / 'older.sqlite'}"
     upgrade_database(url)
     # the code of a later release: one more revision than the database has
-    import snapreg.storage.database as database
+    import snapreg.storage.versions as versions
 
-    known = database.known_revisions() | {"9999_next"}
-    monkeypatch.setattr(database, "head_revision", lambda: "9999_next")
-    monkeypatch.setattr(database, "known_revisions", lambda: known)
+    known = versions.known_revisions() | {"9999_next"}
+    monkeypatch.setattr(versions, "head_revision", lambda: "9999_next")
+    monkeypatch.setattr(versions, "known_revisions", lambda: known)
     with pytest.raises(SchemaOutOfDateError, match="snapreg db upgrade --db"):
         SnapshotRegistry(STREAM.config, tmp_path, database_url=url)
 

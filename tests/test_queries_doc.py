@@ -25,8 +25,9 @@ from typing import Any
 import pytest
 
 from snapreg import SnapshotRegistry
-from snapreg.rules.consistency import ConnectionInfo, Topology, counts_consistent
+from snapreg.rules.consistency import ConnectionInfo, counts_consistent
 from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
+from snapreg.rules.topology import Topology
 from snapreg.tools.sql import ReadOnlyDatabase
 from support.streams import Stream, ensemble, macro_micro, near_miss
 

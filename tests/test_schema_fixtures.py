@@ -38,9 +38,9 @@ from snapreg import (
     SnapshotRegistry,
     upgrade_database,
 )
-from snapreg.storage.database import (
+from snapreg.storage.engines import create_database_engine
+from snapreg.storage.versions import (
     alembic_config,
-    create_database_engine,
     current_revision,
     downgrade_engine,
     head_revision,

@@ -22,14 +22,13 @@ import pytest
 from sqlalchemy import Engine, inspect, text
 
 from snapreg import SnapshotRegistry
-from snapreg.rules.consistency import ConnectionInfo, Topology, last_index
+from snapreg.rules.consistency import ConnectionInfo
+from snapreg.rules.instances import last_index
 from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
-from snapreg.storage.database import (
-    create_database_engine,
-    downgrade_engine,
-    upgrade_engine,
-)
+from snapreg.rules.topology import Topology
+from snapreg.storage.engines import create_database_engine
 from snapreg.storage.schema import Base
+from snapreg.storage.versions import downgrade_engine, upgrade_engine
 from support.streams import Stream, chain, macro_micro, near_miss
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "schema.md"

@@ -23,7 +23,7 @@ from sqlalchemy import Engine, inspect, text
 
 from snapreg import SnapshotRegistry
 from snapreg.cli.sql import sql_command
-from snapreg.storage.database import create_database_engine
+from snapreg.storage.engines import create_database_engine
 from snapreg.tools.sql import QueryError, ReadOnlyDatabase
 from support.command_line import without_superuser_warning
 from support.streams import macro_micro

@@ -11,7 +11,7 @@ from snapreg import SnapshotRegistry
 from snapreg.rules.metadata import SnapshotMetadata
 from snapreg.storage import statements
 from snapreg.storage.codecs import NODE_METADATA_COLUMNS, metadata_to_json, node_values
-from snapreg.storage.database import create_database_engine, writer
+from snapreg.storage.engines import create_database_engine, writer
 from support.streams import macro_micro
 
 STREAM = macro_micro(3, num_micro=2, num_steps=2)

@@ -31,7 +31,7 @@ from sqlalchemy import text
 
 import snapreg.registry.runs
 from snapreg import SnapregError, SnapshotRegistry, WriterConflictError
-from snapreg.rules.consistency import Topology
+from snapreg.rules.topology import Topology
 from support.entries import call_entry, register_or_raise
 from support.streams import macro_micro
 from support.torture import (

@@ -33,15 +33,14 @@ from snapreg.registry.snapshot_registry import SnapshotRegistry
 from snapreg.rules.consistency import (
     Connection,
     ConnectionInfo,
-    Topology,
-    TopologyStore,
     calc_consistency,
     calc_consistency_list,
     safe_get,
 )
 from snapreg.rules.metadata import SnapshotMetadata
 from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
-from snapreg.storage.database import upgrade_database
+from snapreg.rules.topology import Topology, TopologyStore
+from snapreg.storage.versions import upgrade_database
 
 __version__ = "0.1.0"
 

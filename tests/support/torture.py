@@ -70,7 +70,7 @@ from snapreg import SnapshotRegistry
 from snapreg.registry.files import TEMPORARY_PREFIX
 from snapreg.rules.metadata import coerce_metadata
 from snapreg.storage.codecs import metadata_to_json
-from snapreg.storage.database import normalize_url
+from snapreg.storage.engines import normalize_url
 from support.entries import register_or_raise
 
 from .oracle import run_oracle

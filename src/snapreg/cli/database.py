@@ -13,8 +13,9 @@ from snapreg.cli.options import (
 from snapreg.cli.output import (
     print_json,
 )
-from snapreg.storage.database import describe_url, migrate_database
+from snapreg.storage.engines import describe_url
 from snapreg.storage.grants import DEFAULT_STATEMENT_TIMEOUT, MAX_STATEMENT_TIMEOUT
+from snapreg.storage.versions import migrate_database
 from snapreg.tools.reader import DatabaseReader
 
 #: Where ``db grant-reader --password`` takes the password from, if set.

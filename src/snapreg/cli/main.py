@@ -1,7 +1,7 @@
 """The ``snapreg`` command: run MUSCLE3 on a persistent registry, steer campaigns.
 
 A thin shell: ``manage`` hands over to :mod:`snapreg.muscle3.manage`, the schema
-commands to :mod:`snapreg.storage.database`, and every other command reads through
+commands to :mod:`snapreg.storage.versions`, and every other command reads through
 :class:`snapreg.tools.reader.DatabaseReader`, which never creates or changes a database.
 Tables are for people; ``--json`` prints the same facts for scripts. Every error
 snapreg raises on purpose ends up in :func:`main` and is printed as one line on
@@ -23,7 +23,7 @@ from snapreg.cli.reading import campaigns, export, history, show, workflows
 from snapreg.cli.sql import sql_command
 from snapreg.cli.tools import explain, gc, import_command, plot
 from snapreg.errors import SnapregError
-from snapreg.storage.database import storage_error
+from snapreg.storage.transactions import storage_error
 
 #: Exit status for every error snapreg reports (click uses 2 for usage errors).
 ERROR_STATUS = 1

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from snapreg.storage.database import (
+from snapreg.storage.engines import (
     DATABASE_URL_VARIABLE,
     DEFAULT_DATABASE_FILE,
     default_database_url,

@@ -33,7 +33,7 @@ from snapreg.cli.output import (
     workflow_snapshot_json,
 )
 from snapreg.errors import NotFoundError
-from snapreg.storage.database import describe_url
+from snapreg.storage.engines import describe_url
 from snapreg.tools.reader import DatabaseReader
 
 # ------------------------------------------------------------------- campaigns

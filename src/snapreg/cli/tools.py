@@ -59,11 +59,8 @@ def explain(
     and slot their message counts disagree (sender's count, receiver's count, and
     the rule that failed: strong, weak or restart).
     """
-    from snapreg.tools.explain import (
-        explain_campaign,
-        explanation_json,
-        explanation_lines,
-    )
+    from snapreg.tools.explain import explain_campaign
+    from snapreg.tools.explain_output import explanation_json, explanation_lines
 
     found = explain_campaign(
         database_url, campaign, run=run_number, candidates=candidates

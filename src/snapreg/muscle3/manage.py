@@ -42,14 +42,14 @@ from snapreg.registry.snapshot_registry import SnapshotRegistry
 from snapreg.rules.graph import Policy
 from snapreg.rules.snapshot import WorkflowSnapshot
 from snapreg.rules.workflow_file import render
-from snapreg.storage.database import (
+from snapreg.storage.engines import (
     create_database_engine,
     describe_url,
-    ensure_schema,
     is_memory_sqlite,
     normalize_url,
 )
 from snapreg.storage.readonly import ReadOnlyStore
+from snapreg.storage.versions import ensure_schema
 from snapreg.tools.reader import DatabaseReader
 
 __all__ = [

@@ -22,13 +22,14 @@ from sqlalchemy.orm import Session
 from snapreg.registry.files import FileWriter, NameAllocator
 from snapreg.registry.group_commit import Staged
 from snapreg.registry.store import RunStore
-from snapreg.rules.consistency import Topology, instance_sort_key
 from snapreg.rules.graph import ActiveGraph, GraphNode, Policy
+from snapreg.rules.instances import instance_sort_key
 from snapreg.rules.metadata import SnapshotMetadata
 from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
+from snapreg.rules.topology import Topology
 from snapreg.rules.workflow_file import Member, describe, resume_mapping
 from snapreg.storage import codecs, queries, schema, statements
-from snapreg.storage.database import run_transaction
+from snapreg.storage.transactions import run_transaction
 
 _logger = logging.getLogger(__name__)
 

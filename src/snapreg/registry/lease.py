@@ -29,7 +29,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from snapreg.errors import WriterConflictError
 from snapreg.storage import queries, schema, statements
-from snapreg.storage.database import host_and_pid, process_alive
+from snapreg.storage.transactions import host_and_pid, process_alive
 
 _logger = logging.getLogger(__name__)
 

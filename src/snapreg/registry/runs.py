@@ -29,9 +29,10 @@ from snapreg.errors import (
     TopologyMismatchError,
 )
 from snapreg.registry.lease import WriterLease, campaign_lock_key
-from snapreg.rules.consistency import Topology, split_instance
 from snapreg.rules.graph import POLICIES, ActiveGraph
+from snapreg.rules.instances import split_instance
 from snapreg.rules.metadata import restart_metadata, storable_text
+from snapreg.rules.topology import Topology
 from snapreg.storage import codecs, queries, schema, statements
 
 # campaign.name is VARCHAR(255); row ids are 64-bit on PostgreSQL

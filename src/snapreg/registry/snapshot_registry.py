@@ -62,18 +62,18 @@ from snapreg.registry.lease import (
 from snapreg.registry.registrations import Refusal, Registrations
 from snapreg.registry.runs import RunSetup, check_arguments
 from snapreg.registry.store import RunStore
-from snapreg.rules.consistency import PeerSource, Topology
 from snapreg.rules.graph import Policy
 from snapreg.rules.metadata import CountRules, coerce_metadata
 from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
+from snapreg.rules.topology import PeerSource, Topology
 from snapreg.storage import queries
-from snapreg.storage.database import (
+from snapreg.storage.engines import (
     Durability,
     default_database_url,
     describe_url,
-    host_and_pid,
     normalize_url,
 )
+from snapreg.storage.transactions import host_and_pid
 
 _logger = logging.getLogger(__name__)
 

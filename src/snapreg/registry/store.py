@@ -24,16 +24,18 @@ from snapreg.registry.files import FileWriter
 from snapreg.registry.lease import Clock, Heartbeat, WriterLease
 from snapreg.registry.runs import RunSetup, open_run_on
 from snapreg.storage import statements
-from snapreg.storage.database import (
+from snapreg.storage.engines import (
     Durability,
-    HeldConnection,
     create_database_engine,
-    ensure_schema,
     is_memory_sqlite,
-    run_in_connection,
-    run_transaction,
     writer,
 )
+from snapreg.storage.transactions import (
+    HeldConnection,
+    run_in_connection,
+    run_transaction,
+)
+from snapreg.storage.versions import ensure_schema
 
 _logger = logging.getLogger(__name__)
 
@@ -136,7 +138,7 @@ class RunStore:
             work: The transaction's statements; it should start with
                 :meth:`heartbeat_if_due` on its connection.
             landed: Tells, after a commit whose answer was lost, whether it
-                committed (see :func:`~snapreg.storage.database.run_in_connection`).
+                committed (see :func:`~snapreg.storage.transactions.run_in_connection`).
         """
         with self._write_lock:
             return run_in_connection(self._writes, work, landed=landed)

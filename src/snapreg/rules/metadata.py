@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from snapreg.errors import InvalidMetadataError
-from snapreg.rules.consistency import Topology, declared_operators
+from snapreg.rules.topology import Topology, declared_operators
 
 _FIELDS = (
     "triggers",

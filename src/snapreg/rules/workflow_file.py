@@ -25,7 +25,7 @@ from typing import Any
 import ymmsl
 from ymmsl import v0_1, v0_2
 
-from snapreg.rules.consistency import instance_sort_key
+from snapreg.rules.instances import instance_sort_key
 from snapreg.rules.metadata import SnapshotMetadata
 
 _logger = logging.getLogger(__name__)

@@ -32,16 +32,15 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from snapreg.errors import ConfigurationError, NotFoundError, StorageUnavailableError
-from snapreg.storage.database import (
+from snapreg.storage.engines import (
     create_database_engine,
     describe_url,
     normalize_url,
-    out_of_date,
-    run_in_connection,
-    schema_state,
     writer,
 )
 from snapreg.storage.schema import Base
+from snapreg.storage.transactions import run_in_connection
+from snapreg.storage.versions import out_of_date, schema_state
 
 #: snapreg's views at the newest schema revision (docs/schema.md).
 SNAPREG_VIEWS = (

@@ -16,8 +16,8 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from snapreg.errors import NotFoundError
-from snapreg.rules.consistency import Topology
 from snapreg.rules.snapshot import Reference, SnapshotNode, WorkflowSnapshot
+from snapreg.rules.topology import Topology
 from snapreg.storage import schema
 from snapreg.storage.codecs import metadata_from_row
 

@@ -17,7 +17,7 @@ itself, not by the care of the code that reads:
 
 Every read runs in one transaction, one consistent view (WAL on SQLite,
 ``REPEATABLE READ`` on PostgreSQL) that never blocks the registry that writes.
-Errors are mapped by :func:`snapreg.storage.database.storage_error`, the one
+Errors are mapped by :func:`snapreg.storage.transactions.storage_error`, the one
 mapper of every reader and the writer.
 """
 
@@ -36,18 +36,19 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from snapreg.errors import ConfigurationError, NotFoundError
-from snapreg.storage.database import (
+from snapreg.storage.engines import (
     DATABASE_URL_VARIABLE,
     create_database_engine,
-    current_revision,
     describe_url,
     is_memory_sqlite,
     normalize_url,
+)
+from snapreg.storage.transactions import run_transaction, translating_errors
+from snapreg.storage.versions import (
+    current_revision,
     out_of_date,
     refuse_foreign,
-    run_transaction,
     schema_state,
-    translating_errors,
 )
 
 _T = TypeVar("_T")
@@ -263,7 +264,7 @@ class ReadOnlyStore(Closing):
 
         Raises:
             SnapregError: what the database said, mapped by
-                :func:`~snapreg.storage.database.storage_error`.
+                :func:`~snapreg.storage.transactions.storage_error`.
         """
         return run_transaction(self.engine, work, doing="read")
 

@@ -1,7 +1,7 @@
 """Core handles on the ORM's tables, for the registry's write path.
 
 Registrations are written with Core statements on these tables (see
-:func:`snapreg.storage.database.run_in_connection`), and a batch's row ids are
+:func:`snapreg.storage.transactions.run_in_connection`), and a batch's row ids are
 reserved in advance with :func:`allocate_ids` so that every table takes one plain
 multi-row insert.
 """

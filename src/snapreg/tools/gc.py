@@ -32,45 +32,41 @@ unlink itself walks down from the run directory refusing symbolic links on the
 way, so a folder swapped for a link in between deletes nothing elsewhere.
 Deletions are recorded in batches after; a crash between the two can leave at
 most one batch of deleted files unrecorded.
+
+Which files may go, file by file, and the unlinking itself, are
+:mod:`snapreg.tools.gc_safety`'s business.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
 from snapreg.errors import ConfigurationError
 from snapreg.storage import queries, schema
-from snapreg.storage.database import (
-    create_database_engine,
-    is_memory_sqlite,
-    normalize_url,
-    run_transaction,
-    writer,
-)
+from snapreg.storage.engines import create_database_engine, writer
 from snapreg.storage.readonly import ReadOnlyStore
+from snapreg.storage.transactions import run_transaction
+from snapreg.tools.gc_safety import (
+    DatabaseFiles,
+    RefusalReason,
+    database_files,
+    refusal_of,
+    resolved,
+    run_directory,
+    unlink_if_still_safe,
+)
 from snapreg.tools.reader import campaign_name
 
 #: Files unlinked before their rows are recorded in one transaction.
 RECORD_BATCH = 200
-CONFIGURATION_FILE = "configuration.ymmsl"
-
-RefusalReason = Literal[
-    "outside", "not a file", "a database file", "a yMMSL file", "unreadable"
-]
-
-# What SQLite keeps beside a database, and how every SQLite database begins.
-_DATABASE_SUFFIXES = ("-wal", "-shm", "-journal")
-_SQLITE_HEADER = b"SQLite format 3\x00"
-_YMMSL_SUFFIXES = (".ymmsl", ".yml", ".yaml")
 
 
 @dataclass(frozen=True)
@@ -197,7 +193,7 @@ def plan_cleanup(database_url: str, campaign: str | None, keep: int) -> CleanupP
                 session, campaign_name(session, campaign, store.location), keep
             )
         )
-    return _plan(facts, _database_files(database_url))
+    return _plan(facts, database_files(database_url))
 
 
 def delete_files(
@@ -215,7 +211,7 @@ def delete_files(
         StorageUnavailableError: the deletions cannot be recorded.
     """
     engine = create_database_engine(database_url)
-    database = _database_files(database_url)
+    database = database_files(database_url)
     deleted: list[SnapshotFileEntry] = []
     failed: list[tuple[SnapshotFileEntry, str]] = []
     try:
@@ -224,8 +220,8 @@ def delete_files(
         for start in range(0, len(entries), RECORD_BATCH):
             batch: list[tuple[SnapshotFileEntry, datetime]] = []
             for entry in entries[start : start + RECORD_BATCH]:
-                problem = _unlink_if_still_safe(
-                    entry, run_dirs.get(entry.run), database
+                problem = unlink_if_still_safe(
+                    entry.path, run_dirs.get(entry.run), database
                 )
                 if problem is None:
                     batch.append((entry, datetime.now(timezone.utc)))
@@ -336,7 +332,7 @@ def _read(session: Session, campaign: str, keep: int) -> _Facts:
     )
 
 
-def _plan(facts: _Facts, database: _DatabaseFiles) -> CleanupPlan:
+def _plan(facts: _Facts, database: DatabaseFiles) -> CleanupPlan:
     plan = CleanupPlan(
         campaign=facts.campaign,
         campaign_id=facts.campaign_id,
@@ -345,7 +341,7 @@ def _plan(facts: _Facts, database: _DatabaseFiles) -> CleanupPlan:
         kept_files=len(facts.protected),
     )
     protected_names = {os.path.normpath(name) for name in facts.protected}
-    protected_targets = {_resolved(Path(name)) for name in facts.protected}
+    protected_targets = {resolved(Path(name)) for name in facts.protected}
     run_dirs = {
         number: run_directory(folder) for number, folder in facts.folders.items()
     }
@@ -353,16 +349,16 @@ def _plan(facts: _Facts, database: _DatabaseFiles) -> CleanupPlan:
     for entry in facts.entries:
         if (
             os.path.normpath(entry.path) in protected_names
-            or _resolved(entry.path) in protected_targets
+            or resolved(entry.path) in protected_targets
         ):
             continue
         if not os.path.lexists(entry.path):
             if str(entry.path) not in facts.already_deleted:
                 plan.missing.append(entry)
             continue
-        refusal = _refusal(entry.path, run_dirs.get(entry.run), database)
+        refusal = refusal_of(entry.path, run_dirs.get(entry.run), database)
         if refusal is not None:
-            plan.refused.append(RefusedFile(entry, refusal, _resolved(entry.path)))
+            plan.refused.append(RefusedFile(entry, refusal, resolved(entry.path)))
             continue
         size = entry.path.lstat().st_size
         plan.deletable.append(
@@ -384,107 +380,6 @@ def _plan(facts: _Facts, database: _DatabaseFiles) -> CleanupPlan:
     return plan
 
 
-# ----------------------------------------------------------- where files may go
-
-
-def run_directory(snapshot_folder: str | None) -> Path | None:
-    """The run directory, resolved, whose instance files a run's gc may delete.
-
-    The parent of the run's workflow snapshot folder when it is a MUSCLE3 run
-    directory (it holds ``configuration.ymmsl``); None otherwise, and for a run
-    without a recorded folder: then none of its files may be deleted.
-    """
-    if not snapshot_folder:
-        return None
-    run_dir = Path(snapshot_folder).parent
-    if not (run_dir / CONFIGURATION_FILE).is_file():
-        return None
-    return _resolved(run_dir)
-
-
-@dataclass(frozen=True)
-class _DatabaseFiles:
-    """The SQLite database gc reads, and the files SQLite keeps beside it."""
-
-    paths: frozenset[Path]
-    identities: frozenset[tuple[int, int]]  # (device, inode): hard links too
-
-    def __contains__(self, path: Path) -> bool:
-        if _resolved(path) in self.paths:
-            return True
-        try:
-            status = os.stat(path)
-        except OSError:
-            return False
-        return (status.st_dev, status.st_ino) in self.identities
-
-
-def _database_files(database_url: str) -> _DatabaseFiles:
-    url = normalize_url(database_url)
-    if url.get_backend_name() != "sqlite" or is_memory_sqlite(url):
-        return _DatabaseFiles(frozenset(), frozenset())
-    database = _resolved(Path(url.database or ""))
-    paths = [database, *(Path(f"{database}{suffix}") for suffix in _DATABASE_SUFFIXES)]
-    identities = set()
-    for path in paths:
-        try:
-            status = os.stat(path)
-        except OSError:
-            continue
-        identities.add((status.st_dev, status.st_ino))
-    return _DatabaseFiles(frozenset(paths), frozenset(identities))
-
-
-def _refusal(
-    path: Path, run_dir: Path | None, database: _DatabaseFiles
-) -> RefusalReason | None:
-    """Why a file may not be deleted, or None if it may."""
-    parts = path.parts
-    if (
-        run_dir is None
-        or not path.is_absolute()
-        or ".." in parts
-        or len(parts) < 5
-        or parts[-4] != "instances"
-        or parts[-2] != "snapshots"
-        # the run directory as the file names it, not one a link leads to,
-        # and no link on the way down to the file's folder
-        or _resolved(Path(*parts[:-4])) != run_dir
-        or _resolved(path.parent) != run_dir.joinpath(*parts[-4:-1])
-        or not _is_instance_folder(_resolved(path).parent, run_dir)
-    ):
-        return "outside"
-    if not (path.is_symlink() or path.is_file()):
-        return "not a file"
-    target = _resolved(path)
-    if any(name.endswith(_YMMSL_SUFFIXES) for name in (path.name, target.name)):
-        return "a yMMSL file"
-    if (
-        any(name.endswith(_DATABASE_SUFFIXES) for name in (path.name, target.name))
-        or path in database
-    ):
-        return "a database file"
-    if path.is_symlink() and not os.path.exists(path):
-        return None  # a dangling link: only the link itself can go
-    try:
-        with open(path, "rb") as file:
-            header = file.read(len(_SQLITE_HEADER))
-    except OSError:
-        return "unreadable"
-    if header == _SQLITE_HEADER:
-        return "a database file"
-    return None
-
-
-def _is_instance_folder(folder: Path, run_dir: Path) -> bool:
-    """Whether a resolved folder is ``run_dir/instances/<instance>/snapshots``."""
-    return folder.name == "snapshots" and folder.parent.parent == run_dir / "instances"
-
-
-def _resolved(path: Path) -> Path:
-    return Path(os.path.realpath(path))
-
-
 # ------------------------------------------------------------------ deleting
 
 
@@ -498,47 +393,6 @@ def _run_directories_by_run(engine: Engine, campaign_id: int) -> dict[int, Path 
         ).all(),
     )
     return {number: run_directory(folder) for number, folder in rows}
-
-
-def _unlink_if_still_safe(
-    entry: SnapshotFileEntry, run_dir: Path | None, database: _DatabaseFiles
-) -> str | None:
-    """Unlink the file if it is still safe to; otherwise say why not."""
-    refusal = _refusal(entry.path, run_dir, database)
-    if refusal == "outside":
-        return "refused: it now lies outside the run directories"
-    if refusal is not None:
-        return f"refused: it is now {refusal}"
-    assert run_dir is not None  # else refused as outside
-    try:
-        _unlink_below(run_dir, entry.path.parts[-4:-1], entry.path.name)
-    except OSError as err:
-        if err.errno in (errno.ELOOP, errno.ENOTDIR):
-            return "refused: a folder on its way is now a symbolic link"
-        return str(err)
-    return None
-
-
-def _unlink_below(root: Path, folders: tuple[str, ...], name: str) -> None:
-    """Unlink ``root/folders.../name``, following no symbolic link below root.
-
-    Each folder is opened relative to the one before with ``O_NOFOLLOW``: a
-    folder replaced by a link since it was checked fails instead of leading
-    elsewhere.
-    """
-    descriptor = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for folder in folders:
-            inner = os.open(
-                folder,
-                os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
-                dir_fd=descriptor,
-            )
-            os.close(descriptor)
-            descriptor = inner
-        os.unlink(name, dir_fd=descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _record(

@@ -10,24 +10,10 @@ exactly as the instance built the metadata it sent), and the snapshots are fed t
 :class:`~snapreg.registry.SnapshotRegistry` as a new run of the campaign, which
 writes the workflow snapshot files into ``RUN_DIR/snapreg_import``.
 
-The order of registrations matters. Each instance's own snapshots go in the order
-it took them. Across instances the manager saw them in the order they arrived,
-which the run directory does not record; the closest record is the wallclock time
-in each snapshot (seconds since the manager started, the same clock for every
-instance), so instances are interleaved by it. An instance that resumed stores the
-snapshot it resumed from again as its first file, with the old wallclock time;
-those copies were sent first thing at start-up and go first.
-
-Where registrations of different instances lie further apart than the manager's
-own scheduling jitter (a few milliseconds), this gives the same workflow snapshots
-as the manager wrote. Where they race, MUSCLE3's clean-up makes the result depend
-on who came first, and the manager's own output differs from run to run. When the
-manager left its workflow snapshot files in ``RUN_DIR/snapshots``, they tell who
-came first: the registrations are replayed in memory (on the registry's own
-:class:`~snapreg.rules.graph.ActiveGraph`), and where the replay finds workflow
-snapshots other than the manager's next ones, the other instances' next snapshots
-within the race window are tried first, so that the import finds what the manager
-found. :func:`compare_with_manager` says how the result compares with those files.
+The order in which the snapshots are registered, and how races between instances
+are settled, is :mod:`snapreg.tools.import_order`'s business.
+:func:`compare_with_manager` says how the result compares with the workflow
+snapshot files the manager left in ``RUN_DIR/snapshots``, if any.
 
 A run directory may come from someone else. The import reads and writes only
 inside it: a symbolic link (``snapreg_import``, an instance's folder or snapshot
@@ -37,7 +23,6 @@ so that neither the import nor a later ``snapreg gc`` acts on another run.
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -50,10 +35,14 @@ import ymmsl
 from snapreg.errors import ConfigurationError, NotFoundError
 from snapreg.muscle3.compat import snapshot_reader
 from snapreg.registry.snapshot_registry import SnapshotRegistry
-from snapreg.rules.consistency import Topology
-from snapreg.rules.graph import ActiveGraph, GraphNode
-from snapreg.rules.metadata import coerce_metadata, restart_metadata
 from snapreg.rules.snapshot import WorkflowSnapshot
+from snapreg.rules.topology import Topology
+from snapreg.tools.import_order import (
+    SnapshotFile,
+    manager_workflow_snapshots,
+    registration_order,
+    resume_key,
+)
 from snapreg.tools.reader import DatabaseReader
 
 #: The folder inside the run directory that receives the rebuilt workflow snapshots.
@@ -63,36 +52,6 @@ CONFIGURATION_FILE = "configuration.ymmsl"
 Phase = Literal["reading", "registering"]
 Progress = Callable[[Phase, int, int], None]
 """Called with the phase, how many items are done and how many there are."""
-
-#: A workflow snapshot as a set of (instance, snapshot file below the run directory).
-ResumeKey = frozenset[tuple[str, str]]
-
-#: Snapshots of different instances taken this close together (wallclock seconds)
-#: may have reached the manager in either order.
-RACE_WINDOW = 0.5
-#: At most this many other orders are tried for one registration.
-MAX_TRIALS = 32
-
-
-@dataclass(frozen=True)
-class SnapshotFile:
-    """One instance snapshot file of the run directory, and what it holds.
-
-    Attributes:
-        instance: The instance that saved it.
-        number: Its number in the file name: the instance's order of taking them.
-        path: Where it is.
-        metadata: The metadata libmuscle built from it (a
-            ``libmuscle.snapshot.SnapshotMetadata``).
-        is_resume_copy: Whether it is the copy of the snapshot the instance
-            resumed from, stored again when it started.
-    """
-
-    instance: str
-    number: int
-    path: Path
-    metadata: Any
-    is_resume_copy: bool
 
 
 @dataclass(frozen=True)
@@ -284,229 +243,6 @@ def read_snapshot_files(
     return files
 
 
-def registration_order(
-    files: Iterable[SnapshotFile],
-    topology: Topology,
-    manager_snapshots: list[ResumeKey] | None = None,
-) -> list[SnapshotFile]:
-    """The order in which to register the snapshots.
-
-    Args:
-        files: Every snapshot file of the run.
-        topology: The run's model.
-        manager_snapshots: The manager's workflow snapshots in the order it wrote
-            them, if it left them: then races are settled their way.
-    """
-    queues = _instance_queues(files)
-    ordered = _interleave(queues, _first)
-    if manager_snapshots is None:
-        return ordered
-    replay = _Replay(topology)
-    found: list[ResumeKey] = []
-    for snapshot_file in ordered:
-        found.extend(replay.register(snapshot_file))
-    if set(found) == set(manager_snapshots):
-        return ordered
-    return _interleave(queues, _GuidedChoice(topology, manager_snapshots))
-
-
-def _instance_queues(files: Iterable[SnapshotFile]) -> dict[str, list[SnapshotFile]]:
-    queues: dict[str, list[SnapshotFile]] = {}
-    for snapshot_file in files:
-        queues.setdefault(snapshot_file.instance, []).append(snapshot_file)
-    for queue in queues.values():
-        queue.sort(key=lambda item: item.number)
-    return queues
-
-
-_Key = tuple[bool, float, int, int]
-Chooser = Callable[[list[SnapshotFile]], SnapshotFile]
-
-
-def _interleave(
-    queues: dict[str, list[SnapshotFile]], choose: Chooser
-) -> list[SnapshotFile]:
-    """Merge the instances' queues, each kept in order.
-
-    ``choose`` picks the next registration among the instances' next files,
-    which it gets ordered as the manager most likely saw them: resume copies
-    first, then by wallclock time, modification time and instance.
-    """
-    rank = {instance: position for position, instance in enumerate(queues)}
-    positions = {instance: 0 for instance in queues}
-
-    def key(item: SnapshotFile) -> _Key:
-        return (
-            not item.is_resume_copy,
-            float(item.metadata.wallclock_time),
-            _modified_ns(item.path),
-            rank[item.instance],
-        )
-
-    heads = {instance: key(queue[0]) for instance, queue in queues.items() if queue}
-    ordered: list[SnapshotFile] = []
-    while heads:
-        candidates = [
-            queues[instance][positions[instance]]
-            for instance in sorted(heads, key=heads.__getitem__)
-        ]
-        chosen = choose(candidates)
-        ordered.append(chosen)
-        instance = chosen.instance
-        positions[instance] += 1
-        if positions[instance] < len(queues[instance]):
-            heads[instance] = key(queues[instance][positions[instance]])
-        else:
-            del heads[instance]
-    return ordered
-
-
-def _first(candidates: list[SnapshotFile]) -> SnapshotFile:
-    return candidates[0]
-
-
-class _GuidedChoice:
-    """Settle races the way the manager did, as its files show.
-
-    The next registration is the default one, unless it would find workflow
-    snapshots other than the manager's next ones: then the other instances' next
-    snapshots within :data:`RACE_WINDOW` are tried, each on a copy of the
-    replayed graph. The first that finds exactly the manager's next ones goes
-    first, or one that finds nothing but is a member of the manager's next
-    workflow snapshot (it must have arrived before that one was found). When
-    none fits, the default one goes first after all.
-    """
-
-    def __init__(self, topology: Topology, manager_snapshots: list[ResumeKey]) -> None:
-        self.replay = _Replay(topology)
-        self.manager_snapshots = manager_snapshots
-        self.matched = 0  # how many of the manager's have been found so far
-
-    def __call__(self, candidates: list[SnapshotFile]) -> SnapshotFile:
-        first = candidates[0]
-        latest = float(first.metadata.wallclock_time) + RACE_WINDOW
-        racing = [
-            candidate
-            for candidate in candidates[1:MAX_TRIALS]
-            if candidate.is_resume_copy
-            or float(candidate.metadata.wallclock_time) <= latest
-        ]
-        # With nothing else that could have come first, or nothing left of the
-        # manager's files to go by, there is nothing to try: no copy needed.
-        if not racing or self.matched >= len(self.manager_snapshots):
-            self.matched += len(self.replay.register(first))
-            return first
-        first_trial = self.replay.copy()
-        first_found = first_trial.register(first)
-        if self._matches(first_found):
-            self._accept(first_trial, first_found)
-            return first
-        # The next workflow snapshot the manager wrote: a racing snapshot that
-        # finds nothing yet may go first only if it is one of its members.
-        upcoming = self.manager_snapshots[self.matched]
-        for candidate in racing:
-            trial = self.replay.copy()
-            found = trial.register(candidate)
-            if (found and self._matches(found)) or (
-                not found and _file_key(candidate) in upcoming
-            ):
-                self._accept(trial, found)
-                return candidate
-        self._accept(first_trial, first_found)  # no other fits: as by default
-        return first
-
-    def _matches(self, found: list[ResumeKey]) -> bool:
-        """Whether found workflow snapshots are the manager's next ones (or none)."""
-        expected = self.manager_snapshots[self.matched : self.matched + len(found)]
-        return set(found) == set(expected)
-
-    def _accept(self, trial: _Replay, found: list[ResumeKey]) -> None:
-        self.replay = trial
-        self.matched += len(found)
-
-
-def _file_key(snapshot_file: SnapshotFile) -> tuple[str, str]:
-    """How a snapshot file appears in a :data:`ResumeKey`."""
-    return next(iter(resume_key([(snapshot_file.instance, str(snapshot_file.path))])))
-
-
-class _Replay:
-    """Registrations replayed in memory, on the registry's own graph code."""
-
-    def __init__(self, topology: Topology) -> None:
-        self.topology = topology
-        self.graph = ActiveGraph(topology)
-        self.next_id = 1
-        restart = restart_metadata()
-        for instance in topology.instances:  # restart nodes first, as the registry
-            self._add(instance, restart, is_restart=True)
-
-    def _add(self, instance: str, metadata: Any, *, is_restart: bool) -> GraphNode:
-        node = self.graph.new_node(self.next_id, instance, metadata, is_restart)
-        self.next_id += 1
-        self.graph.add(node)
-        return node
-
-    def register(self, snapshot_file: SnapshotFile) -> list[ResumeKey]:
-        """Register one snapshot; return the workflow snapshots it completes."""
-        node = self._add(
-            snapshot_file.instance,
-            coerce_metadata(snapshot_file.metadata),
-            is_restart=False,
-        )
-        found = self.graph.find_workflow_snapshots(node)
-        if found:
-            self.graph.retire(self.graph.plan_retirement(found))
-        return [
-            resume_key(
-                (member.instance, member.metadata.snapshot_filename)
-                for member in members
-                if not member.is_restart
-            )
-            for members in found
-        ]
-
-    def copy(self) -> _Replay:
-        """An independent copy (the topology and the metadata are shared)."""
-        memo: dict[int, Any] = {id(self.topology): self.topology}
-        for nodes in self.graph.nodes.values():
-            for node in nodes:
-                memo[id(node.metadata)] = node.metadata
-        return copy.deepcopy(self, memo)
-
-
-def manager_workflow_snapshots(run_dir: Path) -> list[ResumeKey] | None:
-    """The workflow snapshots the manager wrote to ``RUN_DIR/snapshots``, in the
-    order it wrote them; None when it left none.
-
-    Raises:
-        ConfigurationError: a file that cannot be read.
-    """
-    folder = run_dir / "snapshots"
-    paths = list(folder.glob("snapshot_*.ymmsl")) if folder.is_dir() else []
-    if not paths:
-        return None
-    written: list[ResumeKey] = []
-    for path in sorted(paths, key=_written_order):
-        try:
-            document: Any = ymmsl.load(path)
-        except Exception as err:  # yatiml raises many kinds; all mean unreadable
-            raise ConfigurationError(f"cannot read {path}: {err}") from err
-        written.append(
-            resume_key((str(k), str(v)) for k, v in (document.resume or {}).items())
-        )
-    return written
-
-
-def _written_order(path: Path) -> tuple[str, int]:
-    """``snapshot_<date>_<time>[_<n>].ymmsl``: by the second, then by n."""
-    stem = path.stem
-    base, _, counter = stem.rpartition("_")
-    if base.count("_") == 2 and counter.isdigit():
-        return base, int(counter)
-    return stem, -1
-
-
 def compare_with_manager(
     run_dir: Path, imported: Iterable[WorkflowSnapshot]
 ) -> ManagerComparison | None:
@@ -529,26 +265,6 @@ def compare_with_manager(
         imported=len(found),
         in_both=len(set(written) & found),
     )
-
-
-def resume_key(resume: Iterable[tuple[str, str]]) -> ResumeKey:
-    """A resume mapping with each file named from its ``instances/`` folder on."""
-    return frozenset((instance, _below_run_dir(path)) for instance, path in resume)
-
-
-def _below_run_dir(path: str) -> str:
-    parts = Path(path).parts
-    if "instances" in parts:
-        index = len(parts) - 1 - parts[::-1].index("instances")
-        return "/".join(parts[index:])
-    return path
-
-
-def _modified_ns(path: Path) -> int:
-    try:
-        return os.stat(path).st_mtime_ns
-    except OSError:
-        return 0
 
 
 def _existing_workflow_snapshots(

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from snapreg.errors import ConfigurationError, SnapregError
-from snapreg.rules.consistency import split_instance
+from snapreg.rules.instances import split_instance
 from snapreg.tools.run_graph import RecordedNode, RunGraph, load_run_graph
 
 if TYPE_CHECKING:

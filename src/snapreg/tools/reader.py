@@ -28,12 +28,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from snapreg.errors import ConfigurationError, NotFoundError, UnknownInstanceError
-from snapreg.rules.consistency import ConduitInfo, Topology
 from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
+from snapreg.rules.topology import ConduitInfo, Topology
 from snapreg.rules.workflow_file import render
 from snapreg.storage import queries, schema
-from snapreg.storage.database import head_revision, host_and_pid, process_alive
 from snapreg.storage.readonly import Closing, ReadOnlyStore
+from snapreg.storage.transactions import host_and_pid, process_alive
+from snapreg.storage.versions import head_revision
 
 _T = TypeVar("_T")
 

@@ -17,7 +17,7 @@ from sqlalchemy import and_, select
 from sqlalchemy.orm import Session, aliased
 
 from snapreg.errors import NotFoundError
-from snapreg.rules.consistency import Topology
+from snapreg.rules.topology import Topology
 from snapreg.storage import queries, schema
 from snapreg.storage.readonly import ReadOnlyStore
 from snapreg.tools.reader import campaign_name, topology_from_signature

@@ -40,13 +40,13 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, StatementError
 
 from snapreg.errors import DatabaseRefusedError, InvalidInputError, SnapregError
-from snapreg.storage.database import storage_error
 from snapreg.storage.readonly import (
     Closing,
     ReadOnlyStore,
     is_read_only_refusal,
     refused_action,
 )
+from snapreg.storage.transactions import storage_error
 
 # What a query may start with, after blanks and comments. EXPLAIN and WITH can hide
 # a write, which the read-only connection refuses.
