@@ -37,7 +37,7 @@ class SnapshotMetadata:
 
     Attributes:
         triggers: Why the snapshot was taken.
-        wallclock_time: Seconds since the instance started.
+        wallclock_time: Seconds since muscle_manager started (elapsed wallclock time).
         timestamp: Simulation time of the snapshot; NaN for implicit snapshots.
         next_timestamp: Simulation time of the next step, if known.
         port_message_counts: Messages sent or received per port and slot.

@@ -34,7 +34,7 @@ class RecordedNode:
         is_restart: Whether it is the "restart from scratch" placeholder.
         is_final: Whether it is a final snapshot.
         simulation_time: Its simulation time; None when it has none.
-        wallclock_time: Seconds since the start of the simulation.
+        wallclock_time: Seconds since muscle_manager started (elapsed wallclock time).
         triggers: Why it was taken.
         port_message_counts: Port name to message count per slot.
         snapshot_filename: The file the instance saved (empty for a restart node).
