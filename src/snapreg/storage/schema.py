@@ -209,7 +209,8 @@ class SnapshotNodeRow(Base):
         Json, comment="JSON list of the reasons the snapshot was taken."
     )
     wallclock_time: Mapped[float] = mapped_column(
-        Double, comment="Seconds since the instance started."
+        Double,
+        comment="Seconds since muscle_manager started (elapsed wallclock time).",
     )
     simulation_time: Mapped[float | None] = mapped_column(
         Double, comment="Simulation time of the snapshot; NULL when it has none (NaN)."
