@@ -39,11 +39,15 @@ from snapreg import (
     SnapshotRegistry,
 )
 from snapreg.cli.main import main as snapreg_main
-from snapreg.rules.metadata import MAX_FILENAME_LENGTH, MAX_MESSAGE_COUNT
+from snapreg.rules.metadata import (
+    MAX_FILENAME_LENGTH,
+    MAX_MESSAGE_COUNT,
+    METADATA_FIELDS,
+)
 from support.command_line import without_superuser_warning
 from support.entries import call_entry
 from support.oracle import run_oracle
-from support.streams import METADATA_FIELDS, macro_micro
+from support.streams import macro_micro
 from support.torture import inspection_engine
 
 LONG = os.environ.get("SNAPREG_TEST_PROFILE") == "long"

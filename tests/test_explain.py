@@ -19,9 +19,10 @@ from snapreg import SnapshotRegistry
 from snapreg.rules.consistency import counts_consistent
 from snapreg.rules.topology import Topology
 from snapreg.tools.explain import count_mismatches, explain_campaign
+from snapreg.tools.run_graph import load_run_graph
 from support.command_line import invoke
 from support.models import MACRO_MICRO_YMMSL
-from support.streams import all_streams
+from support.streams import all_streams, macro_micro
 
 MACRO_MICRO = MACRO_MICRO_YMMSL
 
@@ -266,3 +267,34 @@ def test_mismatches_are_empty_exactly_when_the_registry_finds_counts_consistent(
             compared += 1
             disagreeing += bool(mismatches)
     assert compared > 1000 and 0 < disagreeing < compared
+
+
+def test_the_run_graph_has_the_edges_the_registry_reports(
+    persistent_database_url: str, tmp_path: Path
+) -> None:
+    """explain and plot read the same consistent pairs as the registry's history."""
+    stream = macro_micro(23, num_micro=2, num_steps=3)
+    with SnapshotRegistry(
+        stream.config, tmp_path, database_url=persistent_database_url
+    ) as registry:
+        for instance, fields in stream.registrations:
+            registry.add_snapshot(instance, fields)
+        reported: dict[bool, set[tuple[int, int]]] = {}
+        for active_only in (False, True):
+            reported[active_only] = {
+                (min(node.id, peer.id), max(node.id, peer.id))
+                for instance in Topology.from_configuration(stream.config).instances
+                for node in (
+                    registry.snapshots(instance)
+                    if active_only
+                    else registry.history(instance)
+                )
+                for peers in node.consistent_peers.values()
+                for peer in peers
+                if node.id is not None and peer.id is not None
+            }
+
+    for active_only, edges in reported.items():
+        graph = load_run_graph(persistent_database_url, None, active_only=active_only)
+        assert graph.edges == sorted(edges)
+    assert reported[True] < reported[False]  # some nodes were retired

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import ymmsl
 
-from snapreg.storage.codecs import METADATA_FIELDS
+from snapreg.rules.metadata import METADATA_FIELDS
 from snapreg.tools.reader import DatabaseReader
 from support import scenarios
 from support.oracle import run_oracle

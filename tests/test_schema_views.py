@@ -24,11 +24,13 @@ from sqlalchemy import Engine, inspect, text
 from snapreg import SnapshotRegistry
 from snapreg.rules.consistency import ConnectionInfo
 from snapreg.rules.instances import last_index
+from snapreg.rules.metadata import SnapshotMetadata
 from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
 from snapreg.rules.topology import Topology
 from snapreg.storage.engines import create_database_engine
 from snapreg.storage.schema import Base
 from snapreg.storage.versions import downgrade_engine, upgrade_engine
+from snapreg.tools.run_graph import RecordedNode
 from support.streams import Stream, chain, macro_micro, near_miss
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "schema.md"
@@ -583,3 +585,33 @@ def test_schema_doc_has_a_diagram_of_every_table() -> None:
                 for line in diagram.splitlines()
                 if "--" in line
             ), f"no relationship line for {table.name} -> {foreign_key.column}"
+
+
+#: What MUSCLE3's wallclock_time counts: its checkpointing documentation takes
+#: wallclock checkpoint times as "seconds since the initialization of
+#: muscle_manager", and libmuscle reports the manager's elapsed time.
+WALLCLOCK_MEANING = "Seconds since muscle_manager started (elapsed wallclock time)."
+
+
+def test_wallclock_time_is_described_as_muscle3_means_it_everywhere() -> None:
+    assert Base.metadata.tables["snapshot_node"].c.wallclock_time.comment == (
+        WALLCLOCK_MEANING
+    )
+    documented = re.findall(
+        r"^\| `wallclock_time` \|(.*)\|$", SCHEMA_FILE.read_text(), re.MULTILINE
+    )
+    assert len(documented) == 3  # snapshot_node and two views
+    assert all(WALLCLOCK_MEANING in row for row in documented), documented
+    for described in (SnapshotMetadata, RecordedNode):
+        docstring = " ".join((described.__doc__ or "").split())
+        assert f"wallclock_time: {WALLCLOCK_MEANING}" in docstring, described
+    root = SCHEMA_FILE.parent.parent
+    wrong = [
+        str(path.relative_to(root))
+        for folder in ("src", "docs", "migrations")
+        for path in (root / folder).rglob("*")
+        if path.suffix in (".py", ".md")
+        and "since the instance started" in path.read_text()
+        and path.name != "0004_wallclock_comment.py"  # says what it corrects
+    ]
+    assert wrong == ["migrations/versions/0001_initial.py"]  # history stays as it was

@@ -12,12 +12,14 @@ import csv
 import hashlib
 import io
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import ymmsl
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine, inspect, text
 
@@ -25,7 +27,8 @@ from snapreg import SnapshotRegistry
 from snapreg.cli.sql import sql_command
 from snapreg.storage.engines import create_database_engine
 from snapreg.tools.sql import QueryError, ReadOnlyDatabase
-from support.command_line import without_superuser_warning
+from support.command_line import invoke, without_superuser_warning
+from support.models import MACRO_MICRO_YMMSL
 from support.streams import macro_micro
 
 STREAM = macro_micro(401, num_micro=2, num_steps=3)
@@ -381,3 +384,107 @@ def test_an_unreachable_server_is_one_line() -> None:
     assert result.exit_code == 1
     (line,) = result.stderr.splitlines()
     assert line.startswith("snapreg: error: cannot open database")
+
+
+# ---------------------------------------------------------------- NaN and infinity
+
+
+def strict_json(text: str) -> Any:
+    """JSON as RFC 8259 has it: NaN and Infinity are not JSON, so they fail here."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def snapshot_fields(
+    counts: dict[str, list[int]], timestamp: float, next_timestamp: float | None
+) -> dict[str, Any]:
+    return {
+        "triggers": ["test"],
+        "wallclock_time": 1.0,
+        "timestamp": timestamp,
+        "next_timestamp": next_timestamp,
+        "port_message_counts": counts,
+        "is_final_snapshot": False,
+        "snapshot_filename": f"/nowhere/{timestamp}.pack",
+    }
+
+
+def test_nan_and_infinity_are_null_in_every_json_output(
+    persistent_database_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`sql --format json` and the --json of other commands: one convention, null."""
+    url = persistent_database_url
+    with SnapshotRegistry(
+        ymmsl.load(MACRO_MICRO_YMMSL), tmp_path, database_url=url
+    ) as registry:
+        # an infinite simulation time and next time, and a NaN one (implicit)
+        registry.add_snapshot(
+            "macro",
+            snapshot_fields(
+                {"state_out": [1, 1], "state_in": [1, 1]}, math.inf, -math.inf
+            ),
+        )
+        registry.add_snapshot(
+            "micro[0]",
+            snapshot_fields(
+                {"initial_state": [1], "final_state": [1]}, math.nan, math.inf
+            ),
+        )
+        found = registry.add_snapshot(
+            "micro[1]",
+            snapshot_fields({"initial_state": [1], "final_state": [1]}, 1.0, None),
+        )
+    assert len(found) == 1
+
+    if not url.startswith("sqlite"):  # SQLite has no NaN: it stores NULL
+        computed = run_sql(
+            "SELECT CAST('NaN' AS double precision) AS nan,"
+            " CAST('-Infinity' AS double precision) AS inf,"
+            " CAST('Infinity' AS numeric) AS numeric_inf",
+            "--db",
+            url,
+            "--format",
+            "json",
+        )
+        assert strict_json(computed.stdout) == [
+            {"nan": None, "inf": None, "numeric_inf": None}
+        ]
+    result = run_sql(
+        "SELECT instance, simulation_time, next_simulation_time FROM snapshot_node"
+        " WHERE NOT is_restart ORDER BY instance",
+        "--db",
+        url,
+        "--format",
+        "json",
+    )
+    assert result.exit_code == 0, result.stderr
+    assert strict_json(result.stdout) == [
+        {"instance": "macro", "simulation_time": None, "next_simulation_time": None},
+        {"instance": "micro[0]", "simulation_time": None, "next_simulation_time": None},
+        {"instance": "micro[1]", "simulation_time": 1.0, "next_simulation_time": None},
+    ]
+
+    shown = invoke(capsys, "show", str(found[0].id), "--db", url, "--json")
+    assert shown.status == 0, shown.stderr
+    times = {
+        node["instance"]: (node["timestamp"], node["next_timestamp"])
+        for node in strict_json(shown.stdout)["nodes"]
+    }
+    assert times == {
+        "macro": (None, None),
+        "micro[0]": (None, None),
+        "micro[1]": (1.0, None),
+    }
+
+    explained = invoke(capsys, "explain", "--db", url, "--json")
+    assert explained.status == 0, explained.stderr
+    simulation_times = {
+        entry["instance"]: entry["simulation_time"]
+        for entry in strict_json(explained.stdout)["instances"]
+    }
+    assert simulation_times == {"macro": None, "micro[0]": None, "micro[1]": 1.0}

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 
 import pytest
 
+from snapreg.rules.metadata import METADATA_FIELDS
 from support.oracle import OracleStep, run_oracle, workflow_snapshot_count
 from support.streams import (
-    METADATA_FIELDS,
     SETTINGS_PORT,
     Stream,
     all_streams,

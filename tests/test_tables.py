@@ -78,6 +78,7 @@ def test_fast_inserts_store_what_sqlalchemy_stores(
                 [
                     (node_first, run_id, "micro[1]", 90, False, first, now)
                     + node_values(ODD)
+                    + (None,)
                 ],
             )
             connection.execute(

@@ -52,17 +52,6 @@ Registration = tuple[str, RegistrationFields]
 SETTINGS_PORT = "muscle_settings_in"
 """The port MUSCLE3 always reports counts for, whether a conduit uses it or not."""
 
-METADATA_FIELDS = (
-    "triggers",
-    "wallclock_time",
-    "timestamp",
-    "next_timestamp",
-    "port_message_counts",
-    "is_final_snapshot",
-    "snapshot_filename",
-)
-"""The keys of every registration's metadata, in ``SnapshotMetadata`` order."""
-
 
 @dataclass
 class Stream:

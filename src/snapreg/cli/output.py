@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -150,8 +151,8 @@ def node_json(node: SnapshotNode) -> dict[str, Any]:
         "retired_at": None if node.retired_at is None else node.retired_at.isoformat(),
         "snapshot_filename": None if node.is_restart else metadata.snapshot_filename,
         "triggers": list(metadata.triggers),
-        "timestamp": finite_or_none(metadata.timestamp),
-        "next_timestamp": finite_or_none(metadata.next_timestamp),
+        "timestamp": metadata.timestamp,
+        "next_timestamp": metadata.next_timestamp,
         "wallclock_time": metadata.wallclock_time,
         "is_final": metadata.is_final_snapshot,
         "port_message_counts": metadata.port_message_counts,
@@ -210,12 +211,6 @@ def format_number(value: float) -> str:
     return f"{value:.6g}"
 
 
-def finite_or_none(value: float | None) -> float | None:
-    if value is None or value != value or value in (float("inf"), float("-inf")):
-        return None
-    return value
-
-
 def local_time(moment: datetime) -> str:
     return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
@@ -230,7 +225,27 @@ def display_path(path: Path | None) -> str:
 
 
 def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2))
+    """Print data as JSON, the one way every command does: see :func:`json_text`."""
+    click.echo(json_text(data))
+
+
+def json_text(data: Any) -> str:
+    """Data as strict JSON (RFC 8259), indented: NaN and infinities become null.
+
+    Python's own ``json`` writes them as ``NaN`` and ``Infinity``, which strict
+    parsers refuse; null is what ``snapreg sql`` writes for a SQL NULL too.
+    """
+    return json.dumps(_finite(data), indent=2, allow_nan=False)
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(value) for value in data]
+    return data
 
 
 def make_console() -> Console:

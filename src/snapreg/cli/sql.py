@@ -18,13 +18,14 @@ from rich.table import Table
 from rich.text import Text
 
 from snapreg.cli.options import database_option
+from snapreg.cli.output import print_json
 from snapreg.errors import SnapregError
 from snapreg.tools.sql import (
     QueryResult,
     ReadOnlyDatabase,
     format_cell,
     format_csv,
-    format_json,
+    json_rows,
 )
 
 OUTPUT_FORMATS = ("table", "csv", "json")
@@ -89,7 +90,7 @@ def _console() -> Console:
 _PRINTERS: dict[str, Callable[[QueryResult], None]] = {
     "table": lambda result: print_table(result, _console()),
     "csv": lambda result: click.echo(format_csv(result), nl=False),
-    "json": lambda result: click.echo(format_json(result)),
+    "json": lambda result: print_json(json_rows(result)),
 }
 
 

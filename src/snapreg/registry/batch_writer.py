@@ -19,7 +19,7 @@ from pathlib import Path
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from snapreg.registry.files import FileWriter, NameAllocator
+from snapreg.registry.files import FileWriter, NameAllocator, snapshot_file_size
 from snapreg.registry.group_commit import Staged
 from snapreg.registry.store import RunStore
 from snapreg.rules.graph import ActiveGraph, GraphNode, Policy
@@ -58,6 +58,8 @@ class Batch:
     """The rows a batch of registrations will write, gathered before writing."""
 
     nodes: list[tuple[GraphNode, int | Staged | None]] = field(default_factory=list)
+    #: each node's snapshot file size, as the manager saw it at registration
+    file_sizes: list[int | None] = field(default_factory=list)
     #: registrations whose submission rows commit with the batch
     staged: list[Staged] = field(default_factory=list)
     edges: list[tuple[GraphNode, GraphNode]] = field(default_factory=list)
@@ -266,6 +268,7 @@ class BatchWriter:
         """Apply one registration to the in-memory graph and note its rows."""
         node = self.graph.new_node(0, instance, metadata, False)
         batch.nodes.append((node, submission))
+        batch.file_sizes.append(snapshot_file_size(metadata.snapshot_filename))
         batch.edges.extend(
             (node, peer) for peer in self.graph.add(node) if peer is not node
         )
@@ -331,8 +334,11 @@ class BatchWriter:
                     else submission,
                     now,
                     *codecs.node_values(node.metadata),
+                    size,
                 )
-                for node, submission in batch.nodes
+                for (node, submission), size in zip(
+                    batch.nodes, batch.file_sizes, strict=True
+                )
             ],
         )
         statements.FAST_EDGE.execute(

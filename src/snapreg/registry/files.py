@@ -49,6 +49,16 @@ class NameAllocator:
                 return path
 
 
+def snapshot_file_size(filename: str) -> int | None:
+    """The size of an instance's snapshot file; None if the manager cannot see it."""
+    if not filename:
+        return None
+    try:
+        return os.stat(filename).st_size
+    except (OSError, ValueError):  # gone, not ours to see, or not a path
+        return None
+
+
 def write_file(path: Path, text: str, *, sync: bool) -> None:
     """Write a file atomically: a temporary file in the same folder, then rename.
 

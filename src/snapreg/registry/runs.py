@@ -124,6 +124,7 @@ class RunSetup:
     configuration_text: str
     folder: Path | None
     lease: WriterLease
+    policy: str = "all"
 
 
 def open_run(
@@ -191,6 +192,15 @@ def open_run(
             " whose components or conduits differ from this configuration; start a"
             " new run (new_run=True) or use another campaign"
         )
+    if (run.policy or "all") != setup.policy:
+        raise ConfigurationError(
+            f"campaign {setup.campaign!r} run {run.number} materialises"
+            f" {run.policy or 'all'} workflow snapshots, not {setup.policy}: its"
+            " workflow snapshots must be derivable from its rows by one policy;"
+            " start a new run (new_run=True) for another policy"
+        )
+    if run.policy is None:
+        run.policy = setup.policy
     setup.lease.acquire(session, run, setup.campaign)
     if folder is not None and run.snapshot_folder != folder:
         run.snapshot_folder = folder
@@ -263,6 +273,7 @@ def _create_run(
         snapshot_folder=str(setup.folder.resolve()) if setup.folder else None,
         started_at=now,
         resumed_from_workflow_snapshot_id=resumed_from,
+        policy=setup.policy,
     )
     session.add(run)
     session.flush()

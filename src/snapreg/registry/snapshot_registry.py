@@ -182,6 +182,7 @@ class SnapshotRegistry(threading.Thread):
                 _configuration_text(config),
                 folder,
                 lease,
+                policy,
             )
             self._run = self._store.open(
                 setup, upgrade=upgrade, new_run=new_run, resumed_from=resumed_from

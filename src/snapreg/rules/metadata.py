@@ -12,21 +12,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from snapreg.errors import InvalidMetadataError
 from snapreg.rules.topology import Topology, declared_operators
-
-_FIELDS = (
-    "triggers",
-    "wallclock_time",
-    "timestamp",
-    "next_timestamp",
-    "port_message_counts",
-    "is_final_snapshot",
-    "snapshot_filename",
-)
 
 # Counts are stored as JSON and compared in Python; beyond 2**63 PostgreSQL's JSON
 # operators and most clients lose precision, and no simulation sends that many.
@@ -47,7 +37,7 @@ class SnapshotMetadata:
 
     Attributes:
         triggers: Why the snapshot was taken.
-        wallclock_time: Seconds since the instance started.
+        wallclock_time: Seconds since muscle_manager started (elapsed wallclock time).
         timestamp: Simulation time of the snapshot; NaN for implicit snapshots.
         next_timestamp: Simulation time of the next step, if known.
         port_message_counts: Messages sent or received per port and slot.
@@ -62,6 +52,11 @@ class SnapshotMetadata:
     port_message_counts: dict[str, list[int]] = field(default_factory=dict)
     is_final_snapshot: bool = False
     snapshot_filename: str = ""
+
+
+#: The metadata fields, MUSCLE3's names in its order: the one list of them. Stored
+#: columns, submission JSON and validation are all derived from it.
+METADATA_FIELDS = tuple(entry.name for entry in fields(SnapshotMetadata))
 
 
 def restart_metadata() -> SnapshotMetadata:
@@ -80,8 +75,8 @@ def coerce_metadata(value: Any) -> SnapshotMetadata:
         InvalidMetadataError: naming the first field that is wrong.
     """
     if isinstance(value, Mapping):
-        missing = [name for name in _FIELDS if name not in value]
-        extra = sorted(str(key) for key in value if key not in _FIELDS)
+        missing = [name for name in METADATA_FIELDS if name not in value]
+        extra = sorted(str(key) for key in value if key not in METADATA_FIELDS)
         if missing or extra:
             raise InvalidMetadataError(
                 "snapshot metadata fields are wrong:"
@@ -93,7 +88,7 @@ def coerce_metadata(value: Any) -> SnapshotMetadata:
             return value[name]
 
     else:
-        missing = [name for name in _FIELDS if not hasattr(value, name)]
+        missing = [name for name in METADATA_FIELDS if not hasattr(value, name)]
         if missing:
             raise InvalidMetadataError(
                 f"snapshot metadata of type {type(value).__name__} lacks "

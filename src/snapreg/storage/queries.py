@@ -197,22 +197,30 @@ def active_graph_rows(
     nodes = session.scalars(
         select(node).where(node.run_id == run_id, node.retired_at.is_(None))
     ).all()
-    lower = aliased(node)
-    higher = aliased(node)
+    return nodes, run_edges(session, run_id, active_only=True)
+
+
+def run_edges(
+    session: Session, run_id: int, *, active_only: bool
+) -> list[tuple[int, int]]:
+    """A run's consistent pairs as (lower id, higher id), in that order.
+
+    With ``active_only``, only the pairs whose two nodes are both active.
+    """
+    lower = aliased(schema.SnapshotNodeRow)
+    higher = aliased(schema.SnapshotNodeRow)
     pair = schema.ConsistentPairRow
-    edges = session.execute(
+    conditions = [lower.run_id == run_id]
+    if active_only:
+        conditions += [lower.retired_at.is_(None), higher.retired_at.is_(None)]
+    rows = session.execute(
         select(pair.lower_node_id, pair.higher_node_id)
         .join(lower, lower.id == pair.lower_node_id)
         .join(higher, higher.id == pair.higher_node_id)
-        .where(
-            and_(
-                lower.run_id == run_id,
-                lower.retired_at.is_(None),
-                higher.retired_at.is_(None),
-            )
-        )
+        .where(and_(*conditions))
+        .order_by(pair.lower_node_id, pair.higher_node_id)
     ).all()
-    return nodes, [(lower_id, higher_id) for lower_id, higher_id in edges]
+    return [(lower_id, higher_id) for lower_id, higher_id in rows]
 
 
 def pending_submissions(

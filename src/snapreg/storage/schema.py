@@ -152,6 +152,11 @@ class RunRow(Base):
     writer_heartbeat_at: Mapped[datetime | None] = mapped_column(
         UtcDateTime, comment="Last sign of life of the writer (UTC)."
     )
+    policy: Mapped[str | None] = mapped_column(
+        String(16),
+        comment="Which workflow snapshots the run materialises: all or "
+        "latest; NULL for runs made before snapreg recorded it (all).",
+    )
 
     campaign: Mapped[CampaignRow] = relationship(back_populates="runs")
 
@@ -209,7 +214,8 @@ class SnapshotNodeRow(Base):
         Json, comment="JSON list of the reasons the snapshot was taken."
     )
     wallclock_time: Mapped[float] = mapped_column(
-        Double, comment="Seconds since the instance started."
+        Double,
+        comment="Seconds since muscle_manager started (elapsed wallclock time).",
     )
     simulation_time: Mapped[float | None] = mapped_column(
         Double, comment="Simulation time of the snapshot; NULL when it has none (NaN)."
@@ -225,6 +231,12 @@ class SnapshotNodeRow(Base):
     )
     snapshot_filename: Mapped[str] = mapped_column(
         Text, comment="File the instance saved; empty for a restart node."
+    )
+    snapshot_file_size: Mapped[int | None] = mapped_column(
+        BigInteger,
+        comment="Size in bytes of the instance's snapshot file when it was "
+        "registered; NULL if the manager could not see it, or registered "
+        "before snapreg recorded sizes.",
     )
     submission_id: Mapped[int | None] = mapped_column(
         ForeignKey("submission.id", ondelete="SET NULL"),

@@ -275,7 +275,8 @@ FAST_SUBMISSION = fast_insert(
 FAST_NODE = fast_insert(
     NODE,
     ("id", "run_id", "instance", "num", "is_restart", "submission_id", "registered_at")
-    + NODE_METADATA_COLUMNS,
+    + NODE_METADATA_COLUMNS
+    + ("snapshot_file_size",),
 )
 FAST_EDGE = fast_insert(EDGE, ("lower_node_id", "higher_node_id"))
 FAST_WORKFLOW_SNAPSHOT = fast_insert(

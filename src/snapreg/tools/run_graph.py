@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import and_, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from snapreg.errors import NotFoundError
 from snapreg.rules.topology import Topology
@@ -34,7 +34,7 @@ class RecordedNode:
         is_restart: Whether it is the "restart from scratch" placeholder.
         is_final: Whether it is a final snapshot.
         simulation_time: Its simulation time; None when it has none.
-        wallclock_time: Seconds since the start of the simulation.
+        wallclock_time: Seconds since muscle_manager started (elapsed wallclock time).
         triggers: Why it was taken.
         port_message_counts: Port name to message count per slot.
         snapshot_filename: The file the instance saved (empty for a restart node).
@@ -192,7 +192,7 @@ def _load(
         runs=len(runs),
         topology=topology_from_signature(run_row.topology),
         nodes=nodes,
-        edges=_edges(session, run_row.id, active_only),
+        edges=queries.run_edges(session, run_row.id, active_only=active_only),
         workflow_snapshots=_workflow_snapshots(session, run_row.id),
         newest_in_campaign=_newest_in_campaign(session, campaign_row.id),
     )
@@ -217,23 +217,6 @@ def _recorded(row: schema.SnapshotNodeRow) -> RecordedNode:
         snapshot_filename=row.snapshot_filename,
         active=row.retired_at is None,
     )
-
-
-def _edges(session: Session, run_id: int, active_only: bool) -> list[tuple[int, int]]:
-    lower = aliased(schema.SnapshotNodeRow)
-    higher = aliased(schema.SnapshotNodeRow)
-    pair = schema.ConsistentPairRow
-    conditions = [lower.run_id == run_id]
-    if active_only:
-        conditions += [lower.retired_at.is_(None), higher.retired_at.is_(None)]
-    rows = session.execute(
-        select(pair.lower_node_id, pair.higher_node_id)
-        .join(lower, lower.id == pair.lower_node_id)
-        .join(higher, higher.id == pair.higher_node_id)
-        .where(and_(*conditions))
-        .order_by(pair.lower_node_id, pair.higher_node_id)
-    ).all()
-    return [(lower_id, higher_id) for lower_id, higher_id in rows]
 
 
 def _workflow_snapshots(

@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -276,9 +275,9 @@ def _plain(value: Any) -> Any:
     if isinstance(value, datetime | date | time):
         return value.isoformat()
     if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
+        if value.is_finite() and value == value.to_integral_value():
+            return int(value)
+        return float(value)
     if isinstance(value, bytes | memoryview):
         return bytes(value).hex()
     return value
@@ -317,13 +316,14 @@ def format_csv(result: QueryResult) -> str:
     return buffer.getvalue()
 
 
-def format_json(result: QueryResult) -> str:
-    """The result as a JSON list of objects, one per row, keyed by column."""
+def json_rows(result: QueryResult) -> list[dict[str, Any]]:
+    """The result as a list of objects, one per row, keyed by column, for JSON.
+
+    NaN and infinities are left as floats: the command line's one JSON writer
+    turns them into null, as in every other command's JSON.
+    """
     names = _unique_names(result.columns)
-    return json.dumps(
-        [
-            {name: _plain(value) for name, value in zip(names, row, strict=True)}
-            for row in result.rows
-        ],
-        indent=2,
-    )
+    return [
+        {name: _plain(value) for name, value in zip(names, row, strict=True)}
+        for row in result.rows
+    ]
