@@ -1,20 +1,26 @@
-"""What a restart point needs is recorded: each snapshot file's size, each run's policy.
+"""Restart points you can trust: what they need is recorded, and checked.
 
 At registration the manager ``stat``s the instance's snapshot file and keeps its
 size (NULL when it cannot see the file); a run records which workflow snapshots it
-materialises, and is only continued with the same policy.
+materialises, and is only continued with the same policy. A workflow snapshot is
+resumable while every member's file is there with its recorded size; a truncated,
+lost or gc-deleted file is named.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.orm import Session
 
 from snapreg import ConfigurationError, SnapshotRegistry
 from snapreg.rules.metadata import coerce_metadata
+from snapreg.storage.schema import CampaignRow, WorkflowSnapshotRow
+from snapreg.tools.restart_points import Resumability, resumability
 from support.streams import macro_micro
 
 STREAM = macro_micro(5, num_micro=2, num_steps=3)
@@ -72,3 +78,105 @@ def test_a_run_records_its_policy_and_is_continued_only_with_it(
         ).all()
     engine.dispose()
     assert [tuple(row) for row in policies] == [(1, "latest"), (2, "all")]
+
+
+# ------------------------------------------------------------ resumability
+
+
+def register_with_files(
+    url: str, folder: Path, files: Path
+) -> tuple[SnapshotRegistry, list[Path]]:
+    """Register STREAM with each snapshot's file written under ``files`` first."""
+    written: list[Path] = []
+    registry = SnapshotRegistry(STREAM.config, folder, database_url=url)
+    for index, (instance, fields) in enumerate(STREAM.registrations):
+        path = files / f"{index:03d}.pack"
+        path.write_bytes(b"s" * (100 + index))
+        written.append(path)
+        metadata = dataclasses.replace(
+            coerce_metadata(fields), snapshot_filename=str(path)
+        )
+        registry.add_snapshot(instance, metadata)
+    return registry, written
+
+
+def check_all(url: str) -> dict[int, Resumability]:
+    engine = create_engine(url)
+    try:
+        with Session(engine) as session:
+            campaign_id = session.scalars(select(CampaignRow.id)).one()
+            ids = session.scalars(
+                select(WorkflowSnapshotRow.id).order_by(WorkflowSnapshotRow.id)
+            ).all()
+            return resumability(session, campaign_id, ids)
+    finally:
+        engine.dispose()
+
+
+def test_a_workflow_snapshot_is_resumable_while_its_members_files_are_intact(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
+    folder = tmp_path / "snapshots"
+    files = tmp_path / "files"
+    folder.mkdir()
+    files.mkdir()
+    registry, written = register_with_files(url, folder, files)
+    snapshots = registry.workflow_snapshots()
+    registry.close()
+    assert len(snapshots) >= 3
+    assert all(item.resumable for item in check_all(url).values())
+
+    def members(index: int) -> list[str]:
+        return sorted(
+            str(node.snapshot.snapshot_filename)
+            for node in snapshots[index].nodes
+            if not node.is_restart
+        )
+
+    newest = snapshots[-1]
+    # an older one that needs a file the newest does not, and vice versa
+    middle_index = next(
+        index
+        for index in range(len(snapshots) - 2, -1, -1)
+        if set(members(index)) - set(members(-1))
+        and set(members(-1)) - set(members(index))
+    )
+    middle = snapshots[middle_index]
+    truncated = Path(next(p for p in members(-1) if p not in members(middle_index)))
+    truncated.write_bytes(truncated.read_bytes()[:10])
+    gone = next(p for p in members(middle_index) if p not in members(-1))
+    Path(gone).unlink()
+    found = check_all(url)
+    assert not found[newest.id].resumable
+    (problem,) = found[newest.id].problems
+    assert (problem.kind, problem.path, problem.actual_size) == (
+        "size",
+        str(truncated),
+        10,
+    )
+    assert "is 10 bytes, not the" in found[newest.id].describe()
+    assert [p.kind for p in found[middle.id].problems] == ["missing"]
+    assert f"{gone} is missing" in found[middle.id].describe()
+    untouched = [
+        item.id
+        for item in snapshots
+        if str(truncated) not in members(snapshots.index(item))
+        and gone not in members(snapshots.index(item))
+    ]
+    assert untouched and all(found[i].resumable for i in untouched)
+    # a deletion that gc recorded is named as such
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO deleted_snapshot_file (campaign_id, path, bytes,"
+                " deleted_at, reason) SELECT id, :path, 1, :now, 'gc --keep 1'"
+                " FROM campaign"
+            ),
+            {"path": gone, "now": datetime(2026, 12, 1, tzinfo=timezone.utc)},
+        )
+    engine.dispose()
+    (problem,) = check_all(url)[middle.id].problems
+    assert problem.kind == "deleted"
+    assert "was deleted on 2026-12-01 00:00:00 UTC (gc --keep 1)" in problem.describe()
