@@ -32,13 +32,15 @@ from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
 from snapreg.rules.topology import ConduitInfo, Topology
 from snapreg.rules.workflow_file import render
 from snapreg.storage import queries, schema
+from snapreg.storage.locks import held_writer_locks, writer_lock_key
 from snapreg.storage.readonly import Closing, ReadOnlyStore
 from snapreg.storage.transactions import host_and_pid, process_alive
 from snapreg.storage.versions import head_revision
 
 _T = TypeVar("_T")
 
-#: A run whose writer has not shown a sign of life for this long is not running.
+#: SQLite: a run whose writer, on another host, has not shown a sign of life for
+#: this long is not running. (PostgreSQL: its writer lock says.)
 STALE_WRITER_AFTER = timedelta(seconds=60)
 
 RunStatus = Literal["running", "interrupted", "ended"]
@@ -496,6 +498,11 @@ def _campaign_summaries(session: Session) -> list[CampaignSummary]:
         )
         if not os.path.exists(path)
     )
+    held_locks = (
+        held_writer_locks(session.connection())
+        if session.get_bind().dialect.name == "postgresql"
+        else None
+    )
     resumed_snapshot = aliased(snapshot)
     resumed_run = aliased(run)
     runs_by_campaign: dict[int, list[RunSummary]] = {}
@@ -531,7 +538,7 @@ def _campaign_summaries(session: Session) -> list[CampaignSummary]:
                 snapshot_count=nodes,
                 workflow_snapshot_count=found,
                 last_activity=max(moments),
-                status=_run_status(row),
+                status=_run_status(row, held_locks),
                 writer=None
                 if row.writer_token is None
                 else f"pid {row.writer_pid} on {row.writer_host}",
@@ -557,10 +564,20 @@ def _utc(moment: datetime | str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
-def _run_status(row: schema.RunRow) -> RunStatus:
-    """Whether a run is being written, was left by a dead writer, or was closed."""
+def _run_status(row: schema.RunRow, held_locks: set[int] | None) -> RunStatus:
+    """Whether a run is being written, was left by a dead writer, or was closed.
+
+    Args:
+        row: The run.
+        held_locks: PostgreSQL: the writer locks held now (see
+            :func:`~snapreg.storage.locks.held_writer_locks`); None on SQLite.
+    """
     if row.writer_token is None:
         return "ended"
+    if held_locks is not None:
+        # the writer's session holds the lock for as long as the writer lives,
+        # whatever its heartbeat says; the registry judges by the same lock
+        return "running" if writer_lock_key(row.id)[1] in held_locks else "interrupted"
     host, _ = host_and_pid()
     if row.writer_host == host and row.writer_pid is not None:
         return "running" if process_alive(row.writer_pid) else "interrupted"
