@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
-from snapreg.tools.reader import CampaignSummary, InstanceHistory
+from snapreg.tools.campaigns import CampaignSummary
+from snapreg.tools.reader import InstanceHistory
 
 
 def campaign_table(campaign: CampaignSummary) -> Table:
