@@ -13,10 +13,11 @@ from sqlalchemy import Connection, text
 
 #: First keys of snapreg's PostgreSQL advisory locks (their two-key form). A run's
 #: writer holds (RUN_WRITER_LOCK_SPACE, run) on its own database session for as long
-#: as it lives; openers of a campaign take turns on (CAMPAIGN_LOCK_SPACE, campaign).
-#: (Schema changes take turns on storage.versions.SCHEMA_LOCK_SPACE.)
+#: as it lives; openers of a campaign take turns on (CAMPAIGN_LOCK_SPACE, campaign);
+#: schema changes take turns on (SCHEMA_LOCK_SPACE, 0).
 RUN_WRITER_LOCK_SPACE = 0x736E7072
 CAMPAIGN_LOCK_SPACE = 0x736E7063
+SCHEMA_LOCK_SPACE = 0x736E7073
 
 # the server processes whose sessions hold writer locks in this database; the
 # two-key form of an advisory lock shows its keys as classid and objid, with
