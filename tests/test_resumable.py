@@ -22,6 +22,8 @@ import pytest
 import ymmsl
 
 from snapreg import SnapshotRegistry
+from snapreg.tools.reader import DatabaseReader
+from support import simulation
 from support.command_line import Outcome, invoke, without_superuser_warning
 from support.models import MACRO_MICRO_YMMSL
 
@@ -419,3 +421,68 @@ def _error_line(outcome: Outcome) -> str:
     [line] = _stderr(outcome)
     assert line.startswith("snapreg: error: ")
     return line
+
+
+# ---------------------------------------------------------------------- manage
+
+
+@pytest.mark.muscle3
+def test_manage_resume_latest_refuses_when_none_is_resumable(
+    capsys: pytest.CaptureFixture[str], campaign: Campaign, tmp_path: Path
+) -> None:
+    for checkpoint in range(1, CHECKPOINTS + 1):
+        campaign.files["micro[1]", checkpoint].unlink()
+    run_dir = tmp_path / "run2"
+    run_dir.mkdir()
+
+    outcome = invoke(
+        capsys,
+        "manage",
+        "--db",
+        campaign.url,
+        "--campaign",
+        CAMPAIGN,
+        "--resume-latest",
+        "--start-all",
+        "--run-dir",
+        str(run_dir),
+        *simulation.MODEL_FILES,
+    )
+
+    assert outcome.status == 1
+    *skipped, message = _stderr(outcome)
+    assert skipped == [
+        f"snapreg: skipped workflow snapshot {snapshot_id}: micro[1]:"
+        f" {campaign.files['micro[1]', checkpoint]} is missing"
+        for snapshot_id, checkpoint in zip(
+            reversed(campaign.ids), range(CHECKPOINTS, 0, -1), strict=True
+        )
+    ]
+    assert message == (
+        f"snapreg: error: none of the 4 workflow snapshots of campaign {CAMPAIGN!r}"
+        " is resumable: resuming would fail when the instances start. Pass"
+        " --or-from-scratch to start from scratch instead"
+    )
+    assert list(run_dir.iterdir()) == []  # the manager never started
+    with DatabaseReader(campaign.url) as reader:
+        [summary] = reader.campaigns()
+    assert [run.number for run in summary.runs] == [1]
+
+
+def test_or_from_scratch_goes_with_resume_latest(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    database = tmp_path / "db.sqlite"
+    outcome = invoke(
+        capsys,
+        "manage",
+        "--db",
+        f"sqlite:///{database}",
+        "--or-from-scratch",
+        "--start-all",
+        *simulation.MODEL_FILES,
+    )
+
+    assert outcome.status == 2
+    assert "--or-from-scratch goes with --resume-latest" in outcome.stderr
+    assert not database.exists()
