@@ -16,7 +16,7 @@ fits.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -32,6 +32,13 @@ from snapreg.storage import queries, schema
 from snapreg.storage.readonly import Closing, ReadOnlyStore
 from snapreg.storage.versions import head_revision
 from snapreg.tools.campaigns import CampaignSummary, campaign_summaries
+from snapreg.tools.restart_points import (
+    Fallback,
+    FileChecker,
+    Resumability,
+    newest_resumable,
+    resumability,
+)
 
 _T = TypeVar("_T")
 
@@ -224,6 +231,60 @@ class DatabaseReader(Closing):
             return queries.workflow_snapshots(session, row.id, row.name, ids=[newest])[
                 0
             ]
+
+        return self._read(load)
+
+    # ---------------------------------------------------------- restart points
+
+    def resumability(
+        self,
+        campaign: str,
+        workflow_snapshot_ids: Sequence[int],
+        checker: FileChecker | None = None,
+    ) -> dict[int, Resumability]:
+        """Whether each of these workflow snapshots of a campaign can be resumed from.
+
+        Args:
+            campaign: The campaign they belong to.
+            workflow_snapshot_ids: Their ids.
+            checker: Stats each snapshot file once; share one across the calls of
+                a command.
+
+        Raises:
+            NotFoundError: no such campaign.
+        """
+        return self._read(
+            lambda session: resumability(
+                session,
+                queries.campaign_row(session, campaign).id,
+                workflow_snapshot_ids,
+                checker,
+            )
+        )
+
+    def newest_resumable(
+        self, campaign: str, checker: FileChecker | None = None
+    ) -> tuple[WorkflowSnapshot | None, Fallback]:
+        """The campaign's newest workflow snapshot that can be resumed from.
+
+        Returns:
+            That workflow snapshot (None when there is none, or none at all) and
+            the :class:`~snapreg.tools.restart_points.Fallback` that names the newer
+            ones passed over and why.
+
+        Raises:
+            NotFoundError: no such campaign.
+        """
+
+        def load(session: Session) -> tuple[WorkflowSnapshot | None, Fallback]:
+            row = queries.campaign_row(session, campaign)
+            fallback = newest_resumable(session, row.id, row.name, checker)
+            if fallback.chosen is None:
+                return None, fallback
+            [chosen] = queries.workflow_snapshots(
+                session, row.id, row.name, ids=[fallback.chosen]
+            )
+            return chosen, fallback
 
         return self._read(load)
 
