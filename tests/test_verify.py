@@ -26,7 +26,7 @@ from snapreg.rules.metadata import coerce_metadata
 from snapreg.storage import schema
 from snapreg.storage.codecs import metadata_from_row
 from snapreg.storage.readonly import ReadOnlyStore
-from snapreg.tools import verify_replay
+from snapreg.tools import verify_rows
 from snapreg.tools.gc import delete_files, plan_cleanup
 from snapreg.tools.restart_points import resumability
 from snapreg.tools.verify import Verification, verify_campaign
@@ -168,7 +168,7 @@ def test_streams_read_a_few_rows_at_a_time_agree(
     # every stream runs through many fetches, interleaved, on one connection
     # (server-side cursors on PostgreSQL)
     whole = verify_campaign(campaign.url, CAMPAIGN)
-    monkeypatch.setattr(verify_replay, "_STREAM", {"yield_per": 3})
+    monkeypatch.setattr(verify_rows, "STREAM_OPTIONS", {"yield_per": 3})
 
     chunked = verify_campaign(campaign.url, CAMPAIGN)
 

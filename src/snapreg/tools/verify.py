@@ -38,7 +38,8 @@ from snapreg.storage.transactions import is_unreadable_file, storage_error
 from snapreg.tools.reader import campaign_name, topology_from_signature
 from snapreg.tools.verify_files import FileChecks
 from snapreg.tools.verify_findings import Findings, Problem
-from snapreg.tools.verify_replay import STREAM_CHUNK, RunInfo, RunReplay
+from snapreg.tools.verify_replay import RunReplay
+from snapreg.tools.verify_rows import STREAM_CHUNK, RunInfo
 
 #: Told how many of the campaign's nodes were replayed, of how many.
 Progress = Callable[[int, int], None]

@@ -34,7 +34,7 @@ from snapreg.tools.restart_points import (
     recorded_deletions,
 )
 from snapreg.tools.verify_findings import Findings, Problem, ProblemKind, node_words
-from snapreg.tools.verify_replay import RunInfo, StoredWorkflowSnapshot
+from snapreg.tools.verify_rows import RunInfo, StoredWorkflowSnapshot
 
 #: A workflow snapshot file larger than this is not read: it is not one.
 MAX_WORKFLOW_FILE = 16 * 2**20

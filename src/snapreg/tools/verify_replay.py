@@ -13,9 +13,8 @@ graph re-derives, node by node, what the registry stored:
 * the workflow snapshots whose newest member it is;
 * the nodes those retire.
 
-Three streams of rows, each ordered by the node they belong to, are read side by
-side with the nodes (pairs by ``higher_node_id``, workflow snapshots by their
-newest member id, the database doing the sorting), so memory holds the active
+The stored rows are read side by side with the nodes, in streams ordered by the
+node they belong to (:mod:`snapreg.tools.verify_rows`), so memory holds the active
 graph and the rows of one node, not the run. A stored workflow snapshot the replay
 does not give is checked on its own: one member per instance of the run, every
 pair of peers consistent by the rules applied to their stored counts.
@@ -24,71 +23,26 @@ pair of peers consistent by the rules applied to their stored counts.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, TypeVar
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Select, func, select
-from sqlalchemy.orm import aliased
+from sqlalchemy import Connection
 
 from snapreg.rules.consistency import rules_hold
-from snapreg.rules.graph import ActiveGraph, GraphNode, Policy
+from snapreg.rules.graph import ActiveGraph, GraphNode
 from snapreg.rules.topology import Topology
-from snapreg.storage import schema
-from snapreg.storage.codecs import NODE_METADATA_COLUMNS, metadata_from_row
+from snapreg.storage.codecs import metadata_from_row
 from snapreg.tools.explain import count_mismatches
 from snapreg.tools.verify_findings import Findings, Problem, ProblemKind, node_words
-
-_T = TypeVar("_T")
-
-#: Rows fetched at a time from each stream.
-STREAM_CHUNK = 1000
-_STREAM = {"yield_per": STREAM_CHUNK}
-
-_node = schema.SnapshotNodeRow
-_member = schema.WorkflowSnapshotMemberRow
-_snapshot = schema.WorkflowSnapshotRow
-_pair = schema.ConsistentPairRow
-#: What is read of each node (the metadata columns keep their names, so that a
-#: row is what :func:`metadata_from_row` reads).
-NODE_COLUMNS = (
-    _node.id,
-    _node.run_id,
-    _node.instance,
-    _node.num,
-    _node.is_restart,
-    _node.retired_at,
-    _node.snapshot_file_size,
-    *(getattr(_node, name) for name in NODE_METADATA_COLUMNS),
+from snapreg.tools.verify_rows import (
+    Merge,
+    RunInfo,
+    StoredWorkflowSnapshot,
+    node_row,
+    run_nodes,
+    stored_pairs,
+    stored_workflow_snapshots,
 )
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """A run as the replay needs it."""
-
-    id: int
-    number: int
-    model_name: str
-    topology: Topology
-    policy: Policy
-
-
-@dataclass
-class StoredWorkflowSnapshot:
-    """A workflow_snapshot row with its members' node rows.
-
-    Attributes:
-        members: One row per member row: ``member_id`` and the node's columns
-            (``id`` is None when the node row is gone).
-        newest: The highest member node id; 0 without members.
-    """
-
-    id: int
-    path: str
-    description: str
-    newest: int
-    members: list[Any]
 
 
 class _Side(NamedTuple):
@@ -100,33 +54,6 @@ class _Side(NamedTuple):
     num: int
     is_restart: bool
     port_message_counts: Any
-
-
-class _Merge(Generic[_T]):
-    """A stream of rows ordered by a node id, taken node by node."""
-
-    def __init__(self, rows: Iterator[_T], key: Callable[[_T], int]) -> None:
-        self._rows = rows
-        self._key = key
-        self._next = next(rows, None)
-
-    def take(self, node_id: int) -> tuple[list[_T], list[_T]]:
-        """The rows keyed below ``node_id`` (passed by), and those keyed at it."""
-        passed: list[_T] = []
-        here: list[_T] = []
-        while self._next is not None:
-            key = self._key(self._next)
-            if key > node_id:
-                break
-            (here if key == node_id else passed).append(self._next)
-            self._next = next(self._rows, None)
-        return passed, here
-
-    def rest(self) -> Iterator[_T]:
-        """The rows not taken yet."""
-        while self._next is not None:
-            row, self._next = self._next, next(self._rows, None)
-            yield row
 
 
 def counts_readable(counts: Any) -> bool:
@@ -151,69 +78,6 @@ def mismatch_words(topology: Topology, newer: Any, older: Any) -> str:
         older.is_restart,
     )
     return "; ".join(mismatch.in_words() for mismatch in found)
-
-
-def _newest_members(run_id: int) -> Any:
-    return (
-        select(
-            _member.workflow_snapshot_id.label("snapshot_id"),
-            func.max(_member.snapshot_node_id).label("newest"),
-        )
-        .join(_snapshot, _snapshot.id == _member.workflow_snapshot_id)
-        .where(_snapshot.run_id == run_id)
-        .group_by(_member.workflow_snapshot_id)
-        .subquery()
-    )
-
-
-def _stored_workflow_snapshots(
-    connection: Connection, run_id: int
-) -> Iterator[StoredWorkflowSnapshot]:
-    """A run's workflow snapshots by newest member, then id, with their members."""
-    newest = _newest_members(run_id)
-    key = func.coalesce(newest.c.newest, 0)
-    headers: Select[Any] = (
-        select(_snapshot.id, _snapshot.path, _snapshot.description, key.label("key"))
-        .outerjoin(newest, newest.c.snapshot_id == _snapshot.id)
-        .where(_snapshot.run_id == run_id)
-        .order_by(key, _snapshot.id)
-    )
-    members: Select[Any] = (
-        select(
-            _member.workflow_snapshot_id,
-            _member.snapshot_node_id.label("member_id"),
-            *NODE_COLUMNS,
-        )
-        .join(newest, newest.c.snapshot_id == _member.workflow_snapshot_id)
-        .outerjoin(_node, _node.id == _member.snapshot_node_id)
-        .order_by(
-            newest.c.newest, _member.workflow_snapshot_id, _member.snapshot_node_id
-        )
-    )
-    member_rows = iter(connection.execute(members, execution_options=_STREAM))
-    pending = next(member_rows, None)
-    for header in connection.execute(headers, execution_options=_STREAM):
-        found = []
-        while pending is not None and pending.workflow_snapshot_id == header.id:
-            found.append(pending)
-            pending = next(member_rows, None)
-        yield StoredWorkflowSnapshot(
-            header.id, header.path, header.description, header.key, found
-        )
-
-
-def _stored_pairs(connection: Connection, run_id: int) -> Iterator[Any]:
-    """The consistent pairs whose higher_node_id is a node of the run, by it."""
-    higher = aliased(_node)
-    return iter(
-        connection.execute(
-            select(_pair.lower_node_id, _pair.higher_node_id)
-            .join(higher, higher.id == _pair.higher_node_id)
-            .where(higher.run_id == run_id)
-            .order_by(_pair.higher_node_id, _pair.lower_node_id),
-            execution_options=_STREAM,
-        )
-    )
 
 
 class RunReplay:
@@ -246,23 +110,19 @@ class RunReplay:
     def replay(self) -> None:
         """Replay the run's nodes in id order, comparing as it goes."""
         run_id = self._run.id
-        pairs = _Merge(
-            _stored_pairs(self._connection, run_id), lambda row: row.higher_node_id
+        pairs = Merge(
+            stored_pairs(self._connection, run_id), lambda row: row.higher_node_id
         )
-        stored = _Merge(
-            _stored_workflow_snapshots(self._connection, run_id),
+        stored = Merge(
+            stored_workflow_snapshots(self._connection, run_id),
             lambda snapshot: snapshot.newest,
         )
-        nodes = self._connection.execute(
-            select(*NODE_COLUMNS).where(_node.run_id == run_id).order_by(_node.id),
-            execution_options=_STREAM,
-        )
-        for row in nodes:
+        for row in run_nodes(self._connection, run_id):
             passed, here = stored.take(row.id)
             for snapshot in passed:  # newest member not a node of this run
                 self._unmatched(snapshot)
             _, pair_rows = pairs.take(row.id)
-            self._replay_node(row, [pair.lower_node_id for pair in pair_rows], here)
+            self._replay_node(row, {pair.lower_node_id for pair in pair_rows}, here)
             self.nodes += 1
             self.pairs += len(pair_rows)
             self._tick()
@@ -280,7 +140,7 @@ class RunReplay:
     # ------------------------------------------------------------------ nodes
 
     def _replay_node(
-        self, row: Any, stored_pairs: list[int], stored: list[StoredWorkflowSnapshot]
+        self, row: Any, stored_pairs: set[int], stored: list[StoredWorkflowSnapshot]
     ) -> None:
         topology = self._run.topology
         words = node_words(row.instance, row.num, row.id)
@@ -378,7 +238,7 @@ class RunReplay:
                 node.metadata.port_message_counts,
             )
         else:
-            other = self._node_row(other_id)
+            other = node_row(self._connection, other_id)
         if other is None:
             self._problem(
                 "unexplained_pair",
@@ -427,11 +287,6 @@ class RunReplay:
                 f" have paired them: {why}",
                 nodes=ids,
             )
-
-    def _node_row(self, node_id: int) -> Any:
-        return self._connection.execute(
-            select(*NODE_COLUMNS).where(_node.id == node_id)
-        ).one_or_none()
 
     # ------------------------------------------------------- workflow snapshots
 
