@@ -56,7 +56,7 @@ class _Side(NamedTuple):
     port_message_counts: Any
 
 
-def counts_readable(counts: Any) -> bool:
+def _counts_readable(counts: Any) -> bool:
     """Whether stored message counts are what the rules can read: port -> ints."""
     return isinstance(counts, dict) and all(
         isinstance(port, str)
@@ -66,7 +66,7 @@ def counts_readable(counts: Any) -> bool:
     )
 
 
-def mismatch_words(topology: Topology, newer: Any, older: Any) -> str:
+def _mismatch_words(topology: Topology, newer: Any, older: Any) -> str:
     """Why two nodes of peer instances are not consistent, as the registry
     compares them (the newer node's side first)."""
     found = count_mismatches(
@@ -144,7 +144,7 @@ class RunReplay:
     ) -> None:
         topology = self._run.topology
         words = node_words(row.instance, row.num, row.id)
-        if row.instance not in topology.instance_set or not counts_readable(
+        if row.instance not in topology.instance_set or not _counts_readable(
             row.port_message_counts
         ):
             what = (
@@ -154,7 +154,7 @@ class RunReplay:
                 else "has message counts that are not lists of integers per port"
             )
             self._problem("bad_row", f"{words} {what}", nodes=(row.id,))
-            for other in stored_pairs:
+            for other in sorted(stored_pairs):
                 self._stored_pair(row, other)
             for snapshot in stored:
                 self._unmatched(snapshot)
@@ -193,7 +193,7 @@ class RunReplay:
                     " no consistent_pair row holds them",
                     nodes=(peer_id, row.id),
                 )
-        for other in stored_pairs:
+        for other in sorted(stored_pairs):
             if other not in replayed:
                 self._stored_pair(row, other)
         found = (
@@ -253,8 +253,8 @@ class RunReplay:
         if (
             row.instance not in topology.instance_set
             or other.instance not in topology.peers(row.instance)
-            or not counts_readable(other.port_message_counts)
-            or not counts_readable(row.port_message_counts)
+            or not _counts_readable(other.port_message_counts)
+            or not _counts_readable(row.port_message_counts)
         ):
             self._problem(
                 "unexplained_pair",
@@ -271,7 +271,7 @@ class RunReplay:
             self._problem(
                 "unexplained_pair",
                 f"{words} are paired, but the rules say they are not consistent: "
-                + mismatch_words(topology, newer, older),
+                + _mismatch_words(topology, newer, older),
                 nodes=ids,
             )
         else:
@@ -337,7 +337,7 @@ class RunReplay:
                 wrong.append(f"member node {row.id} is of unknown {row.instance}")
             elif row.instance in by_instance:
                 wrong.append(f"it has two members of {row.instance}")
-            elif not counts_readable(row.port_message_counts):
+            elif not _counts_readable(row.port_message_counts):
                 wrong.append(f"member node {row.id} has unreadable message counts")
             else:
                 by_instance[row.instance] = row
@@ -373,7 +373,7 @@ class RunReplay:
                         f"{where}: members"
                         f" {node_words(other.instance, other.num, other.id)} and"
                         f" {node_words(row.instance, row.num, row.id)} are not"
-                        " consistent: " + mismatch_words(topology, row, other),
+                        " consistent: " + _mismatch_words(topology, row, other),
                         workflow_snapshot=snapshot.id,
                         nodes=(other.id, row.id),
                         path=snapshot.path,
