@@ -31,7 +31,7 @@ from snapreg.tools.gc import delete_files, plan_cleanup
 from snapreg.tools.restart_points import resumability
 from snapreg.tools.verify import Verification, verify_campaign
 from support.command_line import Outcome, invoke
-from support.streams import Stream, macro_micro
+from support.streams import Stream, all_streams, macro_micro
 
 STREAM = macro_micro(5, num_micro=3, num_steps=6)
 CAMPAIGN = "verify"
@@ -44,7 +44,13 @@ class Campaign:
 
 
 def register_run(
-    url: str, stream: Stream, run_dir: Path, *, new_run: bool, policy: str = "all"
+    url: str,
+    stream: Stream,
+    run_dir: Path,
+    *,
+    new_run: bool,
+    policy: str = "all",
+    campaign: str = CAMPAIGN,
 ) -> None:
     """Register a stream as a run in a MUSCLE3-style run directory, with files."""
     (run_dir / "snapshots").mkdir(parents=True)
@@ -53,7 +59,7 @@ def register_run(
         stream.config,
         run_dir / "snapshots",
         database_url=url,
-        campaign=CAMPAIGN,
+        campaign=campaign,
         new_run=new_run,
         policy=policy,
     ) as registry:
@@ -160,6 +166,32 @@ def test_a_clean_campaign_verifies_clean(
     assert text_outcome.status == 0
     assert "No problems found." in text_outcome.stdout
     assert f"checked 2 runs, {nodes} snapshot nodes" in text_outcome.stdout
+
+
+def test_every_generated_stream_verifies_clean_under_both_policies(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'streams.sqlite'}"
+    streams = all_streams(4)
+    for index, stream in enumerate(streams):
+        policy = ("all", "latest")[index % 2]
+        register_run(
+            url,
+            stream,
+            tmp_path / f"run{index}",
+            new_run=False,
+            policy=policy,
+            campaign=stream.name,
+        )
+
+    found = {stream.name: verify_campaign(url, stream.name) for stream in streams}
+
+    assert {name: kinds(item) for name, item in found.items() if not item.clean} == {}
+    assert all(
+        item.nodes > len(item_stream.registrations)
+        for item, item_stream in zip(found.values(), streams, strict=True)
+    )
+    assert sum(item.workflow_snapshots for item in found.values()) > 100
 
 
 def test_streams_read_a_few_rows_at_a_time_agree(
