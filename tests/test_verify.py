@@ -296,6 +296,62 @@ def test_a_bogus_consistent_pair_is_unexplained(
     assert "macro.state_out -> micro.init_in" in message
 
 
+def test_a_pair_the_rules_allow_but_the_registry_never_made_is_extra(
+    campaign: Campaign,
+) -> None:
+    # restart nodes agree with every restart node, but these are in different runs
+    [(first,), (second,)] = run_sql(
+        campaign.url,
+        "SELECT n.id FROM snapshot_node n JOIN run r ON r.id = n.run_id"
+        " WHERE n.is_restart AND ((r.number = 1 AND n.instance = 'macro')"
+        " OR (r.number = 2 AND n.instance = 'micro[0]')) ORDER BY n.id",
+    )
+    run_sql(
+        campaign.url,
+        "INSERT INTO consistent_pair (lower_node_id, higher_node_id)"
+        " VALUES (:lower, :higher)",
+        lower=first,
+        higher=second,
+    )
+
+    [problem] = verify_campaign(campaign.url, CAMPAIGN).problems
+
+    assert (problem.kind, problem.nodes, problem.run) == (
+        "extra_pair",
+        (first, second),
+        2,
+    )
+    assert problem.message.endswith("they belong to different runs")
+
+
+def test_workflow_snapshots_another_policy_would_not_find_are_extra(
+    campaign: Campaign,
+) -> None:
+    # run 1 materialised every workflow snapshot; say it materialised the newest
+    all_of_them = run_sql(
+        campaign.url,
+        "SELECT w.id FROM workflow_snapshot w JOIN run r ON r.id = w.run_id"
+        " WHERE r.number = 1 ORDER BY w.id",
+    )
+    run_sql(campaign.url, "UPDATE run SET policy = 'latest' WHERE number = 1")
+
+    found = verify_campaign(campaign.url, CAMPAIGN)
+
+    assert set(kinds(found)) == {"extra_workflow_snapshot"}
+    extra = {problem.workflow_snapshot for problem in found.problems}
+    assert extra < {snapshot_id for (snapshot_id,) in all_of_them}
+    assert all("policy latest" in problem.message for problem in found.problems)
+
+
+def test_a_run_whose_policy_is_unknown_is_a_bad_row(campaign: Campaign) -> None:
+    run_sql(campaign.url, "UPDATE run SET policy = 'some' WHERE number = 2")
+
+    [problem] = verify_campaign(campaign.url, CAMPAIGN).problems
+
+    assert (problem.kind, problem.run) == ("bad_row", 2)
+    assert "its policy 'some' is none of all, latest" in problem.message
+
+
 def test_inconsistent_members_are_named_with_their_workflow_snapshot(
     campaign: Campaign, capsys: pytest.CaptureFixture[str]
 ) -> None:
