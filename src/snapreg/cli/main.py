@@ -22,6 +22,7 @@ from snapreg.cli.manage import manage
 from snapreg.cli.reading import campaigns, export, history, show, workflows
 from snapreg.cli.sql import sql_command
 from snapreg.cli.tools import explain, gc, import_command, plot
+from snapreg.cli.verify import verify
 from snapreg.errors import SnapregError
 from snapreg.storage.transactions import storage_error
 
@@ -56,6 +57,7 @@ for _command in (
     plot,
     gc,
     import_command,
+    verify,
 ):
     cli.add_command(_command)
 
