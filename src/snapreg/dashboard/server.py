@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable
-from importlib.util import find_spec
+from importlib import import_module
 
 from snapreg.errors import SnapregError
 
@@ -30,7 +30,12 @@ def check_dependencies() -> None:
     Raises:
         DashboardDependencyError: naming what is missing and how to install it.
     """
-    missing = [name for name in REQUIRED_MODULES if find_spec(name) is None]
+    missing = []
+    for name in REQUIRED_MODULES:
+        try:
+            import_module(name)
+        except ImportError:
+            missing.append(name)
     if missing:
         raise DashboardDependencyError(
             f"snapreg dashboard needs {', '.join(missing)}; install them with:"
