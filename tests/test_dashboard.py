@@ -162,6 +162,25 @@ def test_the_disk_part_sums_the_snapshot_files_and_shows_what_gc_would_free(
     )
 
 
+def test_the_disk_figures_are_worked_out_once_per_state_unless_asked_again(
+    campaign: DashboardCampaign, client: TestClient
+) -> None:
+    def computed(query: str) -> str:
+        response = client.get(f"{CAMPAIGN_PAGE}/disk?keep=1{query}")
+        assert response.status_code == 200
+        found = re.search(r'data-time="([^"]+)"', response.text)
+        assert found is not None
+        return found.group(1)
+
+    first = computed("")
+    assert computed("") == first
+    again = computed("&again=1")
+    assert again != first
+    with campaign.registry(2) as registry:
+        campaign.register_more(registry, 2)
+    assert computed("") not in (first, again)
+
+
 @pytest.mark.parametrize("with_config", ["0", "1"])
 def test_a_resume_file_is_export_s_text_as_a_download(
     campaign: DashboardCampaign, client: TestClient, with_config: str
@@ -309,6 +328,7 @@ def test_an_unknown_campaign_run_id_or_page_is_a_404_page(
         f"{CAMPAIGN_PAGE}/runs/2?time=",
         f"{CAMPAIGN_PAGE}/runs/2/timeline.svg?time=%00",
         "/workflow-snapshots/1/resume.ymmsl?with_config=maybe",
+        f"{CAMPAIGN_PAGE}/disk?keep=1&again=maybe",
     ],
 )
 def test_bad_input_is_a_400_page(client: TestClient, path: str) -> None:

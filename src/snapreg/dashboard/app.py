@@ -15,7 +15,8 @@ Routes:
   and its newest run;
 * ``/campaigns/NAME/runs/N``: one run: timeline, workflow snapshots, explain;
 * ``/campaigns/NAME/runs/N/timeline.svg?time=wallclock|simulation``;
-* ``/campaigns/NAME/disk?keep=N``: the disk part of the campaign page;
+* ``/campaigns/NAME/disk?keep=N[&again=1]``: the disk part of the campaign page
+  (worked out once per state of the database, unless asked ``again``);
 * ``/workflow-snapshots/ID/resume.ymmsl?with_config=0|1``: the resume file;
 * ``/api/state``: the token that changes when the pages may have;
 * ``/static/...``: the stylesheet and the script.
@@ -111,7 +112,9 @@ def create_app(data: DashboardData) -> Starlette:
             "campaign.html",
             {
                 "campaign": found,
-                "run": None if newest is None else data.run(name, newest),
+                "run": None
+                if newest is None
+                else data.run(name, newest, found.summary),
                 "keep": keep,
                 "time_axis": _time_axis(request),
                 "state": state,
@@ -145,7 +148,7 @@ def create_app(data: DashboardData) -> Starlette:
 
     def disk(request: Request) -> Response:
         name = request.path_params["campaign"]
-        usage = data.disk(name, _keep(request))
+        usage = data.disk(name, _keep(request), again=_flag(request, "again"))
         return page(request, "disk.html", {"disk": usage})
 
     def resume_file(request: Request) -> Response:

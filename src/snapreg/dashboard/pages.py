@@ -56,6 +56,8 @@ TIMELINE_NODES = 3000
 RESUMABLE_SEARCH_LIMIT = 500
 #: Rendered timelines kept, by run and state.
 _TIMELINES_KEPT = 16
+#: Disk figures kept, by campaign and keep.
+_DISKS_KEPT = 16
 _SEARCH_BATCH = 50
 
 
@@ -199,6 +201,8 @@ class DashboardData(Closing):
         # matplotlib's settings are global: one timeline is drawn at a time
         self._drawing = threading.Lock()
         self._timelines: OrderedDict[tuple[object, ...], str] = OrderedDict()
+        self._measuring = threading.Lock()
+        self._disks: dict[tuple[str, int], tuple[str, DiskUsage]] = {}
 
     def close(self) -> None:
         """Release the database connections."""
@@ -254,13 +258,20 @@ class DashboardData(Closing):
         summary = self._summary(name)
         return CampaignPage(summary, self._read(lambda s: _restart_points(s, name)))
 
-    def run(self, name: str, number: int) -> RunPage:
+    def run(
+        self, name: str, number: int, summary: CampaignSummary | None = None
+    ) -> RunPage:
         """One run's page: its newest workflow snapshots and ``explain``.
+
+        Args:
+            name: The campaign.
+            number: The run's number.
+            summary: The campaign's summary, when the caller has just read it.
 
         Raises:
             NotFoundError: no such campaign or run.
         """
-        summary = self._summary(name)
+        summary = summary or self._summary(name)
         found = [run for run in summary.runs if run.number == number]
         if not found:
             raise NotFoundError(f"campaign {name!r} has no run {number}")
@@ -319,16 +330,31 @@ class DashboardData(Closing):
             self._timelines.move_to_end(key)
             return svg
 
-    def disk(self, name: str, keep: int) -> DiskUsage:
+    def disk(self, name: str, keep: int, *, again: bool = False) -> DiskUsage:
         """The disk the campaign's snapshot files take, and what gc would free.
 
-        Stats every snapshot file the campaign's nodes name: seconds for a
-        million.
+        Stats every snapshot file the campaign's nodes name, and works out gc's
+        plan: tens of seconds for a million. So it is worked out once per state
+        of the database (:meth:`state`), unless asked ``again`` (files can come
+        and go without the database knowing), and one at a time: a request
+        that comes while it is being worked out waits for that answer.
 
         Raises:
             NotFoundError: no such campaign.
             ConfigurationError: ``keep`` below 1.
         """
+        with self._measuring:
+            state = self.state()
+            kept = self._disks.get((name, keep))
+            if kept is not None and kept[0] == state and not again:
+                return kept[1]
+            usage = self._measure(name, keep)
+            self._disks[(name, keep)] = (state, usage)
+            while len(self._disks) > _DISKS_KEPT:
+                del self._disks[next(iter(self._disks))]
+            return usage
+
+    def _measure(self, name: str, keep: int) -> DiskUsage:
         plan = plan_cleanup(self.database_url, name, keep)
 
         def read(session: Session) -> list[str]:

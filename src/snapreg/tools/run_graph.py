@@ -98,8 +98,8 @@ class RunGraph:
         resumed_copies: The loaded nodes that are a resumed instance's copy of the
             snapshot it resumed from, by id: the number of the run it was
             resumed from. Such a node carries that run's wallclock time.
-        total_nodes: How many nodes the run has; more than ``len(nodes)`` when
-            only part of them was loaded.
+        total_nodes: How many nodes the run has when only its newest were loaded
+            (``newest``); otherwise how many were loaded.
     """
 
     campaign: str
@@ -216,15 +216,16 @@ def read_run_graph(
     node_query = select(node).where(node.run_id == run_row.id).order_by(node.id)
     if active_only:
         node_query = node_query.where(node.retired_at.is_(None))
-    total = session.scalar(
-        select(func.count()).select_from(node).where(node.run_id == run_row.id)
-    )
     if newest is None or active_only:
         nodes = {row.id: _recorded(row) for row in session.scalars(node_query)}
         edges = queries.run_edges(session, run_row.id, active_only=active_only)
+        total = len(nodes)
     else:
         nodes = _newest_nodes(session, run_row.id, newest)
         edges = _edges_between(session, nodes)
+        total = session.scalar(
+            select(func.count()).select_from(node).where(node.run_id == run_row.id)
+        ) or len(nodes)
     return RunGraph(
         campaign=campaign,
         run=run_row.number,
@@ -235,7 +236,7 @@ def read_run_graph(
         workflow_snapshots=_workflow_snapshots(session, run_row.id),
         newest_in_campaign=_newest_in_campaign(session, campaign_row.id),
         resumed_copies=_resumed_copies(session, campaign_row.id, run_row, nodes),
-        total_nodes=total or 0,
+        total_nodes=total,
     )
 
 
@@ -244,9 +245,12 @@ def _newest_nodes(
 ) -> dict[int, RecordedNode]:
     """The run's newest ``newest`` nodes and its active ones, by id."""
     node = schema.SnapshotNodeRow
+    # Walk the rows down from the newest (by primary key) instead of through an
+    # index on run_id, which would sort all of a big run's rows first: run_id + 0
+    # is not a column, so no index on it is used.
     recent = session.scalars(
         select(node)
-        .where(node.run_id == run_id)
+        .where(node.run_id + 0 == run_id)
         .order_by(node.id.desc())
         .limit(max(newest, 0))
     ).all()

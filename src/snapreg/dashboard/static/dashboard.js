@@ -105,7 +105,12 @@
     if (!link) return;
     event.preventDefault();
     var lazy = link.closest(".lazy");
-    if (lazy) { lazy.dataset.loaded = ""; lazy.textContent = "Measuring the snapshot files…"; load(lazy); }
+    if (!lazy) return;
+    var source = lazy.dataset.src.replace(/&again=1$/, "");
+    lazy.dataset.loaded = "";
+    lazy.dataset.src = source + "&again=1";
+    lazy.textContent = "Measuring the snapshot files…";
+    load(lazy);
   });
 
   loadAll(document);
