@@ -283,6 +283,38 @@ def test_no_route_changes_the_database(
     assert dump() == before
 
 
+@pytest.mark.postgres
+@pytest.mark.slow  # a campaign written on PostgreSQL: a commit per registration
+def test_every_page_reads_postgresql_too(tmp_path: Path, postgres_url: str) -> None:
+    campaign = make_campaign(tmp_path, postgres_url)
+    newest = newest_id(campaign)
+    with DashboardData(campaign.url) as data:
+        client = TestClient(create_app(data), raise_server_exceptions=False)
+        pages = {
+            path: client.get(path)
+            for path in (
+                "/",
+                CAMPAIGN_PAGE,
+                f"{CAMPAIGN_PAGE}/runs/1",
+                f"{CAMPAIGN_PAGE}/runs/2",
+                f"{CAMPAIGN_PAGE}/runs/2/timeline.svg",
+                f"{CAMPAIGN_PAGE}/disk?keep=1",
+                f"/workflow-snapshots/{newest}/resume.ymmsl?with_config=1",
+                "/api/state",
+            )
+        }
+        missing = client.get("/campaigns/nope")
+
+    assert {path: page.status_code for path, page in pages.items()} == {
+        path: 200 for path in pages
+    }
+    assert f'data-id="{newest}"' in pages[CAMPAIGN_PAGE].text
+    assert (
+        'id="resumed-from-run-1"' in pages[f"{CAMPAIGN_PAGE}/runs/2/timeline.svg"].text
+    )
+    assert_error_page(missing, 404)
+
+
 # --------------------------------------------------------------- bad input
 
 

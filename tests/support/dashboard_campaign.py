@@ -86,9 +86,16 @@ class DashboardCampaign:
         return found
 
 
-def make_campaign(folder: Path) -> DashboardCampaign:
-    """Write the campaign into ``folder``: run 1 ended, run 2 ended, resumed."""
-    campaign = DashboardCampaign(folder, f"sqlite:///{folder / 'campaign.sqlite'}")
+def make_campaign(folder: Path, url: str | None = None) -> DashboardCampaign:
+    """Write the campaign into ``folder``: run 1 ended, run 2 ended, resumed.
+
+    Args:
+        folder: Where its run directories go (and its SQLite file).
+        url: Its database; default ``campaign.sqlite`` in ``folder``.
+    """
+    campaign = DashboardCampaign(
+        folder, url or f"sqlite:///{folder / 'campaign.sqlite'}"
+    )
     for number in (1, 2):
         run_dir = campaign.run_dir(number)
         (run_dir / "snapshots").mkdir(parents=True)
