@@ -172,7 +172,10 @@ def main() -> None:
         ("overview (HTML)", "/"),
         ("run page (HTML)", f"/campaigns/{CAMPAIGN}/runs/1"),
         ("live state (/api/state)", "/api/state"),
-        ("timeline SVG (newest 3000 nodes)", f"/campaigns/{CAMPAIGN}/runs/1/timeline.svg"),
+        (
+            "timeline SVG (newest 3000 nodes)",
+            f"/campaigns/{CAMPAIGN}/runs/1/timeline.svg",
+        ),
         ("disk figures (stats every file)", f"/campaigns/{CAMPAIGN}/disk?keep=1"),
     ]
     print()
