@@ -35,14 +35,27 @@ from support.dashboard_campaign import CAMPAIGN, DashboardCampaign, make_campaig
 CAMPAIGN_PAGE = f"/campaigns/{CAMPAIGN}"
 
 
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory: pytest.TempPathFactory) -> DashboardCampaign:
+    """The campaign the tests that only read share."""
+    return make_campaign(tmp_path_factory.mktemp("dashboard"))
+
+
+@pytest.fixture(scope="module")
+def client(campaign: DashboardCampaign) -> Iterator[TestClient]:
+    with DashboardData(campaign.url) as data:
+        yield TestClient(create_app(data), raise_server_exceptions=False)
+
+
 @pytest.fixture
-def campaign(tmp_path: Path) -> DashboardCampaign:
+def own_campaign(tmp_path: Path) -> DashboardCampaign:
+    """A campaign of the test's own, to change."""
     return make_campaign(tmp_path)
 
 
 @pytest.fixture
-def client(campaign: DashboardCampaign) -> Iterator[TestClient]:
-    with DashboardData(campaign.url) as data:
+def own_client(own_campaign: DashboardCampaign) -> Iterator[TestClient]:
+    with DashboardData(own_campaign.url) as data:
         yield TestClient(create_app(data), raise_server_exceptions=False)
 
 
@@ -163,8 +176,10 @@ def test_the_disk_part_sums_the_snapshot_files_and_shows_what_gc_would_free(
 
 
 def test_the_disk_figures_are_worked_out_once_per_state_unless_asked_again(
-    campaign: DashboardCampaign, client: TestClient
+    own_campaign: DashboardCampaign, own_client: TestClient
 ) -> None:
+    campaign, client = own_campaign, own_client
+
     def computed(query: str) -> str:
         response = client.get(f"{CAMPAIGN_PAGE}/disk?keep=1{query}")
         assert response.status_code == 200
@@ -201,8 +216,9 @@ def test_a_resume_file_is_export_s_text_as_a_download(
 
 
 def test_a_newest_workflow_snapshot_that_lost_a_file_names_it_and_the_newest_resumable(
-    campaign: DashboardCampaign, client: TestClient
+    own_campaign: DashboardCampaign, own_client: TestClient
 ) -> None:
+    campaign, client = own_campaign, own_client
     newest = newest_id(campaign)
     with DatabaseReader(campaign.url) as reader:
         snapshots = reader.workflow_snapshots(CAMPAIGN)
@@ -228,8 +244,9 @@ def test_a_newest_workflow_snapshot_that_lost_a_file_names_it_and_the_newest_res
 
 
 def test_the_state_changes_with_a_registration_and_pages_show_it(
-    campaign: DashboardCampaign, client: TestClient
+    own_campaign: DashboardCampaign, own_client: TestClient
 ) -> None:
+    campaign, client = own_campaign, own_client
     before = client.get("/api/state").json()["state"]
     assert client.get("/api/state").json()["state"] == before
 

@@ -39,16 +39,17 @@ def dashboard(database_url: str, host: str, port: int) -> None:
     from snapreg.dashboard.server import bind, check_dependencies, is_loopback, serve
 
     check_dependencies()
+    listener = bind(host, port)
     if not is_loopback(host):
+        bound = listener.getsockname()[1]
         click.echo(
             f"snapreg: warning: listening on {host}, beyond this machine: anyone"
-            f" who can reach it on port {port} can read every campaign in the"
+            f" who can reach it on port {bound} can read every campaign in the"
             " database (the dashboard has no login). To look from elsewhere, keep"
-            f" --host 127.0.0.1 and tunnel: ssh -L {port or 8050}:127.0.0.1:"
-            f"{port or 8050} THIS-HOST",
+            f" --host 127.0.0.1 and tunnel: ssh -L {bound}:127.0.0.1:{bound}"
+            " THIS-HOST",
             err=True,
         )
-    listener = bind(host, port)
 
     def ready(location: str) -> None:
         from snapreg.dashboard.server import url_of
