@@ -38,30 +38,38 @@ class Campaign:
     """A campaign written for the tests, and the ids of its workflow snapshots.
 
     Run 1: ``with_restarts`` (macro and three restart members), then ``first``
-    and ``second``; run 2, resumed from ``second``: ``resumed``.
+    and ``second``; run 2, resumed from ``second``: ``resumed``. Every snapshot's
+    file is written in ``files`` before it is registered, so every workflow
+    snapshot is resumable.
     """
 
     url: str
     snapshot_folder: Path
+    files: Path
     with_restarts: int
     first: int
     second: int
     resumed: int
 
 
-def _macro(count: int, time: float, *, final: bool = False) -> SnapshotMetadata:
+def _snapshot_file(path: Path) -> str:
+    path.write_bytes(f"state of {path.stem}".encode())
+    return str(path)
+
+
+def _macro(files: Path, count: int, time: float) -> SnapshotMetadata:
     return SnapshotMetadata(
         triggers=["simulation_time >= 0.1"],
         wallclock_time=1.0 + count,
         timestamp=time,
         next_timestamp=time + 0.1,
         port_message_counts={"state_out": [count] * 3, "state_in": [count] * 3},
-        is_final_snapshot=final,
-        snapshot_filename=f"/data/macro_{count}_{time}.pack",
+        is_final_snapshot=False,
+        snapshot_filename=_snapshot_file(files / f"macro_{count}_{time}.pack"),
     )
 
 
-def _micro(index: int, count: int, time: float) -> SnapshotMetadata:
+def _micro(files: Path, index: int, count: int, time: float) -> SnapshotMetadata:
     return SnapshotMetadata(
         triggers=["simulation_time >= 0.1"],
         wallclock_time=1.0 + count,
@@ -69,14 +77,18 @@ def _micro(index: int, count: int, time: float) -> SnapshotMetadata:
         next_timestamp=None,
         port_message_counts={"initial_state": [count], "final_state": [count]},
         is_final_snapshot=True,
-        snapshot_filename=f"/data/micro-{index}_{count}_{time}.pack",
+        snapshot_filename=_snapshot_file(files / f"micro-{index}_{count}_{time}.pack"),
     )
 
 
-def _register_step(registry: SnapshotRegistry, count: int, time: float) -> int:
+def _register_step(
+    registry: SnapshotRegistry, files: Path, count: int, time: float
+) -> int:
     for index in range(3):
-        assert not registry.add_snapshot(f"micro[{index}]", _micro(index, count, time))
-    [found] = registry.add_snapshot("macro", _macro(count, time))
+        assert not registry.add_snapshot(
+            f"micro[{index}]", _micro(files, index, count, time)
+        )
+    [found] = registry.add_snapshot("macro", _macro(files, count, time))
     return found.id
 
 
@@ -84,12 +96,14 @@ def _write_campaign(database_url: str, folder: Path) -> Campaign:
     configuration = ymmsl.load(simulation.EXAMPLE / "rd.ymmsl")
     snapshot_folder = folder / "snapshots"
     snapshot_folder.mkdir()
+    files = folder / "data"
+    files.mkdir()
     with SnapshotRegistry(
         configuration, snapshot_folder, database_url=database_url, campaign=CAMPAIGN
     ) as registry:
-        [with_restarts] = registry.add_snapshot("macro", _macro(0, 0.0))
-        first = _register_step(registry, 1, 0.1)
-        second = _register_step(registry, 2, 0.2)
+        [with_restarts] = registry.add_snapshot("macro", _macro(files, 0, 0.0))
+        first = _register_step(registry, files, 1, 0.1)
+        second = _register_step(registry, files, 2, 0.2)
     with SnapshotRegistry(
         configuration,
         snapshot_folder,
@@ -98,9 +112,15 @@ def _write_campaign(database_url: str, folder: Path) -> Campaign:
         new_run=True,
         resumed_from=second,
     ) as registry:
-        resumed = _register_step(registry, 1, 0.3)
+        resumed = _register_step(registry, files, 1, 0.3)
     return Campaign(
-        database_url, snapshot_folder, with_restarts.id, first, second, resumed
+        database_url,
+        snapshot_folder,
+        files,
+        with_restarts.id,
+        first,
+        second,
+        resumed,
     )
 
 
@@ -217,12 +237,12 @@ def test_workflows_json_lists_members_newest_last(
         assert Path(item["path"]).is_file()
         assert sorted(item["members"]) == INSTANCES
     assert found[0]["members"] == {
-        "macro": "/data/macro_0_0.0.pack",
+        "macro": str(campaign.files / "macro_0_0.0.pack"),
         "micro[0]": None,
         "micro[1]": None,
         "micro[2]": None,
     }
-    assert found[3]["members"]["micro[2]"] == "/data/micro-2_1_0.3.pack"
+    assert found[3]["members"]["micro[2]"] == str(campaign.files / "micro-2_1_0.3.pack")
 
 
 def test_workflows_of_one_run(
@@ -283,7 +303,12 @@ def test_show_json_has_members_triggers_times_and_file(
     assert shown["members"]["micro[0]"] is None
 
 
-def test_show_table(capsys: pytest.CaptureFixture[str], campaign: Campaign) -> None:
+def test_show_table(
+    capsys: pytest.CaptureFixture[str],
+    campaign: Campaign,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "300")  # room for the long paths of tmp_path
     outcome = invoke(capsys, "show", str(campaign.first), "--db", campaign.url)
 
     assert outcome.status == 0, outcome.stderr
@@ -293,7 +318,7 @@ def test_show_table(capsys: pytest.CaptureFixture[str], campaign: Campaign) -> N
     assert "simulation_time >= 0.1 (macro, micro[0], micro[1], micro[2])" in (
         outcome.stdout
     )
-    assert "/data/micro-1_1_0.1.pack" in outcome.stdout
+    assert str(campaign.files / "micro-1_1_0.1.pack") in outcome.stdout
 
 
 # ---------------------------------------------------------------------- export
@@ -309,7 +334,7 @@ def test_export_writes_the_resume_section_without_restart_members(
     assert outcome.status == 0, outcome.stderr
     exported = ymmsl.load(outcome.stdout)
     assert {str(k): str(v) for k, v in exported.resume.items()} == {
-        "macro": "/data/macro_0_0.0.pack"
+        "macro": str(campaign.files / "macro_0_0.0.pack")
     }
     [own_file] = [
         item["path"]
@@ -359,8 +384,11 @@ def test_export_with_config_is_the_run_configuration_with_this_resume_section(
     assert "reaction_diffusion" in exported.models
     assert set(exported.programs) == {"rd_diffusion", "rd_reaction"}
     assert {str(k): str(v) for k, v in exported.resume.items()} == {
-        "macro": "/data/macro_1_0.1.pack",
-        **{f"micro[{i}]": f"/data/micro-{i}_1_0.1.pack" for i in range(3)},
+        "macro": str(campaign.files / "macro_1_0.1.pack"),
+        **{
+            f"micro[{i}]": str(campaign.files / f"micro-{i}_1_0.1.pack")
+            for i in range(3)
+        },
     }
 
 
@@ -660,7 +688,7 @@ def test_several_campaigns_need_campaign(
     with SnapshotRegistry(
         configuration, other_folder, database_url=campaign.url, campaign="other"
     ) as registry:
-        registry.add_snapshot("macro", _macro(0, 0.0))
+        registry.add_snapshot("macro", _macro(campaign.files, 0, 0.0))
 
     message = _error(invoke(capsys, "workflows", "--db", campaign.url))
     assert "2 campaigns; choose one with --campaign (other, rd)" in message

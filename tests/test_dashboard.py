@@ -243,6 +243,23 @@ def test_a_newest_workflow_snapshot_that_lost_a_file_names_it_and_the_newest_res
     assert f'class="newest-resumable" data-id="{still[-1].id}"' in response.text
 
 
+def test_a_campaign_that_lost_every_file_says_none_is_resumable(
+    own_campaign: DashboardCampaign, own_client: TestClient
+) -> None:
+    for path in own_campaign.sizes:
+        Path(path).unlink()
+    with DatabaseReader(own_campaign.url) as reader:
+        count = len(reader.workflow_snapshots(CAMPAIGN))
+
+    response = own_client.get(CAMPAIGN_PAGE)
+
+    words = text_of(response.text)
+    assert "not resumable" in words
+    assert f"None of its {count} workflow snapshots is resumable." in words
+    assert 'class="newest-resumable"' not in response.text
+    assert f"none of its {count} is" in text_of(own_client.get("/").text)
+
+
 def test_the_state_changes_with_a_registration_and_pages_show_it(
     own_campaign: DashboardCampaign, own_client: TestClient
 ) -> None:

@@ -139,6 +139,87 @@ def test_killed_manager_resumes_with_resume_latest_to_the_same_result(
     }
 
 
+def test_resume_latest_falls_back_past_a_workflow_snapshot_whose_file_is_gone(
+    persistent_database_url: str, tmp_path: Path
+) -> None:
+    url = persistent_database_url
+    first_dir = tmp_path / "run1"
+    first = simulation.run(simulation.manage_command(url, first_dir), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    final_state = (first_dir / simulation.FINAL_STATE).read_bytes()
+    with DatabaseReader(url) as reader:
+        *_, previous, newest = reader.workflow_snapshots(MODEL)
+    needed_before = {
+        node.snapshot.snapshot_filename
+        for node in previous.nodes
+        if not node.is_restart
+    }
+    # a member file only the newest needs: a purge of scratch space took it
+    lost = next(
+        node
+        for node in newest.nodes
+        if not node.is_restart and node.snapshot.snapshot_filename not in needed_before
+    )
+    Path(lost.snapshot.snapshot_filename).unlink()
+
+    second_dir = tmp_path / "run2"
+    second = simulation.run(
+        simulation.manage_command(url, second_dir, options=["--resume-latest"]),
+        cwd=tmp_path,
+    )
+
+    assert second.returncode == 0, second.stderr
+    assert (
+        f"snapreg: skipped workflow snapshot {newest.id}: {lost.instance}:"
+        f" {lost.snapshot.snapshot_filename} is missing\n"
+    ) in second.stderr
+    assert f"resuming from workflow snapshot {previous.id} of run 1" in second.stderr
+    assert (second_dir / simulation.FINAL_STATE).read_bytes() == final_state
+    with DatabaseReader(url) as reader:
+        [campaign] = reader.campaigns()
+        every = reader.workflow_snapshots(MODEL)
+    assert [(run.number, run.resumed_from) for run in campaign.runs] == [
+        (1, None),
+        (2, previous.id),
+    ]
+
+    # every restart point lost: refused, unless told to start from scratch
+    for snapshot in every:
+        for node in snapshot.nodes:
+            if not node.is_restart:
+                Path(node.snapshot.snapshot_filename).unlink(missing_ok=True)
+    refused = simulation.run(
+        simulation.manage_command(url, tmp_path / "run3", options=["--resume-latest"]),
+        cwd=tmp_path,
+    )
+    assert refused.returncode == 1, refused.stderr
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"snapreg: error: none of the {len(every)} workflow snapshots of campaign"
+        f" '{MODEL}' is resumable"
+    ), last
+    assert "--or-from-scratch" in last
+    scratch_dir = tmp_path / "run4"
+    from_scratch = simulation.run(
+        simulation.manage_command(
+            url, scratch_dir, options=["--resume-latest", "--or-from-scratch"]
+        ),
+        cwd=tmp_path,
+    )
+    assert from_scratch.returncode == 0, from_scratch.stderr
+    assert "is resumable; starting from scratch (--or-from-scratch)" in (
+        from_scratch.stderr
+    )
+    assert (scratch_dir / simulation.FINAL_STATE).read_bytes() == final_state
+    with DatabaseReader(url) as reader:
+        [campaign] = reader.campaigns()
+    assert [(run.number, run.resumed_from) for run in campaign.runs] == [
+        (1, None),
+        (2, previous.id),
+        (3, None),
+    ]
+
+
 def test_resume_latest_refuses_while_the_previous_manager_still_runs(
     persistent_database_url: str, tmp_path: Path
 ) -> None:
@@ -462,6 +543,7 @@ def test_manage_help_names_the_manager_options(
         "--db",
         "--campaign",
         "--resume-latest",
+        "--or-from-scratch",
         "--start-all",
         "muscle_manager",
     ):

@@ -20,7 +20,15 @@ from sqlalchemy.orm import Session
 from snapreg import ConfigurationError, SnapshotRegistry
 from snapreg.rules.metadata import coerce_metadata
 from snapreg.storage.schema import CampaignRow, WorkflowSnapshotRow
-from snapreg.tools.restart_points import Resumability, resumability
+from snapreg.tools.restart_points import (
+    SKIPPED_SHOWN,
+    Fallback,
+    FileChecker,
+    MemberFileProblem,
+    Resumability,
+    newest_resumable,
+    resumability,
+)
 from support.streams import macro_micro
 
 STREAM = macro_micro(5, num_micro=2, num_steps=3)
@@ -180,3 +188,100 @@ def test_a_workflow_snapshot_is_resumable_while_its_members_files_are_intact(
     (problem,) = check_all(url)[middle.id].problems
     assert problem.kind == "deleted"
     assert "was deleted on 2026-12-01 00:00:00 UTC (gc --keep 1)" in problem.describe()
+
+
+# ------------------------------------------------------------------ fallback
+
+
+def test_newest_resumable_falls_back_past_every_broken_one_in_batches(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
+    folder = tmp_path / "snapshots"
+    files = tmp_path / "files"
+    folder.mkdir()
+    files.mkdir()
+    registry, written = register_with_files(url, folder, files)
+    snapshots = registry.workflow_snapshots()
+    registry.close()
+    oldest = {
+        node.snapshot.snapshot_filename
+        for node in snapshots[0].nodes
+        if not node.is_restart
+    }
+    for path in written:
+        if str(path) not in oldest:
+            path.unlink()
+    found = check_all(url)
+    resumable = [item.id for item in snapshots if found[item.id].resumable]
+    assert resumable and len(resumable) < len(snapshots) - 1
+    expected_skipped = [
+        item.id for item in reversed(snapshots) if item.id > resumable[-1]
+    ]
+
+    engine = create_engine(url)
+    try:
+        with Session(engine) as session:
+            campaign_id = session.scalars(select(CampaignRow.id)).one()
+            for batch in (1, 2, 100):
+                fallback = newest_resumable(
+                    session, campaign_id, "c", FileChecker(), batch=batch
+                )
+                assert fallback.chosen == resumable[-1], batch
+                assert [
+                    item.workflow_snapshot_id for item in fallback.skipped
+                ] == expected_skipped
+            assert all(not item.resumable for item in fallback.skipped)
+            # every file broken: nothing to fall back to
+            for path in written:
+                path.unlink(missing_ok=True)
+            nothing = newest_resumable(session, campaign_id, "c", batch=2)
+    finally:
+        engine.dispose()
+    assert nothing.chosen is None
+    assert len(nothing.skipped) == len(snapshots)
+    assert nothing.nothing_resumable() == (
+        f"none of the {len(snapshots)} workflow snapshots of campaign 'c' is resumable"
+    )
+
+
+def test_skipped_lines_name_each_skipped_one_then_count_the_rest() -> None:
+    def broken(snapshot_id: int) -> Resumability:
+        return Resumability(
+            snapshot_id,
+            (
+                MemberFileProblem("micro[2]", f"/x/{snapshot_id}.pack", "missing", 5),
+                MemberFileProblem("macro", "/x/m.pack", "size", 5, 4),
+            ),
+        )
+
+    fallback = Fallback("c", 1, tuple(broken(i) for i in range(30, 5, -1)))
+    lines = fallback.skipped_lines(shown=3)
+
+    assert lines == [
+        "skipped workflow snapshot 30: micro[2]: /x/30.pack is missing; macro:"
+        " /x/m.pack is 4 bytes, not the 5 recorded when it was registered",
+        *[
+            f"skipped workflow snapshot {i}: micro[2]: /x/{i}.pack is missing; macro:"
+            " /x/m.pack is 4 bytes, not the 5 recorded when it was registered"
+            for i in (29, 28)
+        ],
+        "skipped 22 more workflow snapshots, 27 down to 6, not resumable either"
+        " (snapreg workflows says why)",
+    ]
+    assert len(fallback.skipped_lines()) == SKIPPED_SHOWN + 1
+    many = Resumability(
+        7,
+        tuple(
+            MemberFileProblem(f"micro[{i}]", f"/x/{i}.pack", "missing", 5)
+            for i in range(5)
+        ),
+    )
+    assert many.summary() == (
+        "micro[0]: /x/0.pack is missing; micro[1]: /x/1.pack is missing;"
+        " micro[2]: /x/2.pack is missing; and 2 more member files"
+    )
+    assert many.describe().count("\n") == 4  # show names every one
+    assert Fallback("c", None, (broken(3),)).nothing_resumable() == (
+        "the only workflow snapshot of campaign 'c' is not resumable"
+    )

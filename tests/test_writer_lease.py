@@ -32,6 +32,7 @@ from sqlalchemy import text
 import snapreg.registry.runs
 from snapreg import SnapregError, SnapshotRegistry, WriterConflictError
 from snapreg.rules.topology import Topology
+from snapreg.tools.reader import DatabaseReader
 from support.entries import call_entry, register_or_raise
 from support.streams import macro_micro
 from support.torture import (
@@ -44,7 +45,16 @@ from support.torture import (
     wait_for_sessions_to_end,
     with_application_name,
 )
-from support.writers import OpenerJob, Trial, save_stream, start_openers
+from support.writers import (
+    OpenerJob,
+    Trial,
+    age_heartbeats,
+    end_session,
+    lock_holder,
+    run_id_of,
+    save_stream,
+    start_openers,
+)
 from test_faults import Holder, campaign_of, snapshot_folder
 
 STREAM = macro_micro(41, num_micro=3, num_steps=5)
@@ -419,4 +429,54 @@ def test_submissions_stored_unprocessed_need_the_run_too(
         }
     finally:
         with contextlib.suppress(SnapregError):
+            registry.close()
+
+
+# ------------------------------------------------------- what readers say of it
+
+
+def _reader_status(url: str) -> str:
+    with DatabaseReader(url) as reader:
+        (campaign,) = reader.campaigns()
+        return campaign.runs[-1].status
+
+
+def _as_if_written_from_another_host(url: str) -> None:
+    """Move the lease to another machine: its process can't be looked up here."""
+    engine = inspection_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "UPDATE run SET writer_host = 'elsewhere.example'"
+                    " WHERE writer_token IS NOT NULL"
+                )
+            )
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgresql_readers_judge_a_run_by_its_writer_lock(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Running while the writer's session holds the run's lock, whatever the
+    heartbeat says; interrupted once that session is gone, however fresh it is."""
+    url = postgres_url
+    registry = SnapshotRegistry(STREAM.config, tmp_path, database_url=url)
+    try:
+        for instance, metadata in STREAM.registrations[:5]:
+            registry.add_snapshot(instance, metadata)
+        assert _reader_status(url) == "running"
+        _as_if_written_from_another_host(url)
+        age_heartbeats(url, 3600)
+        assert _reader_status(url) == "running"  # the lock is held: it lives
+
+        age_heartbeats(url, 0)
+        backend = lock_holder(url, run_id_of(url, registry.campaign))
+        assert backend is not None
+        end_session(url, backend)  # as when its connection is lost
+        assert _reader_status(url) == "interrupted"
+    finally:
+        with contextlib.suppress(SnapregError):  # its session is gone
             registry.close()

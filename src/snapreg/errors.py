@@ -72,6 +72,15 @@ class WriterConflictError(SnapregError):
     """Another registry holds the right to write this run."""
 
 
+class NotResumableError(SnapregError):
+    """A workflow snapshot that cannot be resumed from, or no campaign one that can.
+
+    A member's snapshot file is missing (or was deleted by ``snapreg gc``), or is not
+    the size recorded when it was registered: MUSCLE3 would fail when the
+    instances start.
+    """
+
+
 class RegistryClosedError(SnapregError):
     """The registry was closed or its worker stopped; it takes no more work."""
 

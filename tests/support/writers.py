@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy import text
 
 from snapreg import SnapshotRegistry, WriterConflictError
-from snapreg.registry.lease import writer_lock_key
+from snapreg.storage.locks import writer_lock_holder, writer_lock_key
 
 from .entries import register_or_raise
 from .streams import Stream
@@ -197,21 +197,12 @@ def age_heartbeats(url: str, seconds: float) -> None:
 
 def lock_holder(url: str, run_id: int) -> int | None:
     """PostgreSQL: the server process whose session holds the run's writer lock."""
-    space, key = writer_lock_key(run_id)
     engine = inspection_engine(url)
     try:
         with engine.connect() as connection:
-            found = connection.execute(
-                text(
-                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                    " AND classid::bigint = :space AND objid::bigint = :key"
-                    " AND objsubid = 2"
-                ),
-                {"space": space, "key": key},
-            ).first()
+            return writer_lock_holder(connection, run_id)
     finally:
         engine.dispose()
-    return None if found is None else int(found.pid)
 
 
 def end_session(url: str, backend: int) -> None:
@@ -223,10 +214,15 @@ def end_session(url: str, backend: int) -> None:
                 text("SELECT pg_terminate_backend(:pid)"), {"pid": backend}
             )
             deadline = time.monotonic() + 30
-            while connection.execute(
-                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"),
-                {"pid": backend},
-            ).scalar_one():
+            while True:
+                # a transaction sees pg_stat_activity as it first read it: end
+                # it, so that each look is a new one
+                connection.commit()
+                if not connection.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"),
+                    {"pid": backend},
+                ).scalar_one():
+                    break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"server process {backend} did not end")
                 time.sleep(0.01)

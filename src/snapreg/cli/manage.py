@@ -29,8 +29,15 @@ from snapreg.rules.graph import POLICIES, Policy
 @click.option(
     "--resume-latest",
     is_flag=True,
-    help="Resume from the campaign's newest workflow snapshot (from scratch if it"
-    " has none).",
+    help="Resume from the campaign's newest resumable workflow snapshot, naming"
+    " the newer ones it skips and why (from scratch if the campaign has none yet;"
+    " exit status 1 if it has some but none is resumable).",
+)
+@click.option(
+    "--or-from-scratch",
+    is_flag=True,
+    help="With --resume-latest: start from scratch when no workflow snapshot of"
+    " the campaign is resumable, instead of refusing.",
 )
 @click.option(
     "--force",
@@ -57,6 +64,7 @@ def manage(
     database_url: str,
     campaign: str | None,
     resume_latest: bool,
+    or_from_scratch: bool,
     force: bool,
     policy: Policy,
     manager_args: tuple[str, ...],
@@ -66,6 +74,8 @@ def manage(
     Each start is a new run of the campaign. Workflow snapshot files are written to
     the run directory as muscle_manager writes them, and recorded in the database.
     """
+    if or_from_scratch and not resume_latest:
+        raise click.UsageError("--or-from-scratch goes with --resume-latest")
     # imported here: the other commands work without MUSCLE3 installed
     from snapreg.muscle3.manage import ManagerUsageError
     from snapreg.muscle3.manage import manage as run_manager
@@ -79,6 +89,7 @@ def manage(
             policy=policy,
             announce=lambda line: click.echo(f"snapreg: {line}", err=True),
             force=force,
+            or_from_scratch=or_from_scratch,
         )
     except ManagerUsageError as err:  # snapreg manage's usage, not the manager's
         raise click.UsageError(str(err)) from err

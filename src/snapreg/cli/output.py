@@ -6,6 +6,7 @@ import json
 import math
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +17,13 @@ from rich.console import Console
 from rich.table import Table
 
 from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
-from snapreg.tools.reader import CampaignSummary, InstanceHistory
+from snapreg.tools.campaigns import CampaignSummary
+from snapreg.tools.reader import InstanceHistory
+from snapreg.tools.restart_points import (
+    MemberFileProblem,
+    ProblemKind,
+    Resumability,
+)
 
 
 def campaign_table(campaign: CampaignSummary) -> Table:
@@ -136,6 +143,45 @@ def workflow_snapshot_details_json(snapshot: WorkflowSnapshot) -> dict[str, Any]
         "triggers": triggers_by_instance(snapshot.nodes),
         "nodes": [node_json(node) for node in snapshot.nodes],
     }
+
+
+def resumability_json(state: Resumability) -> dict[str, Any]:
+    """``resumable`` and ``problems`` (empty when resumable)."""
+    return {
+        "resumable": state.resumable,
+        "problems": [problem_json(problem) for problem in state.problems],
+    }
+
+
+def problem_json(problem: MemberFileProblem) -> dict[str, Any]:
+    deletion = problem.deletion
+    return {
+        "instance": problem.instance,
+        "path": problem.path,
+        "kind": problem.kind,
+        "recorded_size": problem.recorded_size,
+        "actual_size": problem.actual_size,
+        "deleted_at": None if deletion is None else deletion.deleted_at.isoformat(),
+        "deletion_reason": None if deletion is None else deletion.reason,
+    }
+
+
+#: How the workflows table counts each kind of problem.
+_PROBLEM_WORDS: dict[ProblemKind, str] = {
+    "missing": "missing",
+    "size": "wrong size",
+    "deleted": "deleted",
+}
+
+
+def resumability_cell(state: Resumability) -> str:
+    """``yes``, or ``no: 2 missing, 1 wrong size`` (files, by kind)."""
+    if state.resumable:
+        return "yes"
+    kinds = Counter(problem.kind for problem in state.problems)
+    return "no: " + ", ".join(
+        f"{kinds[kind]} {word}" for kind, word in _PROBLEM_WORDS.items() if kinds[kind]
+    )
 
 
 def node_json(node: SnapshotNode) -> dict[str, Any]:

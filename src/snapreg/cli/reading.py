@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.console import Console
 from rich.table import Table
 
 from snapreg.cli.options import (
@@ -27,14 +28,18 @@ from snapreg.cli.output import (
     node_type,
     peers_json,
     print_json,
+    resumability_cell,
+    resumability_json,
     time_range,
     triggers_by_instance,
     workflow_snapshot_details_json,
     workflow_snapshot_json,
 )
-from snapreg.errors import NotFoundError
+from snapreg.errors import NotFoundError, NotResumableError
+from snapreg.rules.snapshot import WorkflowSnapshot
 from snapreg.storage.engines import describe_url
 from snapreg.tools.reader import DatabaseReader
+from snapreg.tools.restart_points import Fallback, FileChecker, Resumability
 
 # ------------------------------------------------------------------- campaigns
 
@@ -68,12 +73,27 @@ def campaigns(database_url: str, as_json: bool) -> None:
 def workflows(
     database_url: str, campaign: str | None, run_number: int | None, as_json: bool
 ) -> None:
-    """The campaign's workflow snapshots, newest last."""
+    """The campaign's workflow snapshots, newest last, and whether each is resumable.
+
+    A workflow snapshot is resumable when every member's snapshot file is there
+    with the size recorded when it was registered.
+    """
     with DatabaseReader(database_url) as reader:
         name = reader.campaign_name(campaign)
         found = reader.workflow_snapshots(name, run=run_number)
+        states = reader.resumability(
+            name, [snapshot.id for snapshot in found], FileChecker()
+        )
     if as_json:
-        print_json([workflow_snapshot_json(snapshot) for snapshot in found])
+        print_json(
+            [
+                {
+                    **workflow_snapshot_json(snapshot),
+                    **resumability_json(states[snapshot.id]),
+                }
+                for snapshot in found
+            ]
+        )
         return
     if not found:
         click.echo(f"Campaign {name!r} has no workflow snapshots yet.")
@@ -84,6 +104,7 @@ def workflows(
     table.add_column("Created")
     table.add_column("t", justify="right")
     table.add_column("Members")
+    table.add_column("Resumable")
     table.add_column("File", overflow="fold")
     for snapshot in found:
         table.add_row(
@@ -92,6 +113,7 @@ def workflows(
             local_time(snapshot.created_at),
             time_range(snapshot.nodes),
             member_summary(snapshot.nodes),
+            resumability_cell(states[snapshot.id]),
             display_path(snapshot.path),
         )
     make_console().print(table)
@@ -108,11 +130,24 @@ def show(
     campaign: str | None,
     as_json: bool,
 ) -> None:
-    """One workflow snapshot: members, triggers, times, its file."""
+    """One workflow snapshot: members, triggers, times, its file, resumable or not.
+
+    When it is not resumable, each member file that is missing, deleted or not its
+    recorded size is named, with the campaign's newest resumable one instead.
+    """
+    checker = FileChecker()
     with DatabaseReader(database_url) as reader:
         snapshot = reader.workflow_snapshot(workflow_snapshot_id, campaign=campaign)
+        state = _resumability(reader, snapshot, checker)
+        newest = (
+            reader.newest_resumable(snapshot.campaign, checker)[0]
+            if not state.resumable and not as_json
+            else None
+        )
     if as_json:
-        print_json(workflow_snapshot_details_json(snapshot))
+        print_json(
+            {**workflow_snapshot_details_json(snapshot), **resumability_json(state)}
+        )
         return
     console = make_console()
     exists = snapshot.path is not None and snapshot.path.is_file()
@@ -149,11 +184,48 @@ def show(
             else display_path(Path(node.snapshot.snapshot_filename)),
         )
     console.print(table)
-    console.print(
-        f"Resume from it: snapreg export {snapshot.id} -o resume.ymmsl, then pass"
-        " that file to muscle_manager (or use snapreg export --with-config).",
-        highlight=False,
+    _print_resumability(console, snapshot, state, newest)
+
+
+def _print_resumability(
+    console: Console,
+    snapshot: WorkflowSnapshot,
+    state: Resumability,
+    newest: WorkflowSnapshot | None,
+) -> None:
+    """Whether to resume from it, and how; or why not and what to do instead."""
+
+    def say(line: str) -> None:
+        console.print(line, highlight=False, soft_wrap=True)
+
+    if state.resumable:
+        say("Resumable: yes (every member's snapshot file is there, as registered)")
+        say(
+            f"Resume from it: snapreg export {snapshot.id} -o resume.ymmsl, then pass"
+            " that file to muscle_manager (or use snapreg export --with-config)."
+        )
+        return
+    say("Resumable: no")
+    for problem in state.problems:
+        say(f"  - {problem.describe()}")
+    if newest is None:
+        say(f"No workflow snapshot of campaign {snapshot.campaign!r} is resumable.")
+    else:
+        say(
+            f"The campaign's newest resumable workflow snapshot is {newest.id}:"
+            f" snapreg export {newest.id} -o resume.ymmsl (or snapreg export"
+            " --latest)."
+        )
+    say(
+        "To export this one anyway (MUSCLE3 will fail when the instances start):"
+        f" snapreg export {snapshot.id} --force -o resume.ymmsl"
     )
+
+
+def _resumability(
+    reader: DatabaseReader, snapshot: WorkflowSnapshot, checker: FileChecker
+) -> Resumability:
+    return reader.resumability(snapshot.campaign, [snapshot.id], checker)[snapshot.id]
 
 
 @click.command()
@@ -171,6 +243,12 @@ def show(
     help="A complete configuration (the run's own, with this resume section) that"
     " muscle_manager runs as is.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Export even a workflow snapshot that is not resumable, with a warning;"
+    " with --latest: the newest one, resumable or not.",
+)
 @database_option
 @campaign_option
 @json_option
@@ -179,6 +257,7 @@ def export(
     latest: bool,
     output: Path | None,
     with_config: bool,
+    force: bool,
     database_url: str,
     campaign: str | None,
     as_json: bool,
@@ -189,18 +268,51 @@ def export(
     pass it to muscle_manager (or snapreg manage) after the model's own files.
     With --with-config, the configuration the run was started with, its resume
     section replaced by this one: muscle_manager runs it on its own.
+
+    Only a resumable workflow snapshot is exported (every member's snapshot file
+    there with its recorded size) unless --force. --latest takes the newest
+    resumable one and says on standard error which newer ones it skipped and why.
     """
     if (workflow_snapshot_id is None) == (not latest):
         raise click.UsageError("give either a workflow snapshot ID or --latest")
+    checker = FileChecker()
+    skipped: tuple[Resumability, ...] = ()
     with DatabaseReader(database_url) as reader:
         if workflow_snapshot_id is not None:
             snapshot = reader.workflow_snapshot(workflow_snapshot_id, campaign=campaign)
-        else:
+        elif force:
             name = reader.campaign_name(campaign)
             newest = reader.latest_workflow_snapshot(name)
             if newest is None:
                 raise NotFoundError(f"campaign {name!r} has no workflow snapshots yet")
             snapshot = newest
+        else:
+            chosen, fallback = reader.newest_resumable(
+                reader.campaign_name(campaign), checker
+            )
+            snapshot = _fall_back(chosen, fallback)
+            skipped = fallback.skipped
+        state = _resumability(reader, snapshot, checker)
+        if not state.resumable:
+            if not force:
+                newest, _ = reader.newest_resumable(snapshot.campaign, checker)
+                raise NotResumableError(
+                    f"workflow snapshot {snapshot.id} is not resumable:"
+                    f" {state.summary()}. "
+                    + (
+                        f"No workflow snapshot of campaign {snapshot.campaign!r} is"
+                        " resumable"
+                        if newest is None
+                        else "The campaign's newest resumable workflow snapshot is"
+                        f" {newest.id} (snapreg export {newest.id})"
+                    )
+                    + "; pass --force to export this one anyway"
+                )
+            click.echo(
+                f"snapreg: warning: workflow snapshot {snapshot.id} is not resumable"
+                f" ({state.summary()}); exported anyway (--force)",
+                err=True,
+            )
         text = reader.resume_text(snapshot, with_config=with_config)
     if output is not None:
         output.write_text(text, encoding="utf-8")
@@ -212,6 +324,11 @@ def export(
                 "run": snapshot.run,
                 "with_config": with_config,
                 "output": None if output is None else str(output.resolve()),
+                **resumability_json(state),
+                "skipped": [
+                    {"id": item.workflow_snapshot_id, **resumability_json(item)}
+                    for item in skipped
+                ],
                 "ymmsl": text,
             }
         )
@@ -223,6 +340,21 @@ def export(
             f"{' with its configuration' if with_config else ''} to {output}",
             err=True,
         )
+
+
+def _fall_back(chosen: WorkflowSnapshot | None, fallback: Fallback) -> WorkflowSnapshot:
+    """Say which newer workflow snapshots were skipped; refuse when none is left."""
+    for line in fallback.skipped_lines():
+        click.echo(f"snapreg: {line}", err=True)
+    if chosen is not None:
+        return chosen
+    if not fallback.skipped:
+        raise NotFoundError(
+            f"campaign {fallback.campaign!r} has no workflow snapshots yet"
+        )
+    raise NotResumableError(
+        f"{fallback.nothing_resumable()}; snapreg export ID --force exports one anyway"
+    )
 
 
 @click.command()

@@ -38,12 +38,18 @@ from snapreg.errors import NotFoundError
 from snapreg.rules.snapshot import WorkflowSnapshot
 from snapreg.storage import queries, schema
 from snapreg.storage.readonly import Closing, ReadOnlyStore
+from snapreg.tools.campaigns import CampaignSummary, RunSummary
 from snapreg.tools.explain import explain
 from snapreg.tools.explain_output import explanation_lines
 from snapreg.tools.gc import CleanupPlan, plan_cleanup
 from snapreg.tools.plot import TimeAxis, svg_text
-from snapreg.tools.reader import CampaignSummary, DatabaseReader, RunSummary
-from snapreg.tools.restart_points import FileChecker, Resumability, resumability
+from snapreg.tools.reader import DatabaseReader
+from snapreg.tools.restart_points import (
+    FileChecker,
+    Resumability,
+    newest_resumable,
+    resumability,
+)
 from snapreg.tools.run_graph import RunGraph, read_run_graph
 
 _T = TypeVar("_T")
@@ -52,13 +58,10 @@ _T = TypeVar("_T")
 SNAPSHOTS_SHOWN = 50
 #: At most this many of a run's newest nodes are drawn, besides its active ones.
 TIMELINE_NODES = 3000
-#: Workflow snapshots checked, newest first, for the newest resumable one.
-RESUMABLE_SEARCH_LIMIT = 500
 #: Rendered timelines kept, by run and state.
 _TIMELINES_KEPT = 16
 #: Disk figures kept, by campaign and keep.
 _DISKS_KEPT = 16
-_SEARCH_BATCH = 50
 
 
 @dataclass(frozen=True)
@@ -92,9 +95,9 @@ class RestartPoints:
         problems: Why the newest cannot be resumed from, one line each; empty
             when it can.
         newest_resumable: The newest workflow snapshot that can be resumed from,
-            when that is not the newest; None when it is, or when none of the
-            :data:`RESUMABLE_SEARCH_LIMIT` newest can.
-        searched: How many workflow snapshots were checked to find it.
+            when that is not the newest; None when it is, or when none can.
+        searched: How many workflow snapshots were checked, newest first, to
+            find it (all of them when none can be resumed from).
     """
 
     newest: RestartPoint | None
@@ -431,42 +434,35 @@ def _problems(found: Resumability) -> tuple[str, ...]:
 
 def _restart_points(session: Session, name: str) -> RestartPoints:
     """The campaign's newest workflow snapshot, whether it can be resumed from, and
-    the newest one that can when it cannot (among the newest few hundred)."""
+    the newest one that can when it cannot (:func:`newest_resumable`)."""
     campaign_id = queries.campaign_row(session, name).id
+    fallback = newest_resumable(session, campaign_id, name)
+    newest = (
+        fallback.skipped[0].workflow_snapshot_id
+        if fallback.skipped
+        else fallback.chosen
+    )
+    if newest is None:
+        return RestartPoints(None, (), None, 0)
+    wanted = [newest] if fallback.chosen is None else [newest, fallback.chosen]
     snapshot = schema.WorkflowSnapshotRow
     run = schema.RunRow
-    checker = FileChecker()
-    newest: RestartPoint | None = None
-    problems: tuple[str, ...] = ()
-    searched = 0
-    before: int | None = None
-    while searched < RESUMABLE_SEARCH_LIMIT:
-        query = (
+    points = {
+        row[0]: RestartPoint(*row)
+        for row in session.execute(
             select(snapshot.id, run.number, snapshot.path, snapshot.created_at)
             .join(run, run.id == snapshot.run_id)
-            .where(run.campaign_id == campaign_id)
-            .order_by(snapshot.id.desc())
-            .limit(_SEARCH_BATCH)
+            .where(snapshot.id.in_(wanted))
         )
-        if before is not None:
-            query = query.where(snapshot.id < before)
-        batch = [RestartPoint(*row) for row in session.execute(query)]
-        if not batch:
-            break
-        checked = resumability(
-            session, campaign_id, [point.id for point in batch], checker
-        )
-        for point in batch:
-            searched += 1
-            found = checked[point.id]
-            if newest is None:
-                newest, problems = point, _problems(found)
-                if found.resumable:
-                    return RestartPoints(newest, (), None, searched)
-            elif found.resumable:
-                return RestartPoints(newest, problems, point, searched)
-        before = batch[-1].id
-    return RestartPoints(newest, problems, None, searched)
+    }
+    if not fallback.skipped:
+        return RestartPoints(points[newest], (), None, 1)
+    return RestartPoints(
+        points[newest],
+        _problems(fallback.skipped[0]),
+        None if fallback.chosen is None else points[fallback.chosen],
+        len(fallback.skipped) + (fallback.chosen is not None),
+    )
 
 
 def _run_snapshots(

@@ -9,9 +9,11 @@ for :class:`snapreg.SnapshotRegistry` for the duration of the call. Everything e
 files are written to the same place in the same form.
 
 Every call is a new run of the campaign. With ``resume_latest``, the campaign's
-newest workflow snapshot is looked up in the database, its ``resume:`` section is
-written to a yMMSL file that is appended to the manager's configuration files, and
-the new run records which workflow snapshot it resumed from.
+newest resumable workflow snapshot is looked up in the database (every member's
+snapshot file there with its recorded size; the newer ones passed over are
+announced, with the reason), its ``resume:`` section is written to a yMMSL file that
+is appended to the manager's configuration files, and the new run records which
+workflow snapshot it resumed from.
 
 MUSCLE3 is an optional dependency (the ``muscle3`` extra). Everything this
 module needs of its internals goes through :mod:`snapreg.muscle3.compat`, which
@@ -27,7 +29,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from snapreg.errors import ConfigurationError, NotFoundError, WriterConflictError
+from snapreg.errors import (
+    ConfigurationError,
+    NotFoundError,
+    NotResumableError,
+    WriterConflictError,
+)
 from snapreg.muscle3.compat import (
     INSTALL_HINT,
     ConfigurationNotLoadedError,
@@ -51,6 +58,7 @@ from snapreg.storage.engines import (
 from snapreg.storage.readonly import ReadOnlyStore
 from snapreg.storage.versions import ensure_schema
 from snapreg.tools.reader import DatabaseReader
+from snapreg.tools.restart_points import Fallback, FileChecker
 
 __all__ = [
     "INSTALL_HINT",
@@ -74,6 +82,7 @@ def manage(
     policy: Policy = "all",
     announce: Announce = print,
     force: bool = False,
+    or_from_scratch: bool = False,
 ) -> int:
     """Run ``muscle_manager`` with snapreg's registry; return its exit status.
 
@@ -86,14 +95,18 @@ def manage(
             command line.
         database_url: Where the campaign lives (created on first use).
         campaign: The campaign's name; default: the model's name.
-        resume_latest: Resume from the campaign's newest workflow snapshot, or
-            start from scratch (and say so) when it has none.
+        resume_latest: Resume from the campaign's newest resumable workflow
+            snapshot, announcing the newer ones it skips and why; start from
+            scratch (and say so) when the campaign has no workflow snapshot yet.
         policy: Which workflow snapshots to write: ``"all"`` (as MUSCLE3) or
             only the newest one per registration, ``"latest"``.
         announce: Receives one line per thing the user should know (which run,
             resumed from what), never the manager's own output.
         force: With ``resume_latest``: resume even while the campaign's newest
             run still has a live writer (its manager still runs).
+        or_from_scratch: With ``resume_latest``: start from scratch (and say so)
+            when the campaign has workflow snapshots but none is resumable,
+            instead of refusing.
 
     Returns:
         The manager's exit status: 0 when the simulation completed.
@@ -108,6 +121,8 @@ def manage(
             configuration files together with ``resume_latest``.
         WriterConflictError: ``resume_latest`` (without ``force``) while the
             campaign's newest run still has a live writer; names it.
+        NotResumableError: ``resume_latest`` (without ``or_from_scratch``) when the
+            campaign has workflow snapshots but none is resumable.
         SnapregError: the database cannot be opened or has an old schema.
     """
     manager = Manager("snapreg manage")
@@ -137,7 +152,13 @@ def manage(
             campaign = campaign or model_name
             _check_no_live_writer(database_url, campaign, force, announce)
             resumed_from, resume_file = _resume_latest(
-                manager, parsed, database_url, campaign, announce, cleanup
+                manager,
+                parsed,
+                database_url,
+                campaign,
+                announce,
+                cleanup,
+                or_from_scratch=or_from_scratch,
             )
             if resume_file is not None:
                 args.append(str(resume_file))
@@ -177,14 +198,33 @@ def _resume_latest(
     campaign: str,
     announce: Announce,
     cleanup: ExitStack,
+    *,
+    or_from_scratch: bool,
 ) -> tuple[int | None, Path | None]:
     """Find the workflow snapshot to resume from and write its resume file.
 
     Returns:
         The workflow snapshot's id and the resume file, both None when there is
         nothing to resume from.
+
+    Raises:
+        NotResumableError: the campaign has workflow snapshots, none resumable,
+            and ``or_from_scratch`` is off.
     """
-    latest = _latest_workflow_snapshot(database_url, campaign)
+    latest, fallback = _newest_resumable(database_url, campaign)
+    for line in fallback.skipped_lines():
+        announce(line)
+    if latest is None and fallback.skipped:
+        if not or_from_scratch:
+            raise NotResumableError(
+                f"{fallback.nothing_resumable()}: resuming would fail when the"
+                " instances start. Pass --or-from-scratch to start from scratch"
+                " instead"
+            )
+        announce(
+            f"{fallback.nothing_resumable()}; starting from scratch (--or-from-scratch)"
+        )
+        return None, None
     if latest is None:
         announce(
             f"campaign {campaign!r} has no workflow snapshot in"
@@ -237,15 +277,16 @@ def _check_no_live_writer(
     announce(f"{still}; resuming anyway (--force)")
 
 
-def _latest_workflow_snapshot(
+def _newest_resumable(
     database_url: str, campaign: str
-) -> WorkflowSnapshot | None:
-    """The campaign's newest workflow snapshot; None without one (or no campaign)."""
+) -> tuple[WorkflowSnapshot | None, Fallback]:
+    """The campaign's newest resumable workflow snapshot (None without one, or
+    without the campaign), and the newer ones passed over."""
     with DatabaseReader(database_url) as reader:
         try:
-            return reader.latest_workflow_snapshot(campaign)
+            return reader.newest_resumable(campaign, FileChecker())
         except NotFoundError:  # a new campaign: nothing to resume
-            return None
+            return None, Fallback(campaign, None, ())
 
 
 def _open_registry(

@@ -29,6 +29,11 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from snapreg.errors import WriterConflictError
 from snapreg.storage import queries, schema, statements
+from snapreg.storage.locks import (
+    CAMPAIGN_LOCK_SPACE,
+    writer_lock_holder,
+    writer_lock_key,
+)
 from snapreg.storage.transactions import host_and_pid, process_alive
 
 _logger = logging.getLogger(__name__)
@@ -89,18 +94,6 @@ class Heartbeat:
         self._last = self._clock.monotonic()
 
 
-#: First keys of snapreg's PostgreSQL advisory locks (their two-key form). A run's
-#: writer holds (RUN_WRITER_LOCK_SPACE, run) on its own database session for as long
-#: as it lives; openers of a campaign take turns on (CAMPAIGN_LOCK_SPACE, campaign).
-RUN_WRITER_LOCK_SPACE = 0x736E7072
-CAMPAIGN_LOCK_SPACE = 0x736E7063
-
-
-def writer_lock_key(run_id: int) -> tuple[int, int]:
-    """The PostgreSQL advisory lock that a run's writer holds while it lives."""
-    return RUN_WRITER_LOCK_SPACE, run_id % 2**31
-
-
 def campaign_lock_key(campaign: str) -> tuple[int, int]:
     # crc32 is stable across processes and versions; Python's hash() is not
     return CAMPAIGN_LOCK_SPACE, zlib.crc32(campaign.encode("utf-8")) - 2**31
@@ -140,15 +133,6 @@ _RENEW = (
 )
 
 _TRY_LOCK = text("SELECT pg_try_advisory_lock(:space, :key)")
-
-# the server process whose session holds a lock; the two-key form of an
-# advisory lock shows its keys as classid and objid, with objsubid 2
-_LOCK_HOLDER = text(
-    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
-    " AND database = (SELECT oid FROM pg_database"
-    " WHERE datname = current_database())"
-    " AND classid::bigint = :space AND objid::bigint = :key AND objsubid = 2"
-)
 
 
 @dataclass(frozen=True)
@@ -320,7 +304,7 @@ def live_writer(session: Session, run: schema.RunRow, timeout: float) -> Writer 
         return None
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        if _lock_holder(connection, run.id) is None:
+        if writer_lock_holder(connection, run.id) is None:
             return None
     elif _why_gone(connection, run, host_and_pid()[0], timeout) is not None:
         return None
@@ -355,12 +339,6 @@ def _try_lock(connection: Connection, run_id: int) -> bool:
     return bool(connection.execute(_TRY_LOCK, {"space": space, "key": key}).scalar())
 
 
-def _lock_holder(connection: Connection, run_id: int) -> int | None:
-    space, key = writer_lock_key(run_id)
-    found = connection.execute(_LOCK_HOLDER, {"space": space, "key": key}).first()
-    return None if found is None else int(found.pid)
-
-
 def _why_gone(
     connection: Connection,
     run: schema.RunRow,
@@ -392,7 +370,7 @@ def _conflict(
         )
     message = f"{where} is being written by {_writer_of(run).describe()}; {rule}"
     if connection.dialect.name == "postgresql":
-        backend = _lock_holder(connection, run.id)
+        backend = writer_lock_holder(connection, run.id)
         session = "" if backend is None else f" (server process {backend})"
         message += (
             f" Its database session{session} holds the run until it ends: when"

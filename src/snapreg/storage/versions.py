@@ -35,12 +35,10 @@ from snapreg.storage.engines import (
     use_wal,
     writer,
 )
+from snapreg.storage.locks import SCHEMA_LOCK_SPACE
 from snapreg.storage.transactions import translating_errors
 
 _logger = logging.getLogger(__name__)
-
-#: First key of the PostgreSQL advisory lock that serialises schema changes.
-SCHEMA_LOCK_SPACE = 0x736E7073
 
 
 def migrations_directory() -> Path:

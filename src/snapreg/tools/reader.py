@@ -16,16 +16,13 @@ fits.
 from __future__ import annotations
 
 import json
-import os
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import ymmsl
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from snapreg.errors import ConfigurationError, NotFoundError, UnknownInstanceError
 from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
@@ -33,15 +30,17 @@ from snapreg.rules.topology import ConduitInfo, Topology
 from snapreg.rules.workflow_file import render
 from snapreg.storage import queries, schema
 from snapreg.storage.readonly import Closing, ReadOnlyStore
-from snapreg.storage.transactions import host_and_pid, process_alive
 from snapreg.storage.versions import head_revision
+from snapreg.tools.campaigns import CampaignSummary, campaign_summaries
+from snapreg.tools.restart_points import (
+    Fallback,
+    FileChecker,
+    Resumability,
+    newest_resumable,
+    resumability,
+)
 
 _T = TypeVar("_T")
-
-#: A run whose writer has not shown a sign of life for this long is not running.
-STALE_WRITER_AFTER = timedelta(seconds=60)
-
-RunStatus = Literal["running", "interrupted", "ended"]
 
 
 @dataclass(frozen=True)
@@ -62,76 +61,6 @@ class SchemaStatus:
     def up_to_date(self) -> bool:
         """Whether the schema is the one this snapreg writes."""
         return self.revision == self.head
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """One run of a campaign, with its lineage and counts.
-
-    Attributes:
-        number: 1 for the campaign's first run, then 2, 3, ...
-        model_name: Name of the model the run simulated.
-        started_at: When the run was created (UTC).
-        snapshot_folder: Where its workflow snapshot files were written.
-        resumed_from: Id of the workflow snapshot it resumed from, if any.
-        resumed_from_run: Number of the run that workflow snapshot belongs to.
-        snapshot_count: Snapshots registered by its instances (restart nodes are
-            not counted).
-        workflow_snapshot_count: Workflow snapshots found in the run.
-        last_activity: Its newest registration, workflow snapshot or writer
-            heartbeat (UTC).
-        status: ``running`` while a live registry writes it, ``interrupted`` when
-            its writer died without closing it (a crashed or killed manager),
-            ``ended`` when its registry was closed.
-        writer: Which process holds (or held, when interrupted) the right to write.
-        missing_files: Its workflow snapshot files that are not on disk where their
-            rows say (seen from this machine): ones that could not be written (a
-            full or read-only folder; a registry writes them when it opens the run
-            again) or that were deleted since.
-    """
-
-    number: int
-    model_name: str
-    started_at: datetime
-    snapshot_folder: str | None
-    resumed_from: int | None
-    resumed_from_run: int | None
-    snapshot_count: int
-    workflow_snapshot_count: int
-    last_activity: datetime
-    status: RunStatus
-    writer: str | None
-    missing_files: int = 0
-
-
-@dataclass(frozen=True)
-class CampaignSummary:
-    """A campaign and its runs, oldest first.
-
-    Attributes:
-        name: The campaign's name.
-        created_at: When it was created (UTC).
-        runs: Its runs.
-    """
-
-    name: str
-    created_at: datetime
-    runs: tuple[RunSummary, ...]
-
-    @property
-    def snapshot_count(self) -> int:
-        """Snapshots registered over all runs."""
-        return sum(run.snapshot_count for run in self.runs)
-
-    @property
-    def workflow_snapshot_count(self) -> int:
-        """Workflow snapshots over all runs."""
-        return sum(run.workflow_snapshot_count for run in self.runs)
-
-    @property
-    def last_activity(self) -> datetime:
-        """The newest activity of any run, or the creation time without runs."""
-        return max((run.last_activity for run in self.runs), default=self.created_at)
 
 
 @dataclass(frozen=True)
@@ -192,8 +121,11 @@ class DatabaseReader(Closing):
     # --------------------------------------------------------------- campaigns
 
     def campaigns(self) -> list[CampaignSummary]:
-        """Every campaign with its runs, lineage and counts, by name (4 queries)."""
-        return self._read(_campaign_summaries)
+        """Every campaign with its runs, lineage, counts and status, by name.
+
+        See :mod:`snapreg.tools.campaigns`.
+        """
+        return self._read(campaign_summaries)
 
     def campaign_name(self, requested: str | None) -> str:
         """The campaign a command works on.
@@ -299,6 +231,60 @@ class DatabaseReader(Closing):
             return queries.workflow_snapshots(session, row.id, row.name, ids=[newest])[
                 0
             ]
+
+        return self._read(load)
+
+    # ---------------------------------------------------------- restart points
+
+    def resumability(
+        self,
+        campaign: str,
+        workflow_snapshot_ids: Sequence[int],
+        checker: FileChecker | None = None,
+    ) -> dict[int, Resumability]:
+        """Whether each of these workflow snapshots of a campaign can be resumed from.
+
+        Args:
+            campaign: The campaign they belong to.
+            workflow_snapshot_ids: Their ids.
+            checker: Stats each snapshot file once; share one across the calls of
+                a command.
+
+        Raises:
+            NotFoundError: no such campaign.
+        """
+        return self._read(
+            lambda session: resumability(
+                session,
+                queries.campaign_row(session, campaign).id,
+                workflow_snapshot_ids,
+                checker,
+            )
+        )
+
+    def newest_resumable(
+        self, campaign: str, checker: FileChecker | None = None
+    ) -> tuple[WorkflowSnapshot | None, Fallback]:
+        """The campaign's newest workflow snapshot that can be resumed from.
+
+        Returns:
+            That workflow snapshot (None when there is none, or none at all) and
+            the :class:`~snapreg.tools.restart_points.Fallback` that names the newer
+            ones passed over and why.
+
+        Raises:
+            NotFoundError: no such campaign.
+        """
+
+        def load(session: Session) -> tuple[WorkflowSnapshot | None, Fallback]:
+            row = queries.campaign_row(session, campaign)
+            fallback = newest_resumable(session, row.id, row.name, checker)
+            if fallback.chosen is None:
+                return None, fallback
+            [chosen] = queries.workflow_snapshots(
+                session, row.id, row.name, ids=[fallback.chosen]
+            )
+            return chosen, fallback
 
         return self._read(load)
 
@@ -463,109 +449,3 @@ def _run_row(
     if found is None:
         raise NotFoundError(f"campaign {campaign.name!r} has no run {number}")
     return found
-
-
-def _campaign_summaries(session: Session) -> list[CampaignSummary]:
-    node = schema.SnapshotNodeRow
-    snapshot = schema.WorkflowSnapshotRow
-    run = schema.RunRow
-    node_counts = {
-        run_id: (count, newest)
-        for run_id, count, newest in session.execute(
-            select(node.run_id, func.count(), func.max(node.registered_at))
-            .where(node.is_restart.is_(False))
-            .group_by(node.run_id)
-        )
-    }
-    snapshot_counts = {
-        run_id: (count, newest)
-        for run_id, count, newest in session.execute(
-            select(
-                snapshot.run_id, func.count(), func.max(snapshot.created_at)
-            ).group_by(snapshot.run_id)
-        )
-    }
-    missing_files: Counter[int] = Counter(
-        run_id
-        for run_id, path in session.execute(
-            # a run without a snapshot folder writes no files
-            select(snapshot.run_id, snapshot.path)
-            .join(run, run.id == snapshot.run_id)
-            .where(run.snapshot_folder.is_not(None))
-            .execution_options(yield_per=10_000)
-        )
-        if not os.path.exists(path)
-    )
-    resumed_snapshot = aliased(snapshot)
-    resumed_run = aliased(run)
-    runs_by_campaign: dict[int, list[RunSummary]] = {}
-    for row, resumed_from_run in session.execute(
-        select(run, resumed_run.number)
-        .outerjoin(
-            resumed_snapshot,
-            resumed_snapshot.id == run.resumed_from_workflow_snapshot_id,
-        )
-        .outerjoin(resumed_run, resumed_run.id == resumed_snapshot.run_id)
-        .order_by(run.campaign_id, run.number)
-    ):
-        nodes, newest_node = node_counts.get(row.id, (0, None))
-        found, newest_snapshot = snapshot_counts.get(row.id, (0, None))
-        moments = [
-            _utc(moment)
-            for moment in (
-                row.started_at,
-                newest_node,
-                newest_snapshot,
-                row.writer_heartbeat_at,
-            )
-            if moment is not None
-        ]
-        runs_by_campaign.setdefault(row.campaign_id, []).append(
-            RunSummary(
-                number=row.number,
-                model_name=row.model_name,
-                started_at=row.started_at,
-                snapshot_folder=row.snapshot_folder,
-                resumed_from=row.resumed_from_workflow_snapshot_id,
-                resumed_from_run=resumed_from_run,
-                snapshot_count=nodes,
-                workflow_snapshot_count=found,
-                last_activity=max(moments),
-                status=_run_status(row),
-                writer=None
-                if row.writer_token is None
-                else f"pid {row.writer_pid} on {row.writer_host}",
-                missing_files=missing_files[row.id],
-            )
-        )
-    return [
-        CampaignSummary(
-            name=row.name,
-            created_at=row.created_at,
-            runs=tuple(runs_by_campaign.get(row.id, [])),
-        )
-        for row in session.scalars(
-            select(schema.CampaignRow).order_by(schema.CampaignRow.name)
-        )
-    ]
-
-
-def _utc(moment: datetime | str) -> datetime:
-    # Aggregates bypass the column type, so SQLite hands back naive UTC values.
-    if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment)
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
-
-
-def _run_status(row: schema.RunRow) -> RunStatus:
-    """Whether a run is being written, was left by a dead writer, or was closed."""
-    if row.writer_token is None:
-        return "ended"
-    host, _ = host_and_pid()
-    if row.writer_host == host and row.writer_pid is not None:
-        return "running" if process_alive(row.writer_pid) else "interrupted"
-    heartbeat = row.writer_heartbeat_at or row.writer_since
-    if heartbeat is None:
-        return "interrupted"
-    fresh = datetime.now(timezone.utc) - _utc(heartbeat) < STALE_WRITER_AFTER
-    return "running" if fresh else "interrupted"

@@ -9,7 +9,9 @@ deleted and recorded is not a fault, but the workflow snapshots that needed it
 are no longer resumable, and say so.
 
 Every function here only reads: rows through the caller's session, files through
-``os.stat``, each path once per :class:`FileChecker`.
+``os.stat``, each path once per :class:`FileChecker`. :func:`newest_resumable`
+falls back as LLNL's SCR does: the newest workflow snapshot that can be resumed
+from, and the newer ones it passed over, with the reasons.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from snapreg.storage import queries, schema
 _IN_LIST_CHUNK = 10_000
 
 ProblemKind = Literal["missing", "size", "deleted"]
+
+#: Problems that :meth:`Resumability.summary` names on its one line.
+PROBLEMS_SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,17 @@ class Resumability:
         if self.resumable:
             return "resumable"
         return "\n".join(problem.describe() for problem in self.problems)
+
+    def summary(self, shown: int = PROBLEMS_SHOWN) -> str:
+        """``resumable``, or the first ``shown`` problems on one line, separated by
+        semicolons, and how many more there are."""
+        if self.resumable:
+            return "resumable"
+        words = [problem.describe() for problem in self.problems[:shown]]
+        rest = len(self.problems) - len(words)
+        if rest:
+            words.append(f"and {rest} more member file{'' if rest == 1 else 's'}")
+        return "; ".join(words)
 
 
 class FileChecker:
@@ -210,3 +226,89 @@ def resumability(
         snapshot_id: Resumability(snapshot_id, tuple(found))
         for snapshot_id, found in problems.items()
     }
+
+
+#: Workflow snapshots whose files :func:`newest_resumable` checks per query.
+FALLBACK_BATCH = 100
+#: Skipped workflow snapshots that :meth:`Fallback.skipped_lines` names one by one.
+SKIPPED_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """The newest resumable workflow snapshot of a campaign, and what was passed over.
+
+    Attributes:
+        campaign: The campaign's name.
+        chosen: The newest workflow snapshot that can be resumed from; None when
+            there is none (or no workflow snapshot at all).
+        skipped: The newer ones that cannot be, newest first (every one of the
+            campaign's when ``chosen`` is None).
+    """
+
+    campaign: str
+    chosen: int | None
+    skipped: tuple[Resumability, ...]
+
+    def skipped_lines(self, shown: int = SKIPPED_SHOWN) -> list[str]:
+        """One line per skipped workflow snapshot, newest first, e.g.
+        ``skipped workflow snapshot 9: micro[2]: /x/y.pack is missing``.
+
+        Past ``shown`` of them, one last line counts the rest.
+        """
+        lines = [
+            f"skipped workflow snapshot {item.workflow_snapshot_id}: {item.summary()}"
+            for item in self.skipped[:shown]
+        ]
+        rest = self.skipped[shown:]
+        if rest:
+            lines.append(
+                f"skipped {len(rest)} more workflow snapshot"
+                f"{'' if len(rest) == 1 else 's'}, {rest[0].workflow_snapshot_id}"
+                f" down to {rest[-1].workflow_snapshot_id}, not resumable either"
+                " (snapreg workflows says why)"
+            )
+        return lines
+
+    def nothing_resumable(self) -> str:
+        """That no workflow snapshot of the campaign is resumable, in words."""
+        if len(self.skipped) == 1:
+            return (
+                f"the only workflow snapshot of campaign {self.campaign!r} is not"
+                " resumable"
+            )
+        return (
+            f"none of the {len(self.skipped)} workflow snapshots of campaign"
+            f" {self.campaign!r} is resumable"
+        )
+
+
+def newest_resumable(
+    session: Session,
+    campaign_id: int,
+    campaign_name: str,
+    checker: FileChecker | None = None,
+    *,
+    batch: int = FALLBACK_BATCH,
+) -> Fallback:
+    """The campaign's newest workflow snapshot that can be resumed from.
+
+    Checks from the newest down, ``batch`` at a time, and stops at the first that
+    is resumable; every file is stat'ed at most once per ``checker``.
+    """
+    checker = checker or FileChecker()
+    snapshot = schema.WorkflowSnapshotRow
+    ids = session.scalars(
+        select(snapshot.id)
+        .join(schema.RunRow, schema.RunRow.id == snapshot.run_id)
+        .where(schema.RunRow.campaign_id == campaign_id)
+        .order_by(snapshot.id.desc())
+    ).all()
+    skipped: list[Resumability] = []
+    for chunk in queries.chunks(ids, batch):
+        found = resumability(session, campaign_id, chunk, checker)
+        for snapshot_id in chunk:
+            if found[snapshot_id].resumable:
+                return Fallback(campaign_name, snapshot_id, tuple(skipped))
+            skipped.append(found[snapshot_id])
+    return Fallback(campaign_name, None, tuple(skipped))
