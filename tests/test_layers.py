@@ -2,7 +2,10 @@
 
 Only the command line (``snapreg.cli``) imports click or rich: library code
 returns data and raises snapreg's errors; printing, exit statuses and options
-are the command line's business.
+are the command line's business. Only the dashboard (``snapreg.dashboard``)
+imports the web stack (Starlette, uvicorn, Jinja2: the ``dashboard`` extra), and
+nothing else loads it, not even ``snapreg --help``: without the extra, every
+other command works.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import snapreg
 
 PACKAGE = Path(snapreg.__file__).parent
 USER_INTERFACE_LIBRARIES = ("click", "rich")
+WEB_LIBRARIES = ("starlette", "uvicorn", "jinja2")
 
 #: Modules outside snapreg.cli that may import click, and only inside a function.
 #: snapreg.muscle3.compat drives muscle_manager's own command line, which MUSCLE3
@@ -81,4 +85,52 @@ def test_importing_every_library_module_loads_neither_click_nor_rich() -> None:
         check=False,
     )
     assert finished.returncode == 0, finished.stderr
+    assert json.loads(finished.stdout) == []
+
+
+def _modules_importing(roots: tuple[str, ...]) -> dict[str, list[str]]:
+    """Per module of the package, the imports of ``roots`` it has (any depth)."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            for root in _imported_roots(node):
+                if root in roots:
+                    found.setdefault(_module_name(path), []).append(root)
+    return found
+
+
+def test_only_the_dashboard_imports_the_web_stack() -> None:
+    importing = _modules_importing(WEB_LIBRARIES)
+
+    assert importing  # the walk sees the dashboard's imports
+    assert [
+        name for name in importing if not name.startswith("snapreg.dashboard")
+    ] == []
+
+
+def test_nothing_but_the_dashboard_loads_the_web_stack() -> None:
+    names = [
+        _module_name(path)
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if not _module_name(path).startswith(
+            ("snapreg.dashboard", "snapreg.migrations")
+        )
+    ]
+    names.append("snapreg.dashboard.server")  # what snapreg dashboard imports first
+    program = (
+        "import importlib, json, sys\n"
+        f"for name in {names!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"print(json.dumps([m for m in {list(WEB_LIBRARIES)!r} if m in sys.modules]))\n"
+    )
+    finished = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert "snapreg.cli.main" in names
     assert json.loads(finished.stdout) == []

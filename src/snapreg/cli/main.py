@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
+from snapreg.cli.dashboard import dashboard
 from snapreg.cli.database import db
 from snapreg.cli.manage import manage
 from snapreg.cli.reading import campaigns, export, history, show, workflows
@@ -40,7 +41,8 @@ def cli() -> None:
     that a crashed campaign resumes with `snapreg manage --resume-latest`. The other
     commands only read that database, except `db upgrade` (migrates it),
     `db grant-reader` (makes a reader role), `import` (adds a campaign) and
-    `gc --delete` (deletes snapshot files and records it).
+    `gc --delete` (deletes snapshot files and records it); `dashboard` serves
+    what they show as a live web page.
     """
 
 
@@ -57,6 +59,7 @@ for _command in (
     plot,
     gc,
     import_command,
+    dashboard,
     verify,
 ):
     cli.add_command(_command)

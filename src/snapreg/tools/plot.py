@@ -5,8 +5,16 @@ component with several instances written along its band), so that a model with a
 hundred instances stays readable. On each lane the instance's snapshot nodes,
 placed by wallclock or simulation time: intermediate snapshots as circles, final
 ones as squares, restart nodes as hollow triangles at the start; retired nodes are
-faded. Thin grey lines join consistent pairs; every workflow snapshot is a cut
-across the lanes through its members, the newest one drawn boldest.
+faded. Grey lines join consistent pairs; every workflow snapshot is a cut across
+the lanes through its members, the newest one drawn boldest.
+
+A resumed run begins with copies: each resumed instance first registers again the
+snapshot it resumed from, stamped with the earlier run's wallclock clock (see
+:attr:`RunGraph.resumed_copies`). On the wallclock axis such a copy is placed at
+the run's start, where the run really took it up, drawn hollow and labelled
+``resumed from run N``; on the simulation axis it keeps its simulation time and
+is drawn hollow too. :class:`TimelineLayout` is where everything goes, the data
+the picture is drawn from.
 
 matplotlib draws it (the ``plot`` extra): PNG and SVG directly, HTML as the SVG in
 a small self-contained page. In the SVG, lane labels, the labels of components
@@ -45,6 +53,9 @@ _MIN_HEIGHT = 3.0
 _MAX_HEIGHT = 120.0
 _WIDTH = 13.0
 _DPI = 110
+_PAIR_COLOR = "#6f6f6f"
+#: Above this many consistent pairs their lines are drawn thinner and lighter.
+_CROWDED_PAIRS = 3000
 
 
 class PlotDependencyError(SnapregError):
@@ -143,14 +154,12 @@ def render(
             f"time axis must be one of {', '.join(TIME_AXES)}, not {time_axis!r}"
         )
     _matplotlib()
-    layout = _Layout(graph, time_axis)
+    layout = TimelineLayout(graph, time_axis)
     with _svg_text_as_text():
         figure = _draw(graph, layout, pairs)
         suffix = output.suffix.lower()
         if suffix == ".html":
-            buffer = io.StringIO()
-            figure.savefig(buffer, format="svg")
-            output.write_text(_html_page(graph, buffer.getvalue()), encoding="utf-8")
+            output.write_text(_html_page(graph, _svg_of(figure)), encoding="utf-8")
         else:
             figure.savefig(output, format=suffix[1:], dpi=_DPI)
     return PlotSummary(
@@ -163,6 +172,35 @@ def render(
         not_placed=len(graph.nodes) - len(layout.positions),
         workflow_snapshots=len(graph.workflow_snapshots),
     )
+
+
+def svg_text(
+    graph: RunGraph, *, time_axis: TimeAxis = "wallclock", pairs: bool = True
+) -> str:
+    """A run's timeline as an SVG document (the ``<svg>`` element and what follows).
+
+    Not safe to call from several threads at once: matplotlib's settings are
+    global, so callers that draw from threads take turns.
+
+    Raises:
+        PlotDependencyError: matplotlib is missing.
+        ConfigurationError: unknown time axis.
+    """
+    if time_axis not in TIME_AXES:
+        raise ConfigurationError(
+            f"time axis must be one of {', '.join(TIME_AXES)}, not {time_axis!r}"
+        )
+    _matplotlib()
+    with _svg_text_as_text():
+        svg = _svg_of(_draw(graph, TimelineLayout(graph, time_axis), pairs))
+    start = svg.find("<svg")
+    return svg[start:] if start >= 0 else svg
+
+
+def _svg_of(figure: Figure) -> str:
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg")
+    return buffer.getvalue()
 
 
 def _matplotlib() -> Any:
@@ -185,8 +223,24 @@ def _svg_text_as_text() -> Iterator[None]:
         yield
 
 
-class _Layout:
-    """Where lanes, groups and nodes go."""
+class TimelineLayout:
+    """Where lanes, groups and nodes go: the data a timeline is drawn from.
+
+    Attributes:
+        time_axis: ``wallclock`` or ``simulation``.
+        lanes: The instances, one lane each, top to bottom.
+        lane_of: Each instance's lane.
+        groups: (component, first lane, last lane), in model order.
+        start: Where the axis starts: 0 s on the wallclock axis, the earliest
+            simulation time otherwise.
+        end: The latest time of a snapshot the run took itself.
+        positions: Per node id, its (time, lane); nodes without a time on the
+            axis are left out.
+        resumed_copies: Per node id of a resumed instance's copy of the snapshot
+            it resumed from, the run it was resumed from (see
+            :attr:`RunGraph.resumed_copies`). On the wallclock axis these stand
+            at ``start``: their own wallclock time is the earlier run's clock.
+    """
 
     def __init__(self, graph: RunGraph, time_axis: TimeAxis) -> None:
         self.time_axis = time_axis
@@ -200,13 +254,27 @@ class _Layout:
                 self.groups[-1] = (name, first, index)
             else:
                 self.groups.append((component, index, index))
+        self.resumed_copies = {
+            node_id: run
+            for node_id, run in graph.resumed_copies.items()
+            if node_id in graph.nodes
+        }
+        # A copy's wallclock time is the earlier run's: it takes up the start.
+        at_start = time_axis == "wallclock"
         times = [
             time
             for node in graph.nodes.values()
-            if not node.is_restart
+            if not node.is_restart and not (at_start and node.id in self.resumed_copies)
             for time in [self._time(node)]
             if time is not None
         ]
+        if time_axis == "simulation":
+            times += [
+                time
+                for node_id in self.resumed_copies
+                for time in [self._time(graph.nodes[node_id])]
+                if time is not None
+            ]
         # Restart nodes stand for "from scratch": at the start of the axis.
         self.start = 0.0 if time_axis == "wallclock" else min(times, default=0.0)
         self.end = max(times, default=self.start + 1.0)
@@ -214,7 +282,10 @@ class _Layout:
         for node in graph.nodes.values():
             if node.instance not in self.lane_of:
                 continue
-            time = self.start if node.is_restart else self._time(node)
+            if node.is_restart or (at_start and node.id in self.resumed_copies):
+                time: float | None = self.start
+            else:
+                time = self._time(node)
             if time is not None:
                 self.positions[node.id] = (time, self.lane_of[node.instance])
 
@@ -228,7 +299,7 @@ class _Layout:
         return time
 
 
-def _draw(graph: RunGraph, layout: _Layout, pairs: bool) -> Figure:
+def _draw(graph: RunGraph, layout: TimelineLayout, pairs: bool) -> Figure:
     from matplotlib.collections import LineCollection
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -279,8 +350,14 @@ def _draw(graph: RunGraph, layout: _Layout, pairs: bool) -> Figure:
             if lower in layout.positions and higher in layout.positions
         ]
         if segments:
+            # Visible at a glance, yet lighter where thousands would cover all.
+            crowded = len(segments) > _CROWDED_PAIRS
             collection = LineCollection(
-                segments, colors="#9a9a9a", linewidths=0.5, alpha=0.45, zorder=1
+                segments,
+                colors=_PAIR_COLOR,
+                linewidths=0.7 if crowded else 1.2,
+                alpha=0.35 if crowded else 0.7,
+                zorder=1,
             )
             collection.set_gid("consistent-pairs")
             axes.add_collection(collection)
@@ -306,6 +383,7 @@ def _draw(graph: RunGraph, layout: _Layout, pairs: bool) -> Figure:
         )
         line.set_gid(f"workflow-snapshot-{snapshot.id}")
 
+    copies = layout.resumed_copies
     for active in (False, True):
         for kind, marker in (("intermediate", "o"), ("final", "s")):
             chosen = [
@@ -313,6 +391,7 @@ def _draw(graph: RunGraph, layout: _Layout, pairs: bool) -> Figure:
                 for node in graph.nodes.values()
                 if node.id in layout.positions
                 and not node.is_restart
+                and node.id not in copies
                 and node.active == active
                 and (node.is_final == (kind == "final"))
             ]
@@ -329,6 +408,50 @@ def _draw(graph: RunGraph, layout: _Layout, pairs: bool) -> Figure:
                 linewidths=0.4,
                 zorder=4,
             )
+            resent = [
+                node
+                for node in graph.nodes.values()
+                if node.id in layout.positions
+                and node.id in copies
+                and node.active == active
+                and (node.is_final == (kind == "final"))
+            ]
+            if resent:
+                drawn = axes.scatter(
+                    [layout.positions[node.id][0] for node in resent],
+                    [layout.positions[node.id][1] for node in resent],
+                    s=marker_size * 1.6,
+                    marker=marker,
+                    facecolors="white",
+                    edgecolors=[
+                        colors[split_instance(node.instance)[0]] for node in resent
+                    ],
+                    alpha=1.0 if active else 0.45,
+                    linewidths=1.3,
+                    zorder=5,
+                )
+                drawn.set_gid(f"resumed-copies-{'active' if active else 'retired'}")
+    for run in sorted(set(copies.values())):
+        lanes = sorted(
+            layout.positions[node_id][1]
+            for node_id, source in copies.items()
+            if source == run and node_id in layout.positions
+        )
+        if not lanes:
+            continue
+        label = axes.annotate(
+            f"resumed from run {run}",
+            xy=(layout.start, lanes[0]),
+            xytext=(8, 0),
+            textcoords="offset points",
+            ha="left",
+            va="center",
+            fontsize=max(font_size, 7.0),
+            color="#333333",
+            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "#999999"},
+            zorder=6,
+        )
+        label.set_gid(f"resumed-from-run-{run}")
     for active in (False, True):
         restarts = [
             node
@@ -361,6 +484,11 @@ def _draw(graph: RunGraph, layout: _Layout, pairs: bool) -> Figure:
     )
     if not_placed:
         title += f" ({not_placed} without {layout.time_axis} time not shown)"
+    if graph.total_nodes > len(graph.nodes):
+        title += (
+            f"; only the newest {len(graph.nodes):,} of its"
+            f" {graph.total_nodes:,} nodes drawn"
+        )
     axes.set_title(title, fontsize=10, loc="left")
     axes.legend(
         handles=_legend_handles(Line2D),
@@ -417,7 +545,19 @@ def _legend_handles(line_class: Any) -> list[Any]:
             markeredgecolor="#555555",
             label="restart node",
         ),
-        line_class([], [], color="#9a9a9a", linewidth=0.8, label="consistent pair"),
+        line_class(
+            [],
+            [],
+            marker="o",
+            linestyle="",
+            markerfacecolor="white",
+            markeredgecolor="#555555",
+            markeredgewidth=1.3,
+            label="resumed from (re-sent copy)",
+        ),
+        line_class(
+            [], [], color=_PAIR_COLOR, linewidth=1.2, alpha=0.7, label="consistent pair"
+        ),
         line_class([], [], color="#1f77b4", linewidth=1.1, label="workflow snapshot"),
         line_class(
             [], [], color="#d62728", linewidth=2.4, label="newest workflow snapshot"

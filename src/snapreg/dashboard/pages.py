@@ -1,0 +1,503 @@
+"""What each dashboard page shows, read from the database: plain data, no web.
+
+:class:`DashboardData` opens the database once, read-only, the way every reader
+does (:class:`~snapreg.storage.readonly.ReadOnlyStore`, and
+:class:`~snapreg.tools.reader.DatabaseReader` for the campaign summaries and the
+resume files), and gathers each page from the library's read-only tools: the runs
+and their status from the reader, whether a workflow snapshot can be resumed from
+:func:`~snapreg.tools.restart_points.resumability`, why there is no newer one from
+:func:`~snapreg.tools.explain.explain`, the timeline from
+:func:`~snapreg.tools.plot.svg_text`, what ``gc --keep N`` would free from
+:func:`~snapreg.tools.gc.plan_cleanup`.
+
+A page must load in well under a second on a campaign with a million retired
+nodes, so what grows with the history is bounded or kept apart: a page lists the
+newest workflow snapshots of a run (:data:`SNAPSHOTS_SHOWN`), explains the run
+from its active nodes only, draws only the newest nodes of a run
+(:data:`TIMELINE_NODES`), and the disk figures, which ``stat`` every snapshot
+file of the campaign, are a part of their own that the page fetches after it is
+shown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import PurePath
+from typing import TypeVar
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from snapreg.errors import NotFoundError
+from snapreg.rules.snapshot import WorkflowSnapshot
+from snapreg.storage import queries, schema
+from snapreg.storage.readonly import Closing, ReadOnlyStore
+from snapreg.tools.campaigns import CampaignSummary, RunSummary
+from snapreg.tools.explain import explain
+from snapreg.tools.explain_output import explanation_lines
+from snapreg.tools.gc import CleanupPlan, plan_cleanup
+from snapreg.tools.plot import TimeAxis, svg_text
+from snapreg.tools.reader import DatabaseReader
+from snapreg.tools.restart_points import (
+    FileChecker,
+    Resumability,
+    newest_resumable,
+    resumability,
+)
+from snapreg.tools.run_graph import RunGraph, read_run_graph
+
+_T = TypeVar("_T")
+
+#: Workflow snapshots listed per run, newest first.
+SNAPSHOTS_SHOWN = 50
+#: At most this many of a run's newest nodes are drawn, besides its active ones.
+TIMELINE_NODES = 3000
+#: Rendered timelines kept, by run and state.
+_TIMELINES_KEPT = 16
+#: Disk figures kept, by campaign and keep.
+_DISKS_KEPT = 16
+
+
+@dataclass(frozen=True)
+class RestartPoint:
+    """A workflow snapshot as the pages show it.
+
+    Attributes:
+        id: Its id.
+        run: The number of its run.
+        path: Its yMMSL file.
+        created_at: When it was found (UTC).
+    """
+
+    id: int
+    run: int
+    path: str
+    created_at: datetime
+
+    @property
+    def file_name(self) -> str:
+        """The file's name without its folder."""
+        return PurePath(self.path).name
+
+
+@dataclass(frozen=True)
+class RestartPoints:
+    """Where a campaign can resume from.
+
+    Attributes:
+        newest: Its newest workflow snapshot; None when it has none.
+        problems: Why the newest cannot be resumed from, one line each; empty
+            when it can.
+        newest_resumable: The newest workflow snapshot that can be resumed from,
+            when that is not the newest; None when it is, or when none can.
+        searched: How many workflow snapshots were checked, newest first, to
+            find it (all of them when none can be resumed from).
+    """
+
+    newest: RestartPoint | None
+    problems: tuple[str, ...]
+    newest_resumable: RestartPoint | None
+    searched: int
+
+    @property
+    def resumable(self) -> bool:
+        """Whether the newest workflow snapshot can be resumed from."""
+        return self.newest is not None and not self.problems
+
+
+@dataclass(frozen=True)
+class CampaignPage:
+    """One campaign: its runs and where it can resume from."""
+
+    summary: CampaignSummary
+    restart: RestartPoints
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    """One workflow snapshot in a run's table.
+
+    Attributes:
+        point: The workflow snapshot.
+        members: Its members as ``instance #num`` (``instance (restart)`` for a
+            restart node), by instance.
+        problems: Why it cannot be resumed from; empty when it can.
+    """
+
+    point: RestartPoint
+    members: tuple[str, ...]
+    problems: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One run: its summary, its newest workflow snapshots and ``explain``.
+
+    Attributes:
+        campaign: The campaign's summary.
+        run: The run's.
+        snapshots: Its newest workflow snapshots, newest first.
+        snapshot_count: How many it has.
+        explanation: ``snapreg explain``'s answer, line by line.
+        up_to_date: Whether every instance's newest snapshot is in the run's
+            newest workflow snapshot.
+        blocking: The instances whose newest snapshot has a peer without any
+            consistent one: those that hold back a newer workflow snapshot.
+    """
+
+    campaign: CampaignSummary
+    run: RunSummary
+    snapshots: tuple[SnapshotRow, ...]
+    snapshot_count: int
+    explanation: tuple[str, ...]
+    up_to_date: bool
+    blocking: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    """The disk a campaign's instance snapshot files take, and what gc would free.
+
+    Attributes:
+        campaign: The campaign.
+        files: Distinct snapshot files its nodes name that are there now.
+        bytes: Their size.
+        missing: Files its nodes name that are not there (deleted or lost).
+        plan: What ``snapreg gc --keep N`` would delete.
+        computed_at: When this was computed (UTC).
+    """
+
+    campaign: str
+    files: int
+    bytes: int
+    missing: int
+    plan: CleanupPlan
+    computed_at: datetime
+
+
+class DashboardData(Closing):
+    """Every page's data, read from one database, read-only."""
+
+    def __init__(self, database_url: str) -> None:
+        """Open the database for reading; never create or change it.
+
+        Raises:
+            ConfigurationError: a URL that is not usable for reading.
+            NotFoundError: no database, or no snapreg schema, there.
+            SchemaVersionError: a schema this snapreg does not read.
+            StorageUnavailableError: the database cannot be reached.
+        """
+        self.database_url = database_url
+        self._reader = DatabaseReader(database_url)
+        try:
+            self._store = ReadOnlyStore(database_url, check_schema=True)
+        except BaseException:
+            self._reader.close()
+            raise
+        self.location = self._store.location
+        # matplotlib's settings are global: one timeline is drawn at a time
+        self._drawing = threading.Lock()
+        self._timelines: OrderedDict[tuple[object, ...], str] = OrderedDict()
+        self._measuring = threading.Lock()
+        self._disks: dict[tuple[str, int], tuple[str, DiskUsage]] = {}
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self._reader.close()
+        self._store.close()
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> str:
+        """A short token that changes whenever what the pages show may change.
+
+        A new node, workflow snapshot, run, campaign or recorded deletion, a
+        writer that comes, goes or shows a sign of life: five cheap queries,
+        fit to be asked every second or two.
+        """
+
+        def read(session: Session) -> str:
+            parts: list[object] = [
+                session.scalar(select(func.max(schema.SnapshotNodeRow.id))),
+                session.scalar(select(func.max(schema.WorkflowSnapshotRow.id))),
+                session.scalar(select(func.max(schema.DeletedSnapshotFileRow.id))),
+                session.scalar(select(func.max(schema.CampaignRow.id))),
+            ]
+            run = schema.RunRow
+            parts.extend(
+                session.execute(
+                    select(
+                        run.id,
+                        run.writer_token,
+                        run.writer_heartbeat_at,
+                    ).order_by(run.id)
+                ).all()
+            )
+            return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
+
+        return self._read(read)
+
+    # -------------------------------------------------------------- campaigns
+
+    def campaigns(self) -> list[tuple[CampaignSummary, RestartPoints]]:
+        """Every campaign with its runs and where it can resume from, by name."""
+        return [
+            (summary, self._read(partial(_restart_points, name=summary.name)))
+            for summary in self._reader.campaigns()
+        ]
+
+    def campaign(self, name: str) -> CampaignPage:
+        """One campaign's page.
+
+        Raises:
+            NotFoundError: no such campaign.
+        """
+        summary = self._summary(name)
+        return CampaignPage(summary, self._read(lambda s: _restart_points(s, name)))
+
+    def run(
+        self, name: str, number: int, summary: CampaignSummary | None = None
+    ) -> RunPage:
+        """One run's page: its newest workflow snapshots and ``explain``.
+
+        Args:
+            name: The campaign.
+            number: The run's number.
+            summary: The campaign's summary, when the caller has just read it.
+
+        Raises:
+            NotFoundError: no such campaign or run.
+        """
+        summary = summary or self._summary(name)
+        found = [run for run in summary.runs if run.number == number]
+        if not found:
+            raise NotFoundError(f"campaign {name!r} has no run {number}")
+
+        def read(session: Session) -> RunPage:
+            campaign_id = queries.campaign_row(session, name).id
+            snapshots, count = _run_snapshots(session, campaign_id, name, number)
+            graph = read_run_graph(session, name, run=number, active_only=True)
+            explanation = explain(graph)
+            return RunPage(
+                campaign=summary,
+                run=found[0],
+                snapshots=snapshots,
+                snapshot_count=count,
+                explanation=tuple(explanation_lines(explanation)),
+                up_to_date=explanation.up_to_date,
+                blocking=tuple(
+                    item.instance
+                    for item in explanation.instances
+                    if item.blocking_peers and not item.node.is_restart
+                ),
+            )
+
+        return self._read(read)
+
+    def timeline(self, name: str, number: int, time_axis: TimeAxis) -> str:
+        """A run's timeline as SVG, the newest :data:`TIMELINE_NODES` nodes drawn.
+
+        Drawn once per state of the run: kept until it registers more.
+
+        Raises:
+            NotFoundError: no such campaign or run.
+        """
+
+        def read(session: Session) -> tuple[tuple[object, ...], RunGraph]:
+            graph = read_run_graph(session, name, run=number, newest=TIMELINE_NODES)
+            key = (
+                name,
+                number,
+                time_axis,
+                max(graph.nodes, default=0),
+                len(graph.nodes),
+                sum(1 for node in graph.nodes.values() if node.active),
+                len(graph.workflow_snapshots),
+            )
+            return key, graph
+
+        with self._drawing:
+            key, graph = self._read(read)
+            svg = self._timelines.get(key)
+            if svg is None:
+                svg = svg_text(graph, time_axis=time_axis)
+                self._timelines[key] = svg
+                while len(self._timelines) > _TIMELINES_KEPT:
+                    self._timelines.popitem(last=False)
+            self._timelines.move_to_end(key)
+            return svg
+
+    def disk(self, name: str, keep: int, *, again: bool = False) -> DiskUsage:
+        """The disk the campaign's snapshot files take, and what gc would free.
+
+        Stats every snapshot file the campaign's nodes name, and works out gc's
+        plan: tens of seconds for a million. So it is worked out once per state
+        of the database (:meth:`state`), unless asked ``again`` (files can come
+        and go without the database knowing), and one at a time: a request
+        that comes while it is being worked out waits for that answer.
+
+        Raises:
+            NotFoundError: no such campaign.
+            ConfigurationError: ``keep`` below 1.
+        """
+        with self._measuring:
+            state = self.state()
+            kept = self._disks.get((name, keep))
+            if kept is not None and kept[0] == state and not again:
+                return kept[1]
+            usage = self._measure(name, keep)
+            self._disks[(name, keep)] = (state, usage)
+            while len(self._disks) > _DISKS_KEPT:
+                del self._disks[next(iter(self._disks))]
+            return usage
+
+    def _measure(self, name: str, keep: int) -> DiskUsage:
+        plan = plan_cleanup(self.database_url, name, keep)
+
+        def read(session: Session) -> list[str]:
+            node = schema.SnapshotNodeRow
+            run = schema.RunRow
+            campaign_id = queries.campaign_row(session, name).id
+            return list(
+                session.scalars(
+                    select(node.snapshot_filename)
+                    .distinct()
+                    .join(run, run.id == node.run_id)
+                    .where(
+                        run.campaign_id == campaign_id,
+                        node.is_restart.is_(False),
+                        node.snapshot_filename != "",
+                    )
+                )
+            )
+
+        checker = FileChecker()
+        files = total = missing = 0
+        for path in self._read(read):
+            size = checker.size(path)
+            if size is None:
+                missing += 1
+            else:
+                files += 1
+                total += size
+        return DiskUsage(name, files, total, missing, plan, datetime.now(timezone.utc))
+
+    # ------------------------------------------------------- workflow snapshots
+
+    def workflow_snapshot(self, snapshot_id: int) -> WorkflowSnapshot:
+        """One workflow snapshot by id.
+
+        Raises:
+            NotFoundError: no such workflow snapshot.
+        """
+        return self._reader.workflow_snapshot(snapshot_id)
+
+    def resume_text(self, snapshot: WorkflowSnapshot, *, with_config: bool) -> str:
+        """The yMMSL that resumes from a workflow snapshot (see ``snapreg export``).
+
+        Raises:
+            NotFoundError: its run is gone.
+            ConfigurationError: the stored configuration cannot be read back.
+        """
+        return self._reader.resume_text(snapshot, with_config=with_config)
+
+    # -------------------------------------------------------------- plumbing
+
+    def _summary(self, name: str) -> CampaignSummary:
+        for summary in self._reader.campaigns():
+            if summary.name == name:
+                return summary
+        raise NotFoundError(f"no campaign {name!r} in {self.location}")
+
+    def _read(self, work: Callable[[Session], _T]) -> _T:
+        return self._store.read(work)
+
+
+def _point(snapshot: WorkflowSnapshot) -> RestartPoint:
+    return RestartPoint(
+        snapshot.id,
+        snapshot.run,
+        str(snapshot.path) if snapshot.path is not None else "",
+        snapshot.created_at,
+    )
+
+
+def _problems(found: Resumability) -> tuple[str, ...]:
+    return tuple(problem.describe() for problem in found.problems)
+
+
+def _restart_points(session: Session, name: str) -> RestartPoints:
+    """The campaign's newest workflow snapshot, whether it can be resumed from, and
+    the newest one that can when it cannot (:func:`newest_resumable`)."""
+    campaign_id = queries.campaign_row(session, name).id
+    fallback = newest_resumable(session, campaign_id, name)
+    newest = (
+        fallback.skipped[0].workflow_snapshot_id
+        if fallback.skipped
+        else fallback.chosen
+    )
+    if newest is None:
+        return RestartPoints(None, (), None, 0)
+    wanted = [newest] if fallback.chosen is None else [newest, fallback.chosen]
+    snapshot = schema.WorkflowSnapshotRow
+    run = schema.RunRow
+    points = {
+        row[0]: RestartPoint(*row)
+        for row in session.execute(
+            select(snapshot.id, run.number, snapshot.path, snapshot.created_at)
+            .join(run, run.id == snapshot.run_id)
+            .where(snapshot.id.in_(wanted))
+        )
+    }
+    if not fallback.skipped:
+        return RestartPoints(points[newest], (), None, 1)
+    return RestartPoints(
+        points[newest],
+        _problems(fallback.skipped[0]),
+        None if fallback.chosen is None else points[fallback.chosen],
+        len(fallback.skipped) + (fallback.chosen is not None),
+    )
+
+
+def _run_snapshots(
+    session: Session, campaign_id: int, name: str, number: int
+) -> tuple[tuple[SnapshotRow, ...], int]:
+    """A run's newest :data:`SNAPSHOTS_SHOWN` workflow snapshots, and its count."""
+    snapshot = schema.WorkflowSnapshotRow
+    run = schema.RunRow
+    run_id = session.scalar(
+        select(run.id).where(run.campaign_id == campaign_id, run.number == number)
+    )
+    count = session.scalar(
+        select(func.count()).select_from(snapshot).where(snapshot.run_id == run_id)
+    )
+    ids = list(
+        session.scalars(
+            select(snapshot.id)
+            .where(snapshot.run_id == run_id)
+            .order_by(snapshot.id.desc())
+            .limit(SNAPSHOTS_SHOWN)
+        )
+    )
+    found = queries.workflow_snapshots(session, campaign_id, name, ids=ids)
+    checked = resumability(session, campaign_id, ids)
+    rows = tuple(
+        SnapshotRow(
+            _point(item),
+            tuple(
+                f"{node.instance} (restart)"
+                if node.is_restart
+                else f"{node.instance} #{node.num}"
+                for node in item.nodes
+            ),
+            _problems(checked[item.id]),
+        )
+        for item in reversed(found)
+    )
+    return rows, count or 0
