@@ -35,12 +35,21 @@ most one batch of deleted files unrecorded.
 
 Which files may go, file by file, and the unlinking itself, are
 :mod:`snapreg.tools.gc_safety`'s business.
+
+A manager that cleans up as its run goes (``snapreg manage --keep``, see
+:mod:`snapreg.tools.retention`) plans with a :class:`LiveRun`, which keeps more
+on top of these rules, never less: every file of an active node of its own run
+and of every run that has a writer (after ``--resume-latest --force`` two
+managers write, and the newest run is only one of them), every file its
+configuration resumes from (its instances may not have loaded them yet), and
+every file a member of a workflow snapshot names whose rows have committed but
+whose file the registry has not written yet.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -67,6 +76,31 @@ from snapreg.tools.reader import campaign_name
 
 #: Files unlinked before their rows are recorded in one transaction.
 RECORD_BATCH = 200
+
+# SQLite accepts 32766 bound parameters per statement; stay well below.
+_IN_LIST_CHUNK = 10_000
+
+
+@dataclass(frozen=True)
+class LiveRun:
+    """What a manager that cleans up as its run goes still needs beyond gc's rules.
+
+    Attributes:
+        run: The number of its run: every file of its active nodes is kept,
+            whether or not it is the campaign's newest run, and so are those of
+            every other run with a writer (its writer token set).
+        resume_files: The instance snapshot files its configuration resumes
+            from: kept, as its instances may not have loaded them yet.
+        unwritten: Asked once the plan's rows have been read: the workflow
+            snapshot files (as their rows record them) that the registry has
+            not written yet. Every file a member of those workflow snapshots
+            names is kept. Asked after the read, so that a workflow snapshot the
+            read saw committed is among them unless its file was written.
+    """
+
+    run: int
+    resume_files: Collection[str] = ()
+    unwritten: Callable[[], Collection[Path]] = frozenset
 
 
 @dataclass(frozen=True)
@@ -126,6 +160,8 @@ class CleanupPlan:
             by snapreg gc).
         broken_workflow_snapshots: Older workflow snapshots that name a file in
             ``deletable``: they can no longer be resumed from once it is gone.
+        live_run: The run of the manager that planned it (see
+            :class:`LiveRun`), None for ``snapreg gc``.
         reason: What each deletion row will say.
     """
 
@@ -138,13 +174,22 @@ class CleanupPlan:
     refused: list[RefusedFile] = field(default_factory=list)
     missing: list[SnapshotFileEntry] = field(default_factory=list)
     broken_workflow_snapshots: list[int] = field(default_factory=list)
+    live_run: int | None = None
 
     @property
     def reason(self) -> str:
         """What the deletion rows say."""
+        if self.live_run is None:
+            return (
+                f"snapreg gc --keep {self.keep}: needed by none of the newest"
+                f" {self.keep} workflow snapshots nor an active node of the newest"
+                " run"
+            )
         return (
-            f"snapreg gc --keep {self.keep}: needed by none of the newest"
-            f" {self.keep} workflow snapshots nor an active node of the newest run"
+            f"snapreg manage --keep {self.keep} (run {self.live_run}): needed by"
+            f" none of the newest {self.keep} workflow snapshots, nor an active"
+            " node of the newest run or of a run being written, nor a workflow"
+            " snapshot whose file is being written, nor the run's resume files"
         )
 
     @property
@@ -172,13 +217,20 @@ class CleanupResult:
         return sum(entry.bytes for entry in self.deleted)
 
 
-def plan_cleanup(database_url: str, campaign: str | None, keep: int) -> CleanupPlan:
+def plan_cleanup(
+    database_url: str,
+    campaign: str | None,
+    keep: int,
+    *,
+    live: LiveRun | None = None,
+) -> CleanupPlan:
     """Work out which instance snapshot files can go; change nothing.
 
     Args:
         database_url: SQLAlchemy URL of the database.
         campaign: The campaign; None for the only one there is.
         keep: How many of the newest workflow snapshots to keep, at least 1.
+        live: What a running manager of the campaign needs kept too.
 
     Raises:
         ConfigurationError: ``keep`` below 1.
@@ -190,7 +242,7 @@ def plan_cleanup(database_url: str, campaign: str | None, keep: int) -> CleanupP
     with ReadOnlyStore(database_url, check_schema=True) as store:
         facts = store.read(
             lambda session: _read(
-                session, campaign_name(session, campaign, store.location), keep
+                session, campaign_name(session, campaign, store.location), keep, live
             )
         )
     return _plan(facts, database_files(database_url))
@@ -253,16 +305,17 @@ class _Facts:
     entries: list[SnapshotFileEntry]
     already_deleted: set[str]
     files_of_workflow_snapshots: dict[int, set[str]]
+    live_run: int | None
 
 
-def _read(session: Session, campaign: str, keep: int) -> _Facts:
+def _read(session: Session, campaign: str, keep: int, live: LiveRun | None) -> _Facts:
     campaign_row = queries.campaign_row(session, campaign)
     run = schema.RunRow
     node = schema.SnapshotNodeRow
     snapshot = schema.WorkflowSnapshotRow
     member = schema.WorkflowSnapshotMemberRow
     runs = session.execute(
-        select(run.id, run.number, run.snapshot_folder)
+        select(run.id, run.number, run.snapshot_folder, run.writer_token)
         .where(run.campaign_id == campaign_row.id)
         .order_by(run.number)
     ).all()
@@ -287,15 +340,27 @@ def _read(session: Session, campaign: str, keep: int) -> _Facts:
     protected: set[str] = set()
     for snapshot_id in kept:
         protected |= files_of_workflow_snapshots.get(snapshot_id, set())
-    if runs:
+    active_runs = {runs[-1].id} if runs else set()
+    if live is not None:
+        active_runs.update(
+            row.id
+            for row in runs
+            if row.number == live.run or row.writer_token is not None
+        )
+    for run_id in active_runs:
         protected.update(
             session.scalars(
                 select(node.snapshot_filename).where(
-                    node.run_id == runs[-1].id,
+                    node.run_id == run_id,
                     node.retired_at.is_(None),
                     node.is_restart.is_(False),
                 )
             )
+        )
+    if live is not None:
+        protected.update(live.resume_files)
+        protected |= _files_of_unwritten(
+            session, campaign_row.id, live, files_of_workflow_snapshots
         )
     entries: list[SnapshotFileEntry] = []
     seen: set[str] = set()
@@ -329,7 +394,32 @@ def _read(session: Session, campaign: str, keep: int) -> _Facts:
         entries=entries,
         already_deleted=already_deleted,
         files_of_workflow_snapshots=files_of_workflow_snapshots,
+        live_run=None if live is None else live.run,
     )
+
+
+def _files_of_unwritten(
+    session: Session,
+    campaign_id: int,
+    live: LiveRun,
+    files_of_workflow_snapshots: dict[int, set[str]],
+) -> set[str]:
+    """The files the members of the live run's unwritten workflow snapshots name.
+
+    ``live.unwritten`` is asked only now, after every other row was read.
+    """
+    unwritten = sorted(str(path) for path in live.unwritten())
+    snapshot = schema.WorkflowSnapshotRow
+    run = schema.RunRow
+    files: set[str] = set()
+    for chunk in queries.chunks(unwritten, _IN_LIST_CHUNK):
+        for snapshot_id in session.scalars(
+            select(snapshot.id)
+            .join(run, run.id == snapshot.run_id)
+            .where(run.campaign_id == campaign_id, snapshot.path.in_(chunk))
+        ):
+            files |= files_of_workflow_snapshots.get(snapshot_id, set())
+    return files
 
 
 def _plan(facts: _Facts, database: DatabaseFiles) -> CleanupPlan:
@@ -339,6 +429,7 @@ def _plan(facts: _Facts, database: DatabaseFiles) -> CleanupPlan:
         keep=facts.keep,
         kept_workflow_snapshots=facts.kept_workflow_snapshots,
         kept_files=len(facts.protected),
+        live_run=facts.live_run,
     )
     protected_names = {os.path.normpath(name) for name in facts.protected}
     protected_targets = {resolved(Path(name)) for name in facts.protected}
@@ -347,14 +438,16 @@ def _plan(facts: _Facts, database: DatabaseFiles) -> CleanupPlan:
     }
     going: set[str] = set()
     for entry in facts.entries:
+        present = os.path.lexists(entry.path)
+        if not present and str(entry.path) in facts.already_deleted:
+            continue  # deleted before: cheap to tell, as most are in a long run
         if (
             os.path.normpath(entry.path) in protected_names
             or resolved(entry.path) in protected_targets
         ):
             continue
-        if not os.path.lexists(entry.path):
-            if str(entry.path) not in facts.already_deleted:
-                plan.missing.append(entry)
+        if not present:
+            plan.missing.append(entry)
             continue
         refusal = refusal_of(entry.path, run_dirs.get(entry.run), database)
         if refusal is not None:
