@@ -7,6 +7,7 @@ import sys
 import click
 
 from snapreg.cli.options import (
+    count,
     database_option,
 )
 from snapreg.rules.graph import POLICIES, Policy
@@ -47,6 +48,14 @@ from snapreg.rules.graph import POLICIES, Policy
     " contains a new snapshot, as muscle_manager does (their number can grow"
     " exponentially), or only the newest one.",
 )
+@click.option(
+    "--keep",
+    type=count(1),
+    metavar="N",
+    help="Delete, as the run goes, the instance snapshot files that none of the"
+    " campaign's newest N workflow snapshots needs, by the rules of snapreg gc"
+    " --keep N --delete; default: delete nothing.",
+)
 @click.argument(
     "manager_args",
     nargs=-1,
@@ -59,12 +68,15 @@ def manage(
     resume_latest: bool,
     force: bool,
     policy: Policy,
+    keep: int | None,
     manager_args: tuple[str, ...],
 ) -> None:
     """Run muscle_manager with its snapshots kept in the database.
 
     Each start is a new run of the campaign. Workflow snapshot files are written to
     the run directory as muscle_manager writes them, and recorded in the database.
+    With --keep N, instance snapshot files that the newest N workflow snapshots do
+    not need are deleted as the run goes, and each deletion recorded.
     """
     # imported here: the other commands work without MUSCLE3 installed
     from snapreg.muscle3.manage import ManagerUsageError
@@ -79,6 +91,7 @@ def manage(
             policy=policy,
             announce=lambda line: click.echo(f"snapreg: {line}", err=True),
             force=force,
+            keep=keep,
         )
     except ManagerUsageError as err:  # snapreg manage's usage, not the manager's
         raise click.UsageError(str(err)) from err
