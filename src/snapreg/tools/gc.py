@@ -25,7 +25,12 @@ What is never touched:
   files) wherever it is, any SQLite file, and any file named like those;
 * yMMSL files (``.ymmsl``, ``.yml``, ``.yaml``);
 * files no node of the campaign names (for instance one saved by an instance just
-  now, not registered yet).
+  now, not registered yet), and files under a name gc deleted before that no node
+  registered since the deletion names (libmuscle names a file with the first free
+  number, so an instance of a run started again in the same run directory may
+  write that name anew, and register it a moment later). Nodes whose file gc
+  deleted after they registered are not looked at again, so that a pass over a
+  long campaign cleaned up as it went reads little more than the files left.
 
 Deletion is checked again file by file just before the file is unlinked, and the
 unlink itself walks down from the run directory refusing symbolic links on the
@@ -55,7 +60,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, exists, func, insert, select
 from sqlalchemy.orm import Session
 
 from snapreg.errors import ConfigurationError
@@ -303,23 +308,26 @@ class _Facts:
     folders: dict[int, str | None]  # run number: snapshot folder
     protected: set[str]
     entries: list[SnapshotFileEntry]
-    already_deleted: set[str]
+    #: the files members of workflow snapshots name, of those that name an entry
     files_of_workflow_snapshots: dict[int, set[str]]
     live_run: int | None
 
 
 def _read(session: Session, campaign: str, keep: int, live: LiveRun | None) -> _Facts:
+    """Read what the plan needs, and no more than what may still go.
+
+    Nodes whose file gc deleted after they registered are left in the database:
+    in a long campaign cleaned up as it goes, nearly all of them.
+    """
     campaign_row = queries.campaign_row(session, campaign)
     run = schema.RunRow
     node = schema.SnapshotNodeRow
     snapshot = schema.WorkflowSnapshotRow
-    member = schema.WorkflowSnapshotMemberRow
     runs = session.execute(
         select(run.id, run.number, run.snapshot_folder, run.writer_token)
         .where(run.campaign_id == campaign_row.id)
         .order_by(run.number)
     ).all()
-    run_numbers = {row.id: row.number for row in runs}
     kept = list(
         session.scalars(
             select(snapshot.id)
@@ -329,17 +337,7 @@ def _read(session: Session, campaign: str, keep: int, live: LiveRun | None) -> _
             .limit(keep)
         )
     )
-    files_of_workflow_snapshots: dict[int, set[str]] = {}
-    for snapshot_id, filename in session.execute(
-        select(member.workflow_snapshot_id, node.snapshot_filename)
-        .join(node, node.id == member.snapshot_node_id)
-        .join(run, run.id == node.run_id)
-        .where(run.campaign_id == campaign_row.id, node.is_restart.is_(False))
-    ):
-        files_of_workflow_snapshots.setdefault(snapshot_id, set()).add(filename)
-    protected: set[str] = set()
-    for snapshot_id in kept:
-        protected |= files_of_workflow_snapshots.get(snapshot_id, set())
+    protected = _files_of(session, kept)
     active_runs = {runs[-1].id} if runs else set()
     if live is not None:
         active_runs.update(
@@ -357,33 +355,13 @@ def _read(session: Session, campaign: str, keep: int, live: LiveRun | None) -> _
                 )
             )
         )
+    entries = _entries(session, campaign_row.id, {row.id: row.number for row in runs})
     if live is not None:
         protected.update(live.resume_files)
-        protected |= _files_of_unwritten(
-            session, campaign_row.id, live, files_of_workflow_snapshots
+        # asked last: see LiveRun.unwritten
+        protected |= _files_of(
+            session, _unwritten_workflow_snapshots(session, campaign_row.id, live)
         )
-    entries: list[SnapshotFileEntry] = []
-    seen: set[str] = set()
-    for node_id, run_id, instance, num, filename in session.execute(
-        select(node.id, node.run_id, node.instance, node.num, node.snapshot_filename)
-        .join(run, run.id == node.run_id)
-        .where(run.campaign_id == campaign_row.id, node.is_restart.is_(False))
-        .order_by(node.id)
-    ):
-        if not filename or filename in seen:
-            continue
-        seen.add(filename)
-        entries.append(
-            SnapshotFileEntry(
-                Path(filename), node_id, run_numbers[run_id], instance, num
-            )
-        )
-    deleted = schema.DeletedSnapshotFileRow
-    already_deleted = set(
-        session.scalars(
-            select(deleted.path).where(deleted.campaign_id == campaign_row.id)
-        )
-    )
     return _Facts(
         campaign=campaign_row.name,
         campaign_id=campaign_row.id,
@@ -392,34 +370,130 @@ def _read(session: Session, campaign: str, keep: int, live: LiveRun | None) -> _
         folders={row.number: row.snapshot_folder for row in runs},
         protected=protected,
         entries=entries,
-        already_deleted=already_deleted,
-        files_of_workflow_snapshots=files_of_workflow_snapshots,
+        files_of_workflow_snapshots=_workflow_snapshots_naming(
+            session, campaign_row.id, sorted(str(entry.path) for entry in entries)
+        ),
         live_run=None if live is None else live.run,
     )
 
 
-def _files_of_unwritten(
-    session: Session,
-    campaign_id: int,
-    live: LiveRun,
-    files_of_workflow_snapshots: dict[int, set[str]],
-) -> set[str]:
-    """The files the members of the live run's unwritten workflow snapshots name.
+def _entries(
+    session: Session, campaign_id: int, run_numbers: dict[int, int]
+) -> list[SnapshotFileEntry]:
+    """Each file a node of the campaign names, with the first node that names it.
 
-    ``live.unwritten`` is asked only now, after every other row was read.
+    A node whose file was deleted (by gc, recorded) after the node registered is
+    done with: its file is not looked at again. A file that appears again under
+    a name gc deleted is someone else's, left alone until a node registered
+    after the deletion names it (libmuscle names files with the first free
+    number, so a run started again in the same run directory reuses names).
     """
+    node = schema.SnapshotNodeRow
+    run = schema.RunRow
+    deleted = schema.DeletedSnapshotFileRow
+    rows = session.execute(
+        select(
+            node.id,
+            node.run_id,
+            node.instance,
+            node.num,
+            node.snapshot_filename,
+            node.registered_at,
+        )
+        .join(run, run.id == node.run_id)
+        .where(
+            run.campaign_id == campaign_id,
+            node.is_restart.is_(False),
+            ~exists().where(deleted.snapshot_node_id == node.id),
+        )
+        .order_by(node.id)
+    ).all()
+    # deletions recorded under another node that names the same file
+    last_deleted: dict[str, datetime] = {}
+    names = sorted({row.snapshot_filename for row in rows if row.snapshot_filename})
+    for chunk in queries.chunks(names, _IN_LIST_CHUNK):
+        for path, latest in session.execute(
+            select(deleted.path, func.max(deleted.deleted_at))
+            .where(deleted.campaign_id == campaign_id, deleted.path.in_(chunk))
+            .group_by(deleted.path)
+        ):
+            last_deleted[path] = latest
+    entries: list[SnapshotFileEntry] = []
+    seen: set[str] = set()
+    for node_id, run_id, instance, num, filename, registered_at in rows:
+        if not filename or filename in seen:
+            continue
+        gone_at = last_deleted.get(filename)
+        if gone_at is not None and gone_at >= registered_at:
+            continue  # its file went after it registered
+        seen.add(filename)
+        entries.append(
+            SnapshotFileEntry(
+                Path(filename), node_id, run_numbers[run_id], instance, num
+            )
+        )
+    return entries
+
+
+def _files_of(session: Session, workflow_snapshots: Collection[int]) -> set[str]:
+    """The files the members of these workflow snapshots name."""
+    node = schema.SnapshotNodeRow
+    member = schema.WorkflowSnapshotMemberRow
+    files: set[str] = set()
+    for chunk in queries.chunks(sorted(workflow_snapshots), _IN_LIST_CHUNK):
+        files.update(
+            session.scalars(
+                select(node.snapshot_filename)
+                .join(member, member.snapshot_node_id == node.id)
+                .where(
+                    member.workflow_snapshot_id.in_(chunk),
+                    node.is_restart.is_(False),
+                )
+            )
+        )
+    return files
+
+
+def _unwritten_workflow_snapshots(
+    session: Session, campaign_id: int, live: LiveRun
+) -> list[int]:
+    """The live run's workflow snapshots whose files are not written yet."""
     unwritten = sorted(str(path) for path in live.unwritten())
     snapshot = schema.WorkflowSnapshotRow
     run = schema.RunRow
-    files: set[str] = set()
+    found: list[int] = []
     for chunk in queries.chunks(unwritten, _IN_LIST_CHUNK):
-        for snapshot_id in session.scalars(
-            select(snapshot.id)
-            .join(run, run.id == snapshot.run_id)
-            .where(run.campaign_id == campaign_id, snapshot.path.in_(chunk))
+        found.extend(
+            session.scalars(
+                select(snapshot.id)
+                .join(run, run.id == snapshot.run_id)
+                .where(run.campaign_id == campaign_id, snapshot.path.in_(chunk))
+            )
+        )
+    return found
+
+
+def _workflow_snapshots_naming(
+    session: Session, campaign_id: int, files: list[str]
+) -> dict[int, set[str]]:
+    """The workflow snapshots a member of which names one of these files."""
+    node = schema.SnapshotNodeRow
+    member = schema.WorkflowSnapshotMemberRow
+    run = schema.RunRow
+    found: dict[int, set[str]] = {}
+    for chunk in queries.chunks(files, _IN_LIST_CHUNK):
+        for snapshot_id, filename in session.execute(
+            select(member.workflow_snapshot_id, node.snapshot_filename)
+            .join(node, node.id == member.snapshot_node_id)
+            .join(run, run.id == node.run_id)
+            .where(
+                run.campaign_id == campaign_id,
+                node.is_restart.is_(False),
+                node.snapshot_filename.in_(chunk),
+            )
         ):
-            files |= files_of_workflow_snapshots.get(snapshot_id, set())
-    return files
+            found.setdefault(snapshot_id, set()).add(filename)
+    return found
 
 
 def _plan(facts: _Facts, database: DatabaseFiles) -> CleanupPlan:
@@ -438,15 +512,12 @@ def _plan(facts: _Facts, database: DatabaseFiles) -> CleanupPlan:
     }
     going: set[str] = set()
     for entry in facts.entries:
-        present = os.path.lexists(entry.path)
-        if not present and str(entry.path) in facts.already_deleted:
-            continue  # deleted before: cheap to tell, as most are in a long run
         if (
             os.path.normpath(entry.path) in protected_names
             or resolved(entry.path) in protected_targets
         ):
             continue
-        if not present:
+        if not os.path.lexists(entry.path):
             plan.missing.append(entry)
             continue
         refusal = refusal_of(entry.path, run_dirs.get(entry.run), database)

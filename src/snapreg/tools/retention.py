@@ -17,12 +17,13 @@ Off the registration path:
   may wait the few milliseconds it holds the database's write lock, as it would
   for any other writer.)
 * At most one pass is in flight; signals that arrive meanwhile are coalesced
-  into one more pass after it. A pass reads the whole campaign (its nodes,
-  members and deletion records) and looks at the files not yet deleted, so the
-  next one starts no sooner than ``idle_factor`` times the last one's duration
-  after it (and ``min_interval`` after it): on a campaign so large that a pass
-  takes a second, retention takes at most a fifth of a core by default, and
-  files wait a few seconds longer to go.
+  into one more pass after it. A pass looks only at the nodes whose files are
+  not deleted yet (gc leaves the others in the database), but the database
+  still goes over the campaign's nodes to tell which those are; so the next
+  pass starts no sooner than ``idle_factor`` times the last one's duration
+  after it (and ``min_interval`` after it): however long a pass takes on a
+  large campaign, retention takes at most a fifth of the time of one core by
+  default, and files wait a little longer to go.
 
 Why it never deletes a file the newest ``keep`` workflow snapshots need, at any
 moment, SIGKILL included: a pass deletes only files of nodes whose rows it read
@@ -50,10 +51,9 @@ plan, after reading the rows, keeps every file those workflow snapshots'
 members name. A workflow snapshot that commits after the read is made of nodes
 that were active at the read, kept as above.
 
-One caveat, shared with ``snapreg gc``: a file deleted here and then written
-again under the same name by another instance (libmuscle reuses free names when
-a later run is started in the same run directory) and not yet registered is
-protected only once its node is registered.
+The plan reads every row in one transaction, one consistent view (WAL on
+SQLite, ``REPEATABLE READ`` on PostgreSQL), and asks for the unwritten files
+inside it, after its reads: "as read" above is one moment.
 """
 
 from __future__ import annotations
