@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick          # smaller scenarios, one repeat
     python benchmarks/run.py --only macro_micro --repeat 5
     python benchmarks/run.py --markdown out.md
+    python benchmarks/run.py --only retention --history 0 --retention 10000
 
 Every scenario replays the same generated stream of registrations into MUSCLE3's
 registry (muscle3 0.11.0, in memory, driven synchronously as in the tests, no files)
@@ -420,6 +421,57 @@ def history(url: str, retired: int) -> tuple[float, float, float, float]:
     return fresh[0], old[0], fresh[1], old[1]
 
 
+def retention_pass(url: str, steps: int) -> tuple[int, float, float, float]:
+    """How long a pass of ``snapreg manage --keep 2`` takes on a long campaign.
+
+    A macro and ten micros, ``steps`` checkpoints, every snapshot a real file in
+    a run directory laid out as MUSCLE3 lays it out.
+
+    Returns:
+        (nodes, seconds of the first pass, which deletes nearly every file,
+        seconds of a pass with nothing left to delete, the steady state of a
+        long retained run, seconds of that pass's plan alone)
+    """
+    from snapreg.tools.gc import LiveRun, delete_files, plan_cleanup
+
+    stream = macro_micro(5, num_micro=10, num_steps=steps, micro_intermediate=False)
+    with tempfile.TemporaryDirectory() as folder:
+        run_dir = Path(folder) / "run"
+        (run_dir / "snapshots").mkdir(parents=True)
+        (run_dir / "configuration.ymmsl").write_text("ymmsl_version: v0.2\n")
+        with SnapshotRegistry(
+            stream.config,
+            run_dir / "snapshots",
+            database_url=url,
+            campaign="retention",
+        ) as registry:
+            for index, (instance, data) in enumerate(stream.registrations):
+                path = run_dir / "instances" / instance / "snapshots" / f"{index}.pack"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(b"x" * 100)
+                registry.add_snapshot(
+                    instance, {**data, "snapshot_filename": str(path)}
+                )
+            live = LiveRun(
+                registry.run_number,
+                unwritten=lambda: registry.unwritten_workflow_snapshot_files,
+            )
+
+            def one_pass() -> float:
+                start = time.perf_counter()
+                plan = plan_cleanup(url, "retention", 2, live=live)
+                if plan.deletable:  # as the worker does
+                    delete_files(url, plan)
+                return time.perf_counter() - start
+
+            first = one_pass()
+            steady = one_pass()
+            start = time.perf_counter()
+            plan_cleanup(url, "retention", 2, live=live)
+            planning = time.perf_counter() - start
+    return len(stream.registrations), first, steady, planning
+
+
 # ------------------------------------------------------------------------ output
 
 
@@ -434,6 +486,12 @@ def main() -> None:
         type=int,
         default=1_000_000,
         help="retired nodes for the history scenario (0: skip)",
+    )
+    parser.add_argument(
+        "--retention",
+        type=int,
+        default=2_000,
+        help="checkpoints of the retention scenario, 11 nodes each (0: skip)",
     )
     parser.add_argument("--markdown", type=Path)
     arguments = parser.parse_args()
@@ -538,6 +596,20 @@ def main() -> None:
             f" registration vs {fresh * 1e6:.0f} fresh (×{old / fresh:.2f}); memory"
             f" allocated while opening {old_memory:.1f} MiB vs {fresh_memory:.1f} MiB"
         )
+    if arguments.retention and (not arguments.only or "retention" in arguments.only):
+        emit()
+        for backend, make_url in (("SQLite", sqlite_url), ("PostgreSQL", postgres_url)):
+            if backend == "PostgreSQL" and not use_postgres:
+                continue
+            with make_url() as url:
+                nodes, first, steady, planning = retention_pass(
+                    url, arguments.retention
+                )
+            emit(
+                f"retention ({backend}): a pass of manage --keep 2 on {nodes} nodes,"
+                f" each a file: {first:.2f} s deleting nearly all, {steady:.2f} s"
+                f" with nothing left to delete ({planning:.2f} s of it the plan)"
+            )
     if arguments.markdown:
         arguments.markdown.write_text("\n".join(lines) + "\n")
 

@@ -240,6 +240,56 @@ def test_a_folder_swapped_for_a_link_after_the_last_check_deletes_nothing(
     assert len(result.deleted) == 2
 
 
+def test_a_file_back_under_a_deleted_name_waits_for_a_node_that_names_it(
+    campaign: Campaign,
+) -> None:
+    delete_files(campaign.url, plan_cleanup(campaign.url, "gc", keep=2))
+    back = campaign.files["macro", 3]
+    assert not back.exists()
+    # libmuscle takes the first free name: a run started again in the same run
+    # directory writes this name anew, and registers it only a moment later
+    write(back, 42)
+
+    before_its_node = plan_cleanup(campaign.url, "gc", keep=2)
+
+    assert back not in {entry.path for entry in before_its_node.deletable}
+    assert back not in {entry.path for entry in before_its_node.missing}
+    assert back.read_bytes() == b"x" * 42
+
+    # once a node registered after the deletion names it, it is that node's file
+    later = [
+        {
+            name: back
+            if (name, checkpoint) == ("macro", 6)
+            else write(campaign.files[name, 5].with_name(f"{checkpoint}.pack"), 9)
+            for name in ("macro", "micro[0]", "micro[1]")
+        }
+        for checkpoint in (6, 7, 8)
+    ]
+    with SnapshotRegistry(
+        ymmsl.load(MODEL),
+        campaign.run_dir / "snapshots",
+        database_url=campaign.url,
+        campaign="gc",
+    ) as registry:
+        _register_checkpoints(registry, later, start=6)
+    engine = create_database_engine(campaign.url)
+    with engine.connect() as connection:
+        naming = list(
+            connection.scalars(
+                select(schema.SnapshotNodeRow.id)
+                .where(schema.SnapshotNodeRow.snapshot_filename == str(back))
+                .order_by(schema.SnapshotNodeRow.id)
+            )
+        )
+    engine.dispose()
+
+    after_its_node = plan_cleanup(campaign.url, "gc", keep=2)
+
+    [entry] = [entry for entry in after_its_node.deletable if entry.path == back]
+    assert len(naming) == 2 and entry.snapshot_node_id == naming[-1]
+
+
 def test_keeping_every_workflow_snapshot_keeps_every_file(
     campaign: Campaign, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -261,10 +311,10 @@ def test_keeping_every_workflow_snapshot_keeps_every_file(
 
 
 def _register_checkpoints(
-    registry: SnapshotRegistry, files: list[dict[str, Path]]
+    registry: SnapshotRegistry, files: list[dict[str, Path]], start: int = 1
 ) -> None:
     """One workflow snapshot per checkpoint; files[k] names each instance's file."""
-    for checkpoint, named in enumerate(files, start=1):
+    for checkpoint, named in enumerate(files, start=start):
         for name, path in named.items():
             counts = (
                 {"state_out": [checkpoint] * 2, "state_in": [checkpoint] * 2}

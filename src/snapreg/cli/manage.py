@@ -7,6 +7,7 @@ import sys
 import click
 
 from snapreg.cli.options import (
+    count,
     database_option,
 )
 from snapreg.rules.graph import POLICIES, Policy
@@ -54,6 +55,14 @@ from snapreg.rules.graph import POLICIES, Policy
     " contains a new snapshot, as muscle_manager does (their number can grow"
     " exponentially), or only the newest one.",
 )
+@click.option(
+    "--keep",
+    type=count(1),
+    metavar="N",
+    help="Delete, as the run goes, the instance snapshot files that none of the"
+    " campaign's newest N workflow snapshots needs, by the rules of snapreg gc"
+    " --keep N --delete; default: delete nothing.",
+)
 @click.argument(
     "manager_args",
     nargs=-1,
@@ -67,12 +76,15 @@ def manage(
     or_from_scratch: bool,
     force: bool,
     policy: Policy,
+    keep: int | None,
     manager_args: tuple[str, ...],
 ) -> None:
     """Run muscle_manager with its snapshots kept in the database.
 
     Each start is a new run of the campaign. Workflow snapshot files are written to
     the run directory as muscle_manager writes them, and recorded in the database.
+    With --keep N, instance snapshot files that the newest N workflow snapshots do
+    not need are deleted as the run goes, and each deletion recorded.
     """
     if or_from_scratch and not resume_latest:
         raise click.UsageError("--or-from-scratch goes with --resume-latest")
@@ -90,6 +102,7 @@ def manage(
             announce=lambda line: click.echo(f"snapreg: {line}", err=True),
             force=force,
             or_from_scratch=or_from_scratch,
+            keep=keep,
         )
     except ManagerUsageError as err:  # snapreg manage's usage, not the manager's
         raise click.UsageError(str(err)) from err

@@ -15,6 +15,10 @@ announced, with the reason), its ``resume:`` section is written to a yMMSL file 
 is appended to the manager's configuration files, and the new run records which
 workflow snapshot it resumed from.
 
+With ``keep``, a :class:`~snapreg.tools.retention.RetentionWorker` deletes, as the
+run goes, the instance snapshot files that ``snapreg gc --keep N --delete`` would
+delete, woken by the registry after each commit that adds workflow snapshots.
+
 MUSCLE3 is an optional dependency (the ``muscle3`` extra). Everything this
 module needs of its internals goes through :mod:`snapreg.muscle3.compat`, which
 checks that the installed release is one snapreg knows.
@@ -57,8 +61,10 @@ from snapreg.storage.engines import (
 )
 from snapreg.storage.readonly import ReadOnlyStore
 from snapreg.storage.versions import ensure_schema
+from snapreg.tools.gc import LiveRun
 from snapreg.tools.reader import DatabaseReader
 from snapreg.tools.restart_points import Fallback, FileChecker
+from snapreg.tools.retention import RetentionWorker
 
 __all__ = [
     "INSTALL_HINT",
@@ -83,6 +89,7 @@ def manage(
     announce: Announce = print,
     force: bool = False,
     or_from_scratch: bool = False,
+    keep: int | None = None,
 ) -> int:
     """Run ``muscle_manager`` with snapreg's registry; return its exit status.
 
@@ -107,6 +114,9 @@ def manage(
         or_from_scratch: With ``resume_latest``: start from scratch (and say so)
             when the campaign has workflow snapshots but none is resumable,
             instead of refusing.
+        keep: Delete, as the run goes, the instance snapshot files that none of
+            the campaign's newest ``keep`` workflow snapshots needs (the rules
+            of ``snapreg gc``); None deletes nothing.
 
     Returns:
         The manager's exit status: 0 when the simulation completed.
@@ -117,8 +127,9 @@ def manage(
         UnsupportedMuscle3Error: the installed MUSCLE3 is a release snapreg does
             not know.
         ManagerUsageError: the manager's arguments do not parse.
-        ConfigurationError: an unusable database URL, or a resume section in the
-            configuration files together with ``resume_latest``.
+        ConfigurationError: an unusable database URL, a resume section in the
+            configuration files together with ``resume_latest``, or ``keep``
+            below 1.
         WriterConflictError: ``resume_latest`` (without ``force``) while the
             campaign's newest run still has a live writer; names it.
         NotResumableError: ``resume_latest`` (without ``or_from_scratch``) when the
@@ -126,6 +137,7 @@ def manage(
         SnapregError: the database cannot be opened or has an old schema.
     """
     manager = Manager("snapreg manage")
+    retention = None if keep is None else RetentionWorker(database_url, keep)
     url = normalize_url(database_url)
     if is_memory_sqlite(url):
         raise ConfigurationError(
@@ -174,6 +186,7 @@ def manage(
                 policy=policy,
                 announce=announce,
                 cleanup=cleanup,
+                retention=retention,
             ),
             on_cleanup_error=lambda part: _logger.warning(
                 "Could not stop the manager's %s", part, exc_info=True
@@ -300,12 +313,14 @@ def _open_registry(
     policy: Policy,
     announce: Announce,
     cleanup: ExitStack,
+    retention: RetentionWorker | None,
 ) -> SnapshotRegistry:
     """Build the registry where MUSCLE3's Manager builds its in-memory one.
 
     The manager stops the worker thread (``shutdown`` and ``join``) but knows
     nothing of :meth:`SnapshotRegistry.close`, which gives up the right to write
-    the run; that is left to ``cleanup``.
+    the run; that is left to ``cleanup``, as is stopping ``retention`` (before
+    the registry is closed).
     """
     registry = SnapshotRegistry(
         configuration,
@@ -316,15 +331,37 @@ def _open_registry(
         new_run=True,
         resumed_from=resumed_from,
         policy=policy,
+        on_workflow_snapshots=None if retention is None else retention.signal,
     )
     cleanup.callback(registry.close)
+    if retention is not None:
+        retention.start(
+            registry.campaign,
+            LiveRun(
+                registry.run_number,
+                resume_files=_resume_files(configuration),
+                unwritten=lambda: registry.unwritten_workflow_snapshot_files,
+            ),
+        )
+        cleanup.callback(retention.stop)
     lineage = (
         ""
         if resumed_from is None
         else f", resumed from workflow snapshot {resumed_from}"
     )
+    kept = (
+        ""
+        if retention is None
+        else f"; keeping the files of the newest {retention.keep} workflow snapshots"
+    )
     announce(
         f"campaign {registry.campaign!r}, run {registry.run_number}{lineage};"
-        f" database {registry.database_url}"
+        f" database {registry.database_url}{kept}"
     )
     return registry
+
+
+def _resume_files(configuration: Any) -> list[str]:
+    """The instance snapshot files the configuration's ``resume`` section names."""
+    resume = getattr(configuration, "resume", None) or {}
+    return [str(path) for path in resume.values()]

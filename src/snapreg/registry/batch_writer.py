@@ -3,7 +3,9 @@
 A batch of registrations is worked out in memory first (new nodes, edges, the
 workflow snapshots they complete, the nodes those retire), then written with one
 statement per table, so a batch costs a handful of round trips and one commit. The
-workflow snapshot files are written after the commit.
+workflow snapshot files are written after the commit; the file writer hears of
+them before it (so that they count as unwritten from the moment their rows can be
+seen), and the registry's listener, if any, once they are written.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -91,12 +93,25 @@ class BatchWriter:
         policy: Policy,
         files: FileWriter,
         folder: Path | None,
+        on_workflow_snapshots: Callable[[], None] | None = None,
     ) -> None:
+        """Args:
+        store: The run's database.
+        topology: The model.
+        policy: Which workflow snapshots to find.
+        files: Writes the workflow snapshot files.
+        folder: Where they go; None writes none.
+        on_workflow_snapshots: Called after each commit that added workflow
+            snapshots, once their files are written (or wait to be), in the
+            registering thread with the store's lock held: it must return at
+            once. What it raises is logged, never the registration's.
+        """
         self._store = store
         self._run = store.opened()
         self._topology = topology
         self._policy: Policy = policy
         self._files = files
+        self._on_workflow_snapshots = on_workflow_snapshots
         self._allocator = NameAllocator(folder) if folder is not None else None
         self.graph = ActiveGraph(topology)
         # True while the in-memory graph may hold rows that never committed
@@ -137,12 +152,18 @@ class BatchWriter:
         if self._graph_stale:
             run_transaction(self._store.engine, self.load_graph)
             self._graph_stale = False
+        files: list[Path] = []
         try:
             batch = Batch(staged=staged or [])
             outcomes = [
                 self._plan(batch, instance, metadata, submission, now)
                 for instance, metadata, submission in registrations
             ]
+            files = [
+                item.path for item in batch.workflow_snapshots if item.path is not None
+            ]
+            # unwritten from before their rows can be seen until they are written
+            self._files.expect(files)
             self._store.write(
                 lambda connection: self._write_rows(connection, batch, now),
                 # only this run's writer adds nodes to it
@@ -151,6 +172,7 @@ class BatchWriter:
                 ),
             )
         except BaseException:
+            self._files.forget(files)
             # the graph holds what did not commit: reload it, now or before next use
             self._graph_stale = True
             run_transaction(self._store.engine, self.load_graph)
@@ -163,6 +185,11 @@ class BatchWriter:
                     self._files.write_workflow_snapshot(
                         item.path, item.resume, item.description
                     )
+        if batch.workflow_snapshots and self._on_workflow_snapshots is not None:
+            try:
+                self._on_workflow_snapshots()
+            except Exception:  # the registration has committed; it stands
+                _logger.warning("The workflow snapshot listener failed", exc_info=True)
         return outcomes
 
     def commit_submissions(self, batch: list[Staged]) -> Sequence[int]:

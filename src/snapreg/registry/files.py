@@ -1,7 +1,9 @@
 """Workflow snapshot files on disk: names, atomic writes, retries.
 
 The registry writes each file after its rows have committed; a file that
-cannot be written waits and is tried again (see :class:`FileWriter`).
+cannot be written waits and is tried again (see :class:`FileWriter`), and the
+files whose rows commit but that are not written yet can be asked for at any
+time, from any thread (:attr:`FileWriter.unwritten`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -23,11 +27,13 @@ class NameAllocator:
     """Hands out unused workflow snapshot file names in one folder.
 
     Names already given out are remembered for the current second, so a burst of
-    workflow snapshots does not stat a growing list of candidates each time.
+    workflow snapshots does not stat a growing list of candidates each time. The
+    names are absolute, with every symbolic link of the folder resolved, as the
+    workflow snapshot rows record them.
     """
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
+        self.folder = folder.resolve()
         self._second = ""
         self._next_suffix = 0
 
@@ -87,6 +93,11 @@ class FileWriter:
     with a warning, kept, and tried again before every later write and when the run
     ends; its row is in the database, so a registry that opens the run again
     writes it too.
+
+    The registry's writing thread tells it which files a transaction is about to
+    commit (:meth:`expect`, before the commit) and which did not commit after all
+    (:meth:`forget`); :attr:`unwritten` then holds every file whose row may have
+    committed and that is not written yet, for any thread to read.
     """
 
     def __init__(self, *, sync: bool, ymmsl_version: str = "v0.2") -> None:
@@ -97,11 +108,40 @@ class FileWriter:
         self._sync = sync
         self._ymmsl_version = ymmsl_version
         self._waiting: dict[Path, str] = {}
+        # files whose rows are committing or committed, not yet written or waiting
+        self._expected: set[Path] = set()
+        # guards both, for the threads that read unwritten
+        self._lock = threading.Lock()
 
     @property
     def waiting(self) -> list[Path]:
         """The files not written yet, oldest first."""
-        return list(self._waiting)
+        with self._lock:
+            return list(self._waiting)
+
+    @property
+    def unwritten(self) -> frozenset[Path]:
+        """Every file whose row may have committed and that is not written yet.
+
+        The files announced by :meth:`expect` and not written since, and the
+        files waiting to be tried again. Safe to read from any thread.
+        """
+        with self._lock:
+            return frozenset(self._expected).union(self._waiting)
+
+    def expect(self, paths: Iterable[Path]) -> None:
+        """Note files whose rows are about to commit: unwritten until written.
+
+        Called before the commit, so that no row is ever committed with its file
+        missing from :attr:`unwritten` until the file is written.
+        """
+        with self._lock:
+            self._expected.update(paths)
+
+    def forget(self, paths: Iterable[Path]) -> None:
+        """Drop files whose rows did not commit after all."""
+        with self._lock:
+            self._expected.difference_update(paths)
 
     def write_workflow_snapshot(
         self, path: Path, resume: dict[str, str], description: str
@@ -124,14 +164,17 @@ class FileWriter:
             except OSError as err:  # reported when it first failed
                 _logger.debug("Still cannot write %s: %s", path, err)
                 return
-            del self._waiting[path]
+            with self._lock:
+                del self._waiting[path]
             _logger.info("Wrote workflow snapshot file %s after all", path)
 
     def _write(self, path: Path, text: str) -> bool:
         try:
             write_file(path, text, sync=self._sync)
         except OSError as err:
-            self._waiting[path] = text
+            with self._lock:
+                self._waiting[path] = text
+                self._expected.discard(path)
             _logger.warning(
                 "Could not write workflow snapshot file %s (%s); %d file(s) wait to"
                 " be written, tried again with each registration and when the run"
@@ -141,6 +184,8 @@ class FileWriter:
                 len(self._waiting),
             )
             return False
+        with self._lock:
+            self._expected.discard(path)
         return True
 
 

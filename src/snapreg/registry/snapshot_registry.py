@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,7 @@ class SnapshotRegistry(threading.Thread):
         writer_timeout: float = DEFAULT_WRITER_TIMEOUT,
         policy: Policy = "all",
         clock: Clock = SYSTEM_CLOCK,
+        on_workflow_snapshots: Callable[[], None] | None = None,
     ) -> None:
         """Open (or create) a campaign's run in a database.
 
@@ -131,6 +133,13 @@ class SnapshotRegistry(threading.Thread):
             clock: Where the lease reads the time (see
                 :class:`~snapreg.registry.lease.Clock`); tests pass one they
                 advance.
+            on_workflow_snapshots: Called after every commit that added
+                workflow snapshots, once their files are written (or wait to
+                be; see :attr:`unwritten_workflow_snapshot_files`). It runs in
+                the registering thread, which waits for it, so it must return at
+                once: setting a ``threading.Event`` is the intended use (``snapreg
+                manage --keep`` wakes its retention worker so). What it raises
+                is logged and otherwise ignored.
 
         Raises:
             ConfigurationError: unusable configuration or arguments.
@@ -188,7 +197,12 @@ class SnapshotRegistry(threading.Thread):
                 setup, upgrade=upgrade, new_run=new_run, resumed_from=resumed_from
             )
             writer = BatchWriter(
-                self._store, self._topology, policy, self._files, folder
+                self._store,
+                self._topology,
+                policy,
+                self._files,
+                folder,
+                on_workflow_snapshots,
             )
             self._writer = writer
             self._registrations = Registrations(writer, self._lock, count_rules)
@@ -319,6 +333,18 @@ class SnapshotRegistry(threading.Thread):
                 session, self._run.campaign_id, self._run.campaign, self._topology
             )
         )
+
+    @property
+    def unwritten_workflow_snapshot_files(self) -> frozenset[Path]:
+        """Workflow snapshot files whose rows may have committed, not written yet.
+
+        The files of the transaction under way (from just before it commits until
+        each is written) and those waiting to be tried again (a full or read-only
+        folder). Absolute, as the rows record them. Safe to read from any thread:
+        a workflow snapshot that a reader sees committed and whose file is not
+        written yet is in the set read after it.
+        """
+        return self._files.unwritten
 
     def pending_count(self) -> int:
         """How many acknowledged submissions still wait for processing."""

@@ -25,7 +25,12 @@ What is never touched:
   files) wherever it is, any SQLite file, and any file named like those;
 * yMMSL files (``.ymmsl``, ``.yml``, ``.yaml``);
 * files no node of the campaign names (for instance one saved by an instance just
-  now, not registered yet).
+  now, not registered yet), and files under a name gc deleted before that no node
+  registered since the deletion names (libmuscle names a file with the first free
+  number, so an instance of a run started again in the same run directory may
+  write that name anew, and register it a moment later). Nodes whose file gc
+  deleted after they registered are not looked at again, so that a pass over a
+  long campaign cleaned up as it went reads little more than the files left.
 
 Deletion is checked again file by file just before the file is unlinked, and the
 unlink itself walks down from the run directory refusing symbolic links on the
@@ -35,18 +40,27 @@ most one batch of deleted files unrecorded.
 
 Which files may go, file by file, and the unlinking itself, are
 :mod:`snapreg.tools.gc_safety`'s business.
+
+A manager that cleans up as its run goes (``snapreg manage --keep``, see
+:mod:`snapreg.tools.retention`) plans with a :class:`LiveRun`, which keeps more
+on top of these rules, never less: every file of an active node of its own run
+and of every run that has a writer (after ``--resume-latest --force`` two
+managers write, and the newest run is only one of them), every file its
+configuration resumes from (its instances may not have loaded them yet), and
+every file a member of a workflow snapshot names whose rows have committed but
+whose file the registry has not written yet.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, exists, func, insert, select
 from sqlalchemy.orm import Session
 
 from snapreg.errors import ConfigurationError
@@ -67,6 +81,31 @@ from snapreg.tools.reader import campaign_name
 
 #: Files unlinked before their rows are recorded in one transaction.
 RECORD_BATCH = 200
+
+# SQLite accepts 32766 bound parameters per statement; stay well below.
+_IN_LIST_CHUNK = 10_000
+
+
+@dataclass(frozen=True)
+class LiveRun:
+    """What a manager that cleans up as its run goes still needs beyond gc's rules.
+
+    Attributes:
+        run: The number of its run: every file of its active nodes is kept,
+            whether or not it is the campaign's newest run, and so are those of
+            every other run with a writer (its writer token set).
+        resume_files: The instance snapshot files its configuration resumes
+            from: kept, as its instances may not have loaded them yet.
+        unwritten: Asked once the plan's rows have been read: the workflow
+            snapshot files (as their rows record them) that the registry has
+            not written yet. Every file a member of those workflow snapshots
+            names is kept. Asked after the read, so that a workflow snapshot the
+            read saw committed is among them unless its file was written.
+    """
+
+    run: int
+    resume_files: Collection[str] = ()
+    unwritten: Callable[[], Collection[Path]] = frozenset
 
 
 @dataclass(frozen=True)
@@ -126,6 +165,8 @@ class CleanupPlan:
             by snapreg gc).
         broken_workflow_snapshots: Older workflow snapshots that name a file in
             ``deletable``: they can no longer be resumed from once it is gone.
+        live_run: The run of the manager that planned it (see
+            :class:`LiveRun`), None for ``snapreg gc``.
         reason: What each deletion row will say.
     """
 
@@ -138,13 +179,22 @@ class CleanupPlan:
     refused: list[RefusedFile] = field(default_factory=list)
     missing: list[SnapshotFileEntry] = field(default_factory=list)
     broken_workflow_snapshots: list[int] = field(default_factory=list)
+    live_run: int | None = None
 
     @property
     def reason(self) -> str:
         """What the deletion rows say."""
+        if self.live_run is None:
+            return (
+                f"snapreg gc --keep {self.keep}: needed by none of the newest"
+                f" {self.keep} workflow snapshots nor an active node of the newest"
+                " run"
+            )
         return (
-            f"snapreg gc --keep {self.keep}: needed by none of the newest"
-            f" {self.keep} workflow snapshots nor an active node of the newest run"
+            f"snapreg manage --keep {self.keep} (run {self.live_run}): needed by"
+            f" none of the newest {self.keep} workflow snapshots, nor an active"
+            " node of the newest run or of a run being written, nor a workflow"
+            " snapshot whose file is being written, nor the run's resume files"
         )
 
     @property
@@ -172,13 +222,20 @@ class CleanupResult:
         return sum(entry.bytes for entry in self.deleted)
 
 
-def plan_cleanup(database_url: str, campaign: str | None, keep: int) -> CleanupPlan:
+def plan_cleanup(
+    database_url: str,
+    campaign: str | None,
+    keep: int,
+    *,
+    live: LiveRun | None = None,
+) -> CleanupPlan:
     """Work out which instance snapshot files can go; change nothing.
 
     Args:
         database_url: SQLAlchemy URL of the database.
         campaign: The campaign; None for the only one there is.
         keep: How many of the newest workflow snapshots to keep, at least 1.
+        live: What a running manager of the campaign needs kept too.
 
     Raises:
         ConfigurationError: ``keep`` below 1.
@@ -190,7 +247,7 @@ def plan_cleanup(database_url: str, campaign: str | None, keep: int) -> CleanupP
     with ReadOnlyStore(database_url, check_schema=True) as store:
         facts = store.read(
             lambda session: _read(
-                session, campaign_name(session, campaign, store.location), keep
+                session, campaign_name(session, campaign, store.location), keep, live
             )
         )
     return _plan(facts, database_files(database_url))
@@ -251,22 +308,26 @@ class _Facts:
     folders: dict[int, str | None]  # run number: snapshot folder
     protected: set[str]
     entries: list[SnapshotFileEntry]
-    already_deleted: set[str]
+    #: the files members of workflow snapshots name, of those that name an entry
     files_of_workflow_snapshots: dict[int, set[str]]
+    live_run: int | None
 
 
-def _read(session: Session, campaign: str, keep: int) -> _Facts:
+def _read(session: Session, campaign: str, keep: int, live: LiveRun | None) -> _Facts:
+    """Read what the plan needs, and no more than what may still go.
+
+    Nodes whose file gc deleted after they registered are left in the database:
+    in a long campaign cleaned up as it goes, nearly all of them.
+    """
     campaign_row = queries.campaign_row(session, campaign)
     run = schema.RunRow
     node = schema.SnapshotNodeRow
     snapshot = schema.WorkflowSnapshotRow
-    member = schema.WorkflowSnapshotMemberRow
     runs = session.execute(
-        select(run.id, run.number, run.snapshot_folder)
+        select(run.id, run.number, run.snapshot_folder, run.writer_token)
         .where(run.campaign_id == campaign_row.id)
         .order_by(run.number)
     ).all()
-    run_numbers = {row.id: row.number for row in runs}
     kept = list(
         session.scalars(
             select(snapshot.id)
@@ -276,49 +337,31 @@ def _read(session: Session, campaign: str, keep: int) -> _Facts:
             .limit(keep)
         )
     )
-    files_of_workflow_snapshots: dict[int, set[str]] = {}
-    for snapshot_id, filename in session.execute(
-        select(member.workflow_snapshot_id, node.snapshot_filename)
-        .join(node, node.id == member.snapshot_node_id)
-        .join(run, run.id == node.run_id)
-        .where(run.campaign_id == campaign_row.id, node.is_restart.is_(False))
-    ):
-        files_of_workflow_snapshots.setdefault(snapshot_id, set()).add(filename)
-    protected: set[str] = set()
-    for snapshot_id in kept:
-        protected |= files_of_workflow_snapshots.get(snapshot_id, set())
-    if runs:
+    protected = _files_of(session, kept)
+    active_runs = {runs[-1].id} if runs else set()
+    if live is not None:
+        active_runs.update(
+            row.id
+            for row in runs
+            if row.number == live.run or row.writer_token is not None
+        )
+    for run_id in active_runs:
         protected.update(
             session.scalars(
                 select(node.snapshot_filename).where(
-                    node.run_id == runs[-1].id,
+                    node.run_id == run_id,
                     node.retired_at.is_(None),
                     node.is_restart.is_(False),
                 )
             )
         )
-    entries: list[SnapshotFileEntry] = []
-    seen: set[str] = set()
-    for node_id, run_id, instance, num, filename in session.execute(
-        select(node.id, node.run_id, node.instance, node.num, node.snapshot_filename)
-        .join(run, run.id == node.run_id)
-        .where(run.campaign_id == campaign_row.id, node.is_restart.is_(False))
-        .order_by(node.id)
-    ):
-        if not filename or filename in seen:
-            continue
-        seen.add(filename)
-        entries.append(
-            SnapshotFileEntry(
-                Path(filename), node_id, run_numbers[run_id], instance, num
-            )
+    entries = _entries(session, campaign_row.id, {row.id: row.number for row in runs})
+    if live is not None:
+        protected.update(live.resume_files)
+        # asked last: see LiveRun.unwritten
+        protected |= _files_of(
+            session, _unwritten_workflow_snapshots(session, campaign_row.id, live)
         )
-    deleted = schema.DeletedSnapshotFileRow
-    already_deleted = set(
-        session.scalars(
-            select(deleted.path).where(deleted.campaign_id == campaign_row.id)
-        )
-    )
     return _Facts(
         campaign=campaign_row.name,
         campaign_id=campaign_row.id,
@@ -327,9 +370,130 @@ def _read(session: Session, campaign: str, keep: int) -> _Facts:
         folders={row.number: row.snapshot_folder for row in runs},
         protected=protected,
         entries=entries,
-        already_deleted=already_deleted,
-        files_of_workflow_snapshots=files_of_workflow_snapshots,
+        files_of_workflow_snapshots=_workflow_snapshots_naming(
+            session, campaign_row.id, sorted(str(entry.path) for entry in entries)
+        ),
+        live_run=None if live is None else live.run,
     )
+
+
+def _entries(
+    session: Session, campaign_id: int, run_numbers: dict[int, int]
+) -> list[SnapshotFileEntry]:
+    """Each file a node of the campaign names, with the first node that names it.
+
+    A node whose file was deleted (by gc, recorded) after the node registered is
+    done with: its file is not looked at again. A file that appears again under
+    a name gc deleted is someone else's, left alone until a node registered
+    after the deletion names it (libmuscle names files with the first free
+    number, so a run started again in the same run directory reuses names).
+    """
+    node = schema.SnapshotNodeRow
+    run = schema.RunRow
+    deleted = schema.DeletedSnapshotFileRow
+    rows = session.execute(
+        select(
+            node.id,
+            node.run_id,
+            node.instance,
+            node.num,
+            node.snapshot_filename,
+            node.registered_at,
+        )
+        .join(run, run.id == node.run_id)
+        .where(
+            run.campaign_id == campaign_id,
+            node.is_restart.is_(False),
+            ~exists().where(deleted.snapshot_node_id == node.id),
+        )
+        .order_by(node.id)
+    ).all()
+    # deletions recorded under another node that names the same file
+    last_deleted: dict[str, datetime] = {}
+    names = sorted({row.snapshot_filename for row in rows if row.snapshot_filename})
+    for chunk in queries.chunks(names, _IN_LIST_CHUNK):
+        for path, latest in session.execute(
+            select(deleted.path, func.max(deleted.deleted_at))
+            .where(deleted.campaign_id == campaign_id, deleted.path.in_(chunk))
+            .group_by(deleted.path)
+        ):
+            last_deleted[path] = latest
+    entries: list[SnapshotFileEntry] = []
+    seen: set[str] = set()
+    for node_id, run_id, instance, num, filename, registered_at in rows:
+        if not filename or filename in seen:
+            continue
+        gone_at = last_deleted.get(filename)
+        if gone_at is not None and gone_at >= registered_at:
+            continue  # its file went after it registered
+        seen.add(filename)
+        entries.append(
+            SnapshotFileEntry(
+                Path(filename), node_id, run_numbers[run_id], instance, num
+            )
+        )
+    return entries
+
+
+def _files_of(session: Session, workflow_snapshots: Collection[int]) -> set[str]:
+    """The files the members of these workflow snapshots name."""
+    node = schema.SnapshotNodeRow
+    member = schema.WorkflowSnapshotMemberRow
+    files: set[str] = set()
+    for chunk in queries.chunks(sorted(workflow_snapshots), _IN_LIST_CHUNK):
+        files.update(
+            session.scalars(
+                select(node.snapshot_filename)
+                .join(member, member.snapshot_node_id == node.id)
+                .where(
+                    member.workflow_snapshot_id.in_(chunk),
+                    node.is_restart.is_(False),
+                )
+            )
+        )
+    return files
+
+
+def _unwritten_workflow_snapshots(
+    session: Session, campaign_id: int, live: LiveRun
+) -> list[int]:
+    """The live run's workflow snapshots whose files are not written yet."""
+    unwritten = sorted(str(path) for path in live.unwritten())
+    snapshot = schema.WorkflowSnapshotRow
+    run = schema.RunRow
+    found: list[int] = []
+    for chunk in queries.chunks(unwritten, _IN_LIST_CHUNK):
+        found.extend(
+            session.scalars(
+                select(snapshot.id)
+                .join(run, run.id == snapshot.run_id)
+                .where(run.campaign_id == campaign_id, snapshot.path.in_(chunk))
+            )
+        )
+    return found
+
+
+def _workflow_snapshots_naming(
+    session: Session, campaign_id: int, files: list[str]
+) -> dict[int, set[str]]:
+    """The workflow snapshots a member of which names one of these files."""
+    node = schema.SnapshotNodeRow
+    member = schema.WorkflowSnapshotMemberRow
+    run = schema.RunRow
+    found: dict[int, set[str]] = {}
+    for chunk in queries.chunks(files, _IN_LIST_CHUNK):
+        for snapshot_id, filename in session.execute(
+            select(member.workflow_snapshot_id, node.snapshot_filename)
+            .join(node, node.id == member.snapshot_node_id)
+            .join(run, run.id == node.run_id)
+            .where(
+                run.campaign_id == campaign_id,
+                node.is_restart.is_(False),
+                node.snapshot_filename.in_(chunk),
+            )
+        ):
+            found.setdefault(snapshot_id, set()).add(filename)
+    return found
 
 
 def _plan(facts: _Facts, database: DatabaseFiles) -> CleanupPlan:
@@ -339,6 +503,7 @@ def _plan(facts: _Facts, database: DatabaseFiles) -> CleanupPlan:
         keep=facts.keep,
         kept_workflow_snapshots=facts.kept_workflow_snapshots,
         kept_files=len(facts.protected),
+        live_run=facts.live_run,
     )
     protected_names = {os.path.normpath(name) for name in facts.protected}
     protected_targets = {resolved(Path(name)) for name in facts.protected}
@@ -353,8 +518,7 @@ def _plan(facts: _Facts, database: DatabaseFiles) -> CleanupPlan:
         ):
             continue
         if not os.path.lexists(entry.path):
-            if str(entry.path) not in facts.already_deleted:
-                plan.missing.append(entry)
+            plan.missing.append(entry)
             continue
         refusal = refusal_of(entry.path, run_dirs.get(entry.run), database)
         if refusal is not None:
