@@ -432,7 +432,9 @@ def retention_pass(url: str, steps: int) -> tuple[int, float, float, float]:
         seconds of a pass with nothing left to delete, the steady state of a
         long retained run, seconds of that pass's plan alone)
     """
-    from snapreg.tools.gc import LiveRun, delete_files, plan_cleanup
+    from snapreg.tools.gc import plan_cleanup
+    from snapreg.tools.gc_delete import delete_files
+    from snapreg.tools.gc_read import LiveRun
 
     stream = macro_micro(5, num_micro=10, num_steps=steps, micro_intermediate=False)
     with tempfile.TemporaryDirectory() as folder:

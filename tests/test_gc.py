@@ -26,7 +26,8 @@ from snapreg import SnapshotRegistry
 from snapreg.storage import schema
 from snapreg.storage.engines import create_database_engine
 from snapreg.tools import gc_safety
-from snapreg.tools.gc import delete_files, plan_cleanup
+from snapreg.tools.gc import plan_cleanup
+from snapreg.tools.gc_delete import delete_files
 from snapreg.tools.reader import DatabaseReader
 from support.command_line import invoke
 from support.models import MACRO_MICRO_YMMSL

@@ -24,19 +24,15 @@ import pytest
 import ymmsl
 from sqlalchemy import select
 
-import snapreg.tools.gc
+import snapreg.tools.gc_delete
 import snapreg.tools.retention
 from snapreg import SnapshotRegistry, WorkflowSnapshot
 from snapreg.registry import files as registry_files
 from snapreg.storage import schema
 from snapreg.storage.engines import create_database_engine
-from snapreg.tools.gc import (
-    RECORD_BATCH,
-    CleanupPlan,
-    LiveRun,
-    delete_files,
-    plan_cleanup,
-)
+from snapreg.tools.gc import CleanupPlan, plan_cleanup
+from snapreg.tools.gc_delete import RECORD_BATCH, delete_files
+from snapreg.tools.gc_read import LiveRun
 from snapreg.tools.reader import DatabaseReader
 from snapreg.tools.retention import RetentionWorker
 from support import simulation
@@ -277,14 +273,14 @@ def test_registrations_go_on_while_a_pass_is_held_in_its_deletions(
     assert campaign.register(half)
     held = threading.Event()
     release = threading.Event()
-    unlink = snapreg.tools.gc.unlink_if_still_safe
+    unlink = snapreg.tools.gc_delete.unlink_if_still_safe
 
     def held_unlink(*args: Any) -> str | None:
         held.set()
         assert release.wait(PATIENCE)
         return unlink(*args)
 
-    monkeypatch.setattr(snapreg.tools.gc, "unlink_if_still_safe", held_unlink)
+    monkeypatch.setattr(snapreg.tools.gc_delete, "unlink_if_still_safe", held_unlink)
     worker.start(campaign.campaign, campaign.live())
     closing.append(worker.stop)
     closing.append(release.set)
@@ -448,15 +444,15 @@ KEEP = 2
 #: slowed down, so that a test can kill the manager in the middle of a pass.
 SLOWED_PASSES = """
 import os, sys, time
-import snapreg.tools.gc as gc
-unlink = gc.unlink_if_still_safe
+import snapreg.tools.gc_delete as gc_delete
+unlink = gc_delete.unlink_if_still_safe
 def noted_unlink(path, *args):
     problem = unlink(path, *args)
     with open({marker!r}, "a") as marker:
         marker.write(f"{{path}}\\n")
     time.sleep(0.1)
     return problem
-gc.unlink_if_still_safe = noted_unlink
+gc_delete.unlink_if_still_safe = noted_unlink
 from snapreg.cli.main import main
 main({arguments!r})
 """

@@ -27,7 +27,8 @@ from snapreg.storage import schema
 from snapreg.storage.codecs import metadata_from_row
 from snapreg.storage.readonly import ReadOnlyStore
 from snapreg.tools import verify_rows
-from snapreg.tools.gc import delete_files, plan_cleanup
+from snapreg.tools.gc import plan_cleanup
+from snapreg.tools.gc_delete import delete_files
 from snapreg.tools.restart_points import resumability
 from snapreg.tools.verify import Verification, verify_campaign
 from support.command_line import Outcome, invoke

@@ -24,7 +24,9 @@ from snapreg.cli.output import (
 )
 
 if TYPE_CHECKING:
-    from snapreg.tools.gc import CleanupPlan, CleanupResult, SnapshotFileEntry
+    from snapreg.tools.gc import CleanupPlan
+    from snapreg.tools.gc_delete import CleanupResult
+    from snapreg.tools.gc_read import SnapshotFileEntry
 
 
 # ------------------------------------------------------ explain, plot, gc, import
@@ -180,7 +182,8 @@ def gc(
     directory is refused). Each deleted file is recorded in the
     deleted_snapshot_file table.
     """
-    from snapreg.tools.gc import delete_files, plan_cleanup
+    from snapreg.tools.gc import plan_cleanup
+    from snapreg.tools.gc_delete import delete_files
 
     if dry_run and delete:
         raise click.UsageError("give either --dry-run or --delete, not both")

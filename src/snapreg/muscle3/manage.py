@@ -61,7 +61,7 @@ from snapreg.storage.engines import (
 )
 from snapreg.storage.readonly import ReadOnlyStore
 from snapreg.storage.versions import ensure_schema
-from snapreg.tools.gc import LiveRun
+from snapreg.tools.gc_read import LiveRun
 from snapreg.tools.reader import DatabaseReader
 from snapreg.tools.restart_points import Fallback, FileChecker
 from snapreg.tools.retention import RetentionWorker

@@ -396,8 +396,8 @@ class InstanceConduitRow(Base):
 class DeletedSnapshotFileRow(Base):
     """An instance snapshot file that ``snapreg gc`` deleted: what, when and why.
 
-    Written by :mod:`snapreg.tools.gc`, not by the registry: the nodes that named the
-    file stay as history, and this row says the file is gone.
+    Written by :mod:`snapreg.tools.gc_delete`, not by the registry: the nodes that
+    named the file stay as history, and this row says the file is gone.
     """
 
     __tablename__ = "deleted_snapshot_file"

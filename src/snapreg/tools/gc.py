@@ -2,9 +2,9 @@
 
 Every snapshot an instance takes is a file (MUSCLE3's ``.pack``), and a long
 campaign leaves thousands that no workflow snapshot worth resuming from needs.
-:func:`plan_cleanup` works out which can go; :func:`delete_files` deletes them and
-records each in the ``deleted_snapshot_file`` table (this module writes that table,
-never the registry's).
+:func:`plan_cleanup` works out which can go;
+:func:`~snapreg.tools.gc_delete.delete_files` deletes them and records each in the
+``deleted_snapshot_file`` table (gc writes that table, never the registry's).
 
 What is never touched:
 
@@ -38,36 +38,30 @@ way, so a folder swapped for a link in between deletes nothing elsewhere.
 Deletions are recorded in batches after; a crash between the two can leave at
 most one batch of deleted files unrecorded.
 
-Which files may go, file by file, and the unlinking itself, are
-:mod:`snapreg.tools.gc_safety`'s business.
+What the plan is made from, read in one transaction, is
+:mod:`snapreg.tools.gc_read`'s business; which files may go, file by file, and the
+unlinking itself, :mod:`snapreg.tools.gc_safety`'s; deleting and recording,
+:mod:`snapreg.tools.gc_delete`'s.
 
 A manager that cleans up as its run goes (``snapreg manage --keep``, see
-:mod:`snapreg.tools.retention`) plans with a :class:`LiveRun`, which keeps more
-on top of these rules, never less: every file of an active node of its own run
-and of every run that has a writer (after ``--resume-latest --force`` two
-managers write, and the newest run is only one of them), every file its
-configuration resumes from (its instances may not have loaded them yet), and
-every file a member of a workflow snapshot names whose rows have committed but
-whose file the registry has not written yet.
+:mod:`snapreg.tools.retention`) plans with a
+:class:`~snapreg.tools.gc_read.LiveRun`, which keeps more on top of these rules,
+never less: every file of an active node of its own run and of every run that has
+a writer (after ``--resume-latest --force`` two managers write, and the newest run
+is only one of them), every file its configuration resumes from (its instances
+may not have loaded them yet), and every file a member of a workflow snapshot
+names whose rows have committed but whose file the registry has not written yet.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import Engine, exists, func, insert, select
-from sqlalchemy.orm import Session
 
 from snapreg.errors import ConfigurationError
-from snapreg.storage import queries, schema
-from snapreg.storage.engines import create_database_engine, writer
 from snapreg.storage.readonly import ReadOnlyStore
-from snapreg.storage.transactions import run_transaction
+from snapreg.tools.gc_read import Facts, LiveRun, SnapshotFileEntry, read
 from snapreg.tools.gc_safety import (
     DatabaseFiles,
     RefusalReason,
@@ -75,58 +69,8 @@ from snapreg.tools.gc_safety import (
     refusal_of,
     resolved,
     run_directory,
-    unlink_if_still_safe,
 )
 from snapreg.tools.reader import campaign_name
-
-#: Files unlinked before their rows are recorded in one transaction.
-RECORD_BATCH = 200
-
-# SQLite accepts 32766 bound parameters per statement; stay well below.
-_IN_LIST_CHUNK = 10_000
-
-
-@dataclass(frozen=True)
-class LiveRun:
-    """What a manager that cleans up as its run goes still needs beyond gc's rules.
-
-    Attributes:
-        run: The number of its run: every file of its active nodes is kept,
-            whether or not it is the campaign's newest run, and so are those of
-            every other run with a writer (its writer token set).
-        resume_files: The instance snapshot files its configuration resumes
-            from: kept, as its instances may not have loaded them yet.
-        unwritten: Asked once the plan's rows have been read: the workflow
-            snapshot files (as their rows record them) that the registry has
-            not written yet. Every file a member of those workflow snapshots
-            names is kept. Asked after the read, so that a workflow snapshot the
-            read saw committed is among them unless its file was written.
-    """
-
-    run: int
-    resume_files: Collection[str] = ()
-    unwritten: Callable[[], Collection[Path]] = frozenset
-
-
-@dataclass(frozen=True)
-class SnapshotFileEntry:
-    """An instance snapshot file that a node of the campaign names.
-
-    Attributes:
-        path: The file, as the node names it.
-        snapshot_node_id: The (first) node that names it.
-        run: The number of that node's run.
-        instance: Its instance.
-        num: Its num.
-        bytes: The file's size (of the link itself, for a symbolic link).
-    """
-
-    path: Path
-    snapshot_node_id: int
-    run: int
-    instance: str
-    num: int
-    bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -203,25 +147,6 @@ class CleanupPlan:
         return sum(entry.bytes for entry in self.deletable)
 
 
-@dataclass(frozen=True)
-class CleanupResult:
-    """What :func:`delete_files` did.
-
-    Attributes:
-        deleted: Files deleted and recorded.
-        failed: Files that were not deleted, with the reason (e.g. they changed
-            since the plan, or the operating system refused).
-    """
-
-    deleted: list[SnapshotFileEntry]
-    failed: list[tuple[SnapshotFileEntry, str]]
-
-    @property
-    def bytes(self) -> int:
-        """Bytes freed."""
-        return sum(entry.bytes for entry in self.deleted)
-
-
 def plan_cleanup(
     database_url: str,
     campaign: str | None,
@@ -246,257 +171,14 @@ def plan_cleanup(
         raise ConfigurationError("--keep must be at least 1")
     with ReadOnlyStore(database_url, check_schema=True) as store:
         facts = store.read(
-            lambda session: _read(
+            lambda session: read(
                 session, campaign_name(session, campaign, store.location), keep, live
             )
         )
     return _plan(facts, database_files(database_url))
 
 
-def delete_files(
-    database_url: str,
-    plan: CleanupPlan,
-    *,
-    progress: Callable[[int, int], None] | None = None,
-) -> CleanupResult:
-    """Delete the plan's deletable files and record each deletion.
-
-    Each file is checked again just before it is unlinked: it must still lie
-    inside the run directories and be the plain file (or link) it was.
-
-    Raises:
-        StorageUnavailableError: the deletions cannot be recorded.
-    """
-    engine = create_database_engine(database_url)
-    database = database_files(database_url)
-    deleted: list[SnapshotFileEntry] = []
-    failed: list[tuple[SnapshotFileEntry, str]] = []
-    try:
-        run_dirs = _run_directories_by_run(engine, plan.campaign_id)
-        entries = plan.deletable
-        for start in range(0, len(entries), RECORD_BATCH):
-            batch: list[tuple[SnapshotFileEntry, datetime]] = []
-            for entry in entries[start : start + RECORD_BATCH]:
-                problem = unlink_if_still_safe(
-                    entry.path, run_dirs.get(entry.run), database
-                )
-                if problem is None:
-                    batch.append((entry, datetime.now(timezone.utc)))
-                else:
-                    failed.append((entry, problem))
-            if batch:
-                _record(engine, plan, batch)
-                deleted.extend(entry for entry, _ in batch)
-            if progress is not None:
-                progress(min(start + RECORD_BATCH, len(entries)), len(entries))
-    finally:
-        engine.dispose()
-    return CleanupResult(deleted, failed)
-
-
-# ------------------------------------------------------------------ reading
-
-
-@dataclass
-class _Facts:
-    """What the plan is made from, read in one transaction."""
-
-    campaign: str
-    campaign_id: int
-    keep: int
-    kept_workflow_snapshots: list[int]
-    folders: dict[int, str | None]  # run number: snapshot folder
-    protected: set[str]
-    entries: list[SnapshotFileEntry]
-    #: the files members of workflow snapshots name, of those that name an entry
-    files_of_workflow_snapshots: dict[int, set[str]]
-    live_run: int | None
-
-
-def _read(session: Session, campaign: str, keep: int, live: LiveRun | None) -> _Facts:
-    """Read what the plan needs, and no more than what may still go.
-
-    Nodes whose file gc deleted after they registered are left in the database:
-    in a long campaign cleaned up as it goes, nearly all of them.
-    """
-    campaign_row = queries.campaign_row(session, campaign)
-    run = schema.RunRow
-    node = schema.SnapshotNodeRow
-    snapshot = schema.WorkflowSnapshotRow
-    runs = session.execute(
-        select(run.id, run.number, run.snapshot_folder, run.writer_token)
-        .where(run.campaign_id == campaign_row.id)
-        .order_by(run.number)
-    ).all()
-    kept = list(
-        session.scalars(
-            select(snapshot.id)
-            .join(run, run.id == snapshot.run_id)
-            .where(run.campaign_id == campaign_row.id)
-            .order_by(snapshot.id.desc())
-            .limit(keep)
-        )
-    )
-    protected = _files_of(session, kept)
-    active_runs = {runs[-1].id} if runs else set()
-    if live is not None:
-        active_runs.update(
-            row.id
-            for row in runs
-            if row.number == live.run or row.writer_token is not None
-        )
-    for run_id in active_runs:
-        protected.update(
-            session.scalars(
-                select(node.snapshot_filename).where(
-                    node.run_id == run_id,
-                    node.retired_at.is_(None),
-                    node.is_restart.is_(False),
-                )
-            )
-        )
-    entries = _entries(session, campaign_row.id, {row.id: row.number for row in runs})
-    if live is not None:
-        protected.update(live.resume_files)
-        # asked last: see LiveRun.unwritten
-        protected |= _files_of(
-            session, _unwritten_workflow_snapshots(session, campaign_row.id, live)
-        )
-    return _Facts(
-        campaign=campaign_row.name,
-        campaign_id=campaign_row.id,
-        keep=keep,
-        kept_workflow_snapshots=kept,
-        folders={row.number: row.snapshot_folder for row in runs},
-        protected=protected,
-        entries=entries,
-        files_of_workflow_snapshots=_workflow_snapshots_naming(
-            session, campaign_row.id, sorted(str(entry.path) for entry in entries)
-        ),
-        live_run=None if live is None else live.run,
-    )
-
-
-def _entries(
-    session: Session, campaign_id: int, run_numbers: dict[int, int]
-) -> list[SnapshotFileEntry]:
-    """Each file a node of the campaign names, with the first node that names it.
-
-    A node whose file was deleted (by gc, recorded) after the node registered is
-    done with: its file is not looked at again. A file that appears again under
-    a name gc deleted is someone else's, left alone until a node registered
-    after the deletion names it (libmuscle names files with the first free
-    number, so a run started again in the same run directory reuses names).
-    """
-    node = schema.SnapshotNodeRow
-    run = schema.RunRow
-    deleted = schema.DeletedSnapshotFileRow
-    rows = session.execute(
-        select(
-            node.id,
-            node.run_id,
-            node.instance,
-            node.num,
-            node.snapshot_filename,
-            node.registered_at,
-        )
-        .join(run, run.id == node.run_id)
-        .where(
-            run.campaign_id == campaign_id,
-            node.is_restart.is_(False),
-            ~exists().where(deleted.snapshot_node_id == node.id),
-        )
-        .order_by(node.id)
-    ).all()
-    # deletions recorded under another node that names the same file
-    last_deleted: dict[str, datetime] = {}
-    names = sorted({row.snapshot_filename for row in rows if row.snapshot_filename})
-    for chunk in queries.chunks(names, _IN_LIST_CHUNK):
-        for path, latest in session.execute(
-            select(deleted.path, func.max(deleted.deleted_at))
-            .where(deleted.campaign_id == campaign_id, deleted.path.in_(chunk))
-            .group_by(deleted.path)
-        ):
-            last_deleted[path] = latest
-    entries: list[SnapshotFileEntry] = []
-    seen: set[str] = set()
-    for node_id, run_id, instance, num, filename, registered_at in rows:
-        if not filename or filename in seen:
-            continue
-        gone_at = last_deleted.get(filename)
-        if gone_at is not None and gone_at >= registered_at:
-            continue  # its file went after it registered
-        seen.add(filename)
-        entries.append(
-            SnapshotFileEntry(
-                Path(filename), node_id, run_numbers[run_id], instance, num
-            )
-        )
-    return entries
-
-
-def _files_of(session: Session, workflow_snapshots: Collection[int]) -> set[str]:
-    """The files the members of these workflow snapshots name."""
-    node = schema.SnapshotNodeRow
-    member = schema.WorkflowSnapshotMemberRow
-    files: set[str] = set()
-    for chunk in queries.chunks(sorted(workflow_snapshots), _IN_LIST_CHUNK):
-        files.update(
-            session.scalars(
-                select(node.snapshot_filename)
-                .join(member, member.snapshot_node_id == node.id)
-                .where(
-                    member.workflow_snapshot_id.in_(chunk),
-                    node.is_restart.is_(False),
-                )
-            )
-        )
-    return files
-
-
-def _unwritten_workflow_snapshots(
-    session: Session, campaign_id: int, live: LiveRun
-) -> list[int]:
-    """The live run's workflow snapshots whose files are not written yet."""
-    unwritten = sorted(str(path) for path in live.unwritten())
-    snapshot = schema.WorkflowSnapshotRow
-    run = schema.RunRow
-    found: list[int] = []
-    for chunk in queries.chunks(unwritten, _IN_LIST_CHUNK):
-        found.extend(
-            session.scalars(
-                select(snapshot.id)
-                .join(run, run.id == snapshot.run_id)
-                .where(run.campaign_id == campaign_id, snapshot.path.in_(chunk))
-            )
-        )
-    return found
-
-
-def _workflow_snapshots_naming(
-    session: Session, campaign_id: int, files: list[str]
-) -> dict[int, set[str]]:
-    """The workflow snapshots a member of which names one of these files."""
-    node = schema.SnapshotNodeRow
-    member = schema.WorkflowSnapshotMemberRow
-    run = schema.RunRow
-    found: dict[int, set[str]] = {}
-    for chunk in queries.chunks(files, _IN_LIST_CHUNK):
-        for snapshot_id, filename in session.execute(
-            select(member.workflow_snapshot_id, node.snapshot_filename)
-            .join(node, node.id == member.snapshot_node_id)
-            .join(run, run.id == node.run_id)
-            .where(
-                run.campaign_id == campaign_id,
-                node.is_restart.is_(False),
-                node.snapshot_filename.in_(chunk),
-            )
-        ):
-            found.setdefault(snapshot_id, set()).add(filename)
-    return found
-
-
-def _plan(facts: _Facts, database: DatabaseFiles) -> CleanupPlan:
+def _plan(facts: Facts, database: DatabaseFiles) -> CleanupPlan:
     plan = CleanupPlan(
         campaign=facts.campaign,
         campaign_id=facts.campaign_id,
@@ -542,40 +224,3 @@ def _plan(facts: _Facts, database: DatabaseFiles) -> CleanupPlan:
         if files & going
     )
     return plan
-
-
-# ------------------------------------------------------------------ deleting
-
-
-def _run_directories_by_run(engine: Engine, campaign_id: int) -> dict[int, Path | None]:
-    rows = run_transaction(
-        engine,
-        lambda session: session.execute(
-            select(schema.RunRow.number, schema.RunRow.snapshot_folder).where(
-                schema.RunRow.campaign_id == campaign_id
-            )
-        ).all(),
-    )
-    return {number: run_directory(folder) for number, folder in rows}
-
-
-def _record(
-    engine: Engine,
-    plan: CleanupPlan,
-    batch: list[tuple[SnapshotFileEntry, datetime]],
-) -> None:
-    rows: list[dict[str, Any]] = [
-        {
-            "campaign_id": plan.campaign_id,
-            "snapshot_node_id": entry.snapshot_node_id,
-            "path": str(entry.path),
-            "bytes": entry.bytes,
-            "deleted_at": deleted_at,
-            "reason": plan.reason,
-        }
-        for entry, deleted_at in batch
-    ]
-    table: Any = schema.DeletedSnapshotFileRow.__table__
-    run_transaction(
-        writer(engine), lambda session: session.execute(insert(table), rows)
-    )

@@ -5,8 +5,8 @@ signals it (:meth:`RetentionWorker.signal`, given to the registry as its
 ``on_workflow_snapshots``) after every commit that added workflow snapshots; it
 then runs the very plan of ``snapreg gc --keep N --delete`` for the campaign
 (:func:`~snapreg.tools.gc.plan_cleanup` and
-:func:`~snapreg.tools.gc.delete_files`, the same rules, the same
-``deleted_snapshot_file`` rows), with a :class:`~snapreg.tools.gc.LiveRun` that
+:func:`~snapreg.tools.gc_delete.delete_files`, the same rules, the same
+``deleted_snapshot_file`` rows), with a :class:`~snapreg.tools.gc_read.LiveRun` that
 keeps what the running manager still needs on top of them.
 
 Off the registration path:
@@ -64,7 +64,9 @@ import time
 from dataclasses import dataclass
 
 from snapreg.errors import ConfigurationError
-from snapreg.tools.gc import CleanupResult, LiveRun, delete_files, plan_cleanup
+from snapreg.tools.gc import plan_cleanup
+from snapreg.tools.gc_delete import CleanupResult, delete_files
+from snapreg.tools.gc_read import LiveRun
 
 _logger = logging.getLogger(__name__)
 
@@ -147,7 +149,8 @@ class RetentionWorker:
 
         Args:
             campaign: The campaign.
-            live: The running manager's run (see :class:`~snapreg.tools.gc.LiveRun`).
+            live: The running manager's run (see
+                :class:`~snapreg.tools.gc_read.LiveRun`).
         """
         self._campaign = campaign
         self._live = live
