@@ -17,7 +17,8 @@ import pytest
 
 from snapreg import SnapshotRegistry
 from snapreg.rules.metadata import SnapshotMetadata, coerce_metadata
-from snapreg.tools.plot import TimelineLayout, svg_text
+from snapreg.tools.plot import svg_text
+from snapreg.tools.plot_layout import TimelineLayout
 from snapreg.tools.run_graph import RunGraph, load_run_graph
 from support.streams import macro_micro
 

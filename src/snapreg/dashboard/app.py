@@ -49,7 +49,7 @@ from snapreg.dashboard.pages import (
 )
 from snapreg.errors import InvalidInputError, NotFoundError, SnapregError
 from snapreg.storage.schema import MAX_ID, MAX_NUMBER
-from snapreg.tools.plot import TIME_AXES
+from snapreg.tools.plot_layout import TIME_AXES
 
 _log = logging.getLogger(__name__)
 

@@ -42,7 +42,8 @@ from snapreg.tools.campaigns import CampaignSummary, RunSummary
 from snapreg.tools.explain import explain
 from snapreg.tools.explain_output import explanation_lines
 from snapreg.tools.gc import CleanupPlan, plan_cleanup
-from snapreg.tools.plot import TimeAxis, svg_text
+from snapreg.tools.plot import svg_text
+from snapreg.tools.plot_layout import TimeAxis
 from snapreg.tools.reader import DatabaseReader
 from snapreg.tools.restart_points import (
     FileChecker,
