@@ -42,11 +42,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from snapreg.dashboard.pages import (
-    SNAPSHOTS_SHOWN,
-    TIMELINE_NODES,
-    DashboardData,
-)
+from snapreg.dashboard.pages import TIMELINE_NODES, DashboardData
+from snapreg.dashboard.run_page import SNAPSHOTS_SHOWN
 from snapreg.errors import InvalidInputError, NotFoundError, SnapregError
 from snapreg.storage.schema import MAX_ID, MAX_NUMBER
 from snapreg.tools.plot_layout import TIME_AXES

@@ -8,15 +8,17 @@ and their status from the reader, whether a workflow snapshot can be resumed fro
 :func:`~snapreg.tools.restart_points.resumability`, why there is no newer one from
 :func:`~snapreg.tools.explain.explain`, the timeline from
 :func:`~snapreg.tools.plot.svg_text`, what ``gc --keep N`` would free from
-:func:`~snapreg.tools.gc.plan_cleanup`.
+:func:`~snapreg.tools.gc.plan_cleanup`. What the campaign page and the run page
+show is defined with how it is read, in :mod:`~snapreg.dashboard.campaign_page`
+and :mod:`~snapreg.dashboard.run_page`.
 
 A page must load in well under a second on a campaign with a million retired
 nodes, so what grows with the history is bounded or kept apart: a page lists the
-newest workflow snapshots of a run (:data:`SNAPSHOTS_SHOWN`), explains the run
-from its active nodes only, draws only the newest nodes of a run
-(:data:`TIMELINE_NODES`), and the disk figures, which ``stat`` every snapshot
-file of the campaign, are a part of their own that the page fetches after it is
-shown.
+newest workflow snapshots of a run
+(:data:`~snapreg.dashboard.run_page.SNAPSHOTS_SHOWN`), explains the run from its
+active nodes only, draws only the newest nodes of a run (:data:`TIMELINE_NODES`),
+and the disk figures, which ``stat`` every snapshot file of the campaign, are a
+part of their own that the page fetches after it is shown.
 """
 
 from __future__ import annotations
@@ -28,137 +30,35 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
-from pathlib import PurePath
 from typing import TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from snapreg.dashboard.campaign_page import CampaignPage, RestartPoints, restart_points
+from snapreg.dashboard.run_page import RunPage, run_snapshots
 from snapreg.errors import NotFoundError
 from snapreg.rules.snapshot import WorkflowSnapshot
 from snapreg.storage import queries, schema
 from snapreg.storage.readonly import Closing, ReadOnlyStore
-from snapreg.tools.campaigns import CampaignSummary, RunSummary
+from snapreg.tools.campaigns import CampaignSummary
 from snapreg.tools.explain import explain
 from snapreg.tools.explain_output import explanation_lines
 from snapreg.tools.gc import CleanupPlan, plan_cleanup
 from snapreg.tools.plot import svg_text
 from snapreg.tools.plot_layout import TimeAxis
 from snapreg.tools.reader import DatabaseReader
-from snapreg.tools.restart_points import (
-    FileChecker,
-    Resumability,
-    newest_resumable,
-    resumability,
-)
+from snapreg.tools.restart_points import FileChecker
 from snapreg.tools.run_graph import RunGraph, read_run_graph
 
 _T = TypeVar("_T")
 
-#: Workflow snapshots listed per run, newest first.
-SNAPSHOTS_SHOWN = 50
 #: At most this many of a run's newest nodes are drawn, besides its active ones.
 TIMELINE_NODES = 3000
 #: Rendered timelines kept, by run and state.
 _TIMELINES_KEPT = 16
 #: Disk figures kept, by campaign and keep.
 _DISKS_KEPT = 16
-
-
-@dataclass(frozen=True)
-class RestartPoint:
-    """A workflow snapshot as the pages show it.
-
-    Attributes:
-        id: Its id.
-        run: The number of its run.
-        path: Its yMMSL file.
-        created_at: When it was found (UTC).
-    """
-
-    id: int
-    run: int
-    path: str
-    created_at: datetime
-
-    @property
-    def file_name(self) -> str:
-        """The file's name without its folder."""
-        return PurePath(self.path).name
-
-
-@dataclass(frozen=True)
-class RestartPoints:
-    """Where a campaign can resume from.
-
-    Attributes:
-        newest: Its newest workflow snapshot; None when it has none.
-        problems: Why the newest cannot be resumed from, one line each; empty
-            when it can.
-        newest_resumable: The newest workflow snapshot that can be resumed from,
-            when that is not the newest; None when it is, or when none can.
-        searched: How many workflow snapshots were checked, newest first, to
-            find it (all of them when none can be resumed from).
-    """
-
-    newest: RestartPoint | None
-    problems: tuple[str, ...]
-    newest_resumable: RestartPoint | None
-    searched: int
-
-    @property
-    def resumable(self) -> bool:
-        """Whether the newest workflow snapshot can be resumed from."""
-        return self.newest is not None and not self.problems
-
-
-@dataclass(frozen=True)
-class CampaignPage:
-    """One campaign: its runs and where it can resume from."""
-
-    summary: CampaignSummary
-    restart: RestartPoints
-
-
-@dataclass(frozen=True)
-class SnapshotRow:
-    """One workflow snapshot in a run's table.
-
-    Attributes:
-        point: The workflow snapshot.
-        members: Its members as ``instance #num`` (``instance (restart)`` for a
-            restart node), by instance.
-        problems: Why it cannot be resumed from; empty when it can.
-    """
-
-    point: RestartPoint
-    members: tuple[str, ...]
-    problems: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class RunPage:
-    """One run: its summary, its newest workflow snapshots and ``explain``.
-
-    Attributes:
-        campaign: The campaign's summary.
-        run: The run's.
-        snapshots: Its newest workflow snapshots, newest first.
-        snapshot_count: How many it has.
-        explanation: ``snapreg explain``'s answer, line by line.
-        up_to_date: Whether every instance's newest snapshot is in the run's
-            newest workflow snapshot.
-        blocking: The instances whose newest snapshot has a peer without any
-            consistent one: those that hold back a newer workflow snapshot.
-    """
-
-    campaign: CampaignSummary
-    run: RunSummary
-    snapshots: tuple[SnapshotRow, ...]
-    snapshot_count: int
-    explanation: tuple[str, ...]
-    up_to_date: bool
-    blocking: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -249,7 +149,7 @@ class DashboardData(Closing):
     def campaigns(self) -> list[tuple[CampaignSummary, RestartPoints]]:
         """Every campaign with its runs and where it can resume from, by name."""
         return [
-            (summary, self._read(partial(_restart_points, name=summary.name)))
+            (summary, self._read(partial(restart_points, name=summary.name)))
             for summary in self._reader.campaigns()
         ]
 
@@ -260,7 +160,7 @@ class DashboardData(Closing):
             NotFoundError: no such campaign.
         """
         summary = self._summary(name)
-        return CampaignPage(summary, self._read(lambda s: _restart_points(s, name)))
+        return CampaignPage(summary, self._read(lambda s: restart_points(s, name)))
 
     def run(
         self, name: str, number: int, summary: CampaignSummary | None = None
@@ -282,7 +182,7 @@ class DashboardData(Closing):
 
         def read(session: Session) -> RunPage:
             campaign_id = queries.campaign_row(session, name).id
-            snapshots, count = _run_snapshots(session, campaign_id, name, number)
+            snapshots, count = run_snapshots(session, campaign_id, name, number)
             graph = read_run_graph(session, name, run=number, active_only=True)
             explanation = explain(graph)
             return RunPage(
@@ -418,87 +318,3 @@ class DashboardData(Closing):
 
     def _read(self, work: Callable[[Session], _T]) -> _T:
         return self._store.read(work)
-
-
-def _point(snapshot: WorkflowSnapshot) -> RestartPoint:
-    return RestartPoint(
-        snapshot.id,
-        snapshot.run,
-        str(snapshot.path) if snapshot.path is not None else "",
-        snapshot.created_at,
-    )
-
-
-def _problems(found: Resumability) -> tuple[str, ...]:
-    return tuple(problem.describe() for problem in found.problems)
-
-
-def _restart_points(session: Session, name: str) -> RestartPoints:
-    """The campaign's newest workflow snapshot, whether it can be resumed from, and
-    the newest one that can when it cannot (:func:`newest_resumable`)."""
-    campaign_id = queries.campaign_row(session, name).id
-    fallback = newest_resumable(session, campaign_id, name)
-    newest = (
-        fallback.skipped[0].workflow_snapshot_id
-        if fallback.skipped
-        else fallback.chosen
-    )
-    if newest is None:
-        return RestartPoints(None, (), None, 0)
-    wanted = [newest] if fallback.chosen is None else [newest, fallback.chosen]
-    snapshot = schema.WorkflowSnapshotRow
-    run = schema.RunRow
-    points = {
-        row[0]: RestartPoint(*row)
-        for row in session.execute(
-            select(snapshot.id, run.number, snapshot.path, snapshot.created_at)
-            .join(run, run.id == snapshot.run_id)
-            .where(snapshot.id.in_(wanted))
-        )
-    }
-    if not fallback.skipped:
-        return RestartPoints(points[newest], (), None, 1)
-    return RestartPoints(
-        points[newest],
-        _problems(fallback.skipped[0]),
-        None if fallback.chosen is None else points[fallback.chosen],
-        len(fallback.skipped) + (fallback.chosen is not None),
-    )
-
-
-def _run_snapshots(
-    session: Session, campaign_id: int, name: str, number: int
-) -> tuple[tuple[SnapshotRow, ...], int]:
-    """A run's newest :data:`SNAPSHOTS_SHOWN` workflow snapshots, and its count."""
-    snapshot = schema.WorkflowSnapshotRow
-    run = schema.RunRow
-    run_id = session.scalar(
-        select(run.id).where(run.campaign_id == campaign_id, run.number == number)
-    )
-    count = session.scalar(
-        select(func.count()).select_from(snapshot).where(snapshot.run_id == run_id)
-    )
-    ids = list(
-        session.scalars(
-            select(snapshot.id)
-            .where(snapshot.run_id == run_id)
-            .order_by(snapshot.id.desc())
-            .limit(SNAPSHOTS_SHOWN)
-        )
-    )
-    found = queries.workflow_snapshots(session, campaign_id, name, ids=ids)
-    checked = resumability(session, campaign_id, ids)
-    rows = tuple(
-        SnapshotRow(
-            _point(item),
-            tuple(
-                f"{node.instance} (restart)"
-                if node.is_restart
-                else f"{node.instance} #{node.num}"
-                for node in item.nodes
-            ),
-            _problems(checked[item.id]),
-        )
-        for item in reversed(found)
-    )
-    return rows, count or 0
