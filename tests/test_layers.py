@@ -6,6 +6,10 @@ are the command line's business. Only the dashboard (``snapreg.dashboard``)
 imports the web stack (Starlette, uvicorn, Jinja2: the ``dashboard`` extra), and
 nothing else loads it, not even ``snapreg --help``: without the extra, every
 other command works.
+
+And the house rule on size, so that each module stays one concern that can be
+read whole: no module over :data:`MAX_MODULE_LINES` lines, no class over
+:data:`MAX_CLASS_LINES`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import snapreg
 PACKAGE = Path(snapreg.__file__).parent
 USER_INTERFACE_LIBRARIES = ("click", "rich")
 WEB_LIBRARIES = ("starlette", "uvicorn", "jinja2")
+MAX_MODULE_LINES = 500
+MAX_CLASS_LINES = 400
 
 #: Modules outside snapreg.cli that may import click, and only inside a function.
 #: snapreg.muscle3.compat drives muscle_manager's own command line, which MUSCLE3
@@ -134,3 +140,37 @@ def test_nothing_but_the_dashboard_loads_the_web_stack() -> None:
     assert finished.returncode == 0, finished.stderr
     assert "snapreg.cli.main" in names
     assert json.loads(finished.stdout) == []
+
+
+def _class_sizes(tree: ast.Module) -> list[tuple[str, int]]:
+    """Every class of a module, nested ones too, with its lines (decorators in)."""
+    sizes = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            assert node.end_lineno is not None
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            sizes.append((node.name, node.end_lineno - first + 1))
+    return sizes
+
+
+def test_no_module_is_over_500_lines_and_no_class_over_400() -> None:
+    too_long = []
+    modules = classes = 0
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        where = path.relative_to(PACKAGE.parent)
+        lines = len(text.splitlines())
+        modules += 1
+        if lines > MAX_MODULE_LINES:
+            too_long.append(
+                f"{where}: {lines} lines, over {MAX_MODULE_LINES} for a module"
+            )
+        for name, size in _class_sizes(ast.parse(text, filename=str(path))):
+            classes += 1
+            if size > MAX_CLASS_LINES:
+                too_long.append(
+                    f"{where}: class {name} is {size} lines,"
+                    f" over {MAX_CLASS_LINES} for a class"
+                )
+    assert too_long == [], "split these along their concerns:\n" + "\n".join(too_long)
+    assert modules > 20 and classes > 20  # the walk sees the package
