@@ -11,26 +11,23 @@ seen), and the registry's listener, if any, once they are written.
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from snapreg.registry.files import FileWriter, NameAllocator, snapshot_file_size
 from snapreg.registry.group_commit import Staged
 from snapreg.registry.store import RunStore
 from snapreg.rules.graph import ActiveGraph, GraphNode, Policy
-from snapreg.rules.instances import instance_sort_key
 from snapreg.rules.metadata import SnapshotMetadata
-from snapreg.rules.snapshot import SnapshotNode, WorkflowSnapshot
 from snapreg.rules.topology import Topology
 from snapreg.rules.workflow_file import Member, describe, resume_mapping
-from snapreg.storage import codecs, queries, schema, statements
+from snapreg.storage import codecs, queries, statements
 from snapreg.storage.transactions import run_transaction
 
 _logger = logging.getLogger(__name__)
@@ -221,69 +218,6 @@ class BatchWriter:
 
         return self._store.write(work, landed=landed)
 
-    def recover_missing_files(self) -> None:
-        """Write the file of every workflow snapshot row of the campaign that lacks it.
-
-        Its rows committed, its file did not get written (a crash, a full disk):
-        the file is written now, when its folder is there.
-        """
-        campaign_id = self._run.campaign_id
-
-        def missing(session: Session) -> list[WorkflowSnapshot]:
-            rows = session.execute(
-                select(schema.WorkflowSnapshotRow.id, schema.WorkflowSnapshotRow.path)
-                .join(
-                    schema.RunRow, schema.RunRow.id == schema.WorkflowSnapshotRow.run_id
-                )
-                .where(schema.RunRow.campaign_id == campaign_id)
-            ).all()
-            lost = [
-                row.id
-                for row in rows
-                if not os.path.exists(row.path)
-                and os.path.isdir(os.path.dirname(row.path))
-            ]
-            found: list[WorkflowSnapshot] = []
-            for chunk in queries.chunks(lost, _IN_LIST_CHUNK):
-                found.extend(
-                    queries.workflow_snapshots(
-                        session, campaign_id, self._run.campaign, ids=chunk
-                    )
-                )
-            return found
-
-        for snapshot in self._store.read(missing):
-            assert snapshot.path is not None
-            _logger.warning(
-                "Rewriting missing workflow snapshot file %s", snapshot.path
-            )
-            self._files.write_workflow_snapshot(
-                snapshot.path, snapshot.resume_files, snapshot.description
-            )
-
-    def publish(self, outcome: Outcome) -> list[WorkflowSnapshot]:
-        """The workflow snapshots a processed registration completed, as values."""
-        result = []
-        for item in outcome.found:
-            nodes = tuple(
-                self._public_node(node)
-                for node in sorted(
-                    item.nodes, key=lambda n: instance_sort_key(n.instance)
-                )
-            )
-            result.append(
-                WorkflowSnapshot(
-                    id=item.id,
-                    campaign=self._run.campaign,
-                    run=self._run.number,
-                    nodes=nodes,
-                    path=item.path.resolve() if item.path is not None else None,
-                    created_at=outcome.created_at,
-                    description=item.description,
-                )
-            )
-        return result
-
     def _plan(
         self,
         batch: Batch,
@@ -438,14 +372,3 @@ class BatchWriter:
                 )
             )
         statements.FAST_SUBMISSION.execute(connection, rows)
-
-    def _public_node(self, node: GraphNode) -> SnapshotNode:
-        return SnapshotNode(
-            num=node.num,
-            instance=queries.reference(node.instance),
-            snapshot=node.metadata,
-            peers=frozenset(queries.reference(peer) for peer in node.peers),
-            id=node.id,
-            is_restart=node.is_restart,
-            run=self._run.number,
-        )

@@ -29,6 +29,7 @@ from snapreg.errors import (
 )
 from snapreg.registry.batch_writer import BatchWriter, Outcome, Registration
 from snapreg.registry.group_commit import GroupCommit, Staged
+from snapreg.registry.store import RunStore
 from snapreg.rules.metadata import CountRules, SnapshotMetadata, check_counts
 from snapreg.storage import codecs, queries
 
@@ -100,6 +101,24 @@ class Registrations:
         """The registrations refused by :meth:`register`'s caller, oldest first."""
         with self.lock:
             return list(self._refusals)
+
+    def resume(self, store: RunStore) -> None:
+        """Take up the run where its rows leave it.
+
+        Loads the active graph, the latest counts and the submissions that were
+        acknowledged but never processed (a crash), and processes those now, in
+        order.
+        """
+        run = store.opened()
+        store.read(lambda session: self.load(session, run.run_id))
+        if self.pending_count:
+            _logger.info(
+                "%s has %d acknowledged submissions to process",
+                run.describe().capitalize(),
+                self.pending_count,
+            )
+        with self._processing_lock:
+            self.drain_pending()
 
     def load(self, session: Session, run_id: int) -> None:
         """Start from a run's rows: its active graph and unprocessed submissions."""

@@ -60,6 +60,7 @@ from snapreg.registry.lease import (
     Clock,
     WriterLease,
 )
+from snapreg.registry.publishing import publish, recover_missing_files
 from snapreg.registry.registrations import Refusal, Registrations
 from snapreg.registry.runs import RunSetup, check_arguments
 from snapreg.registry.store import RunStore
@@ -206,21 +207,10 @@ class SnapshotRegistry(threading.Thread):
             )
             self._writer = writer
             self._registrations = Registrations(writer, self._lock, count_rules)
-            self._store.read(
-                lambda session: self._registrations.load(session, self._run.run_id)
-            )
-            if self._registrations.pending_count:
-                _logger.info(
-                    "%s has %d acknowledged submissions to process",
-                    self._run.describe().capitalize(),
-                    self._registrations.pending_count,
-                )
             if folder is not None:
                 remove_temporary_files(folder)
-            writer.recover_missing_files()
-            # Acknowledged before a crash, never processed: process them now, in order.
-            with self._lock:
-                self._registrations.drain_pending()
+            recover_missing_files(self._store, self._files)
+            self._registrations.resume(self._store)
         except BaseException:
             if self._store.run is not None:
                 try:
@@ -276,7 +266,7 @@ class SnapshotRegistry(threading.Thread):
         self._check_open()
         name = self._topology.check_instance(instance)
         metadata = coerce_metadata(snapshot)
-        return self._writer.publish(self._registrations.add(name, metadata))
+        return publish(self._run, self._registrations.add(name, metadata))
 
     def register_snapshot(self, instance: Any, snapshot: Any) -> bool:
         """Register a new snapshot; stored and processed when this returns True.
