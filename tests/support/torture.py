@@ -67,7 +67,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from snapreg import SnapshotRegistry
+from snapreg.registry.batch_writer import BatchWriter
 from snapreg.registry.files import TEMPORARY_PREFIX
+from snapreg.registry.registrations import Registrations
 from snapreg.rules.metadata import coerce_metadata
 from snapreg.storage.codecs import metadata_to_json
 from snapreg.storage.engines import normalize_url
@@ -188,8 +190,10 @@ class _TargetedKill:
     SQLAlchemy's events tell what a transaction does: the tables it inserts into
     (``after_cursor_execute``) and that it is about to commit (``commit``, before
     the driver's commit). That a commit is done shows in what the registry does
-    next: it acknowledges the registrations (``_commit_staged`` returns) and
-    writes the files of the workflow snapshots it found (``_write_files``).
+    next: it acknowledges the registrations (``Registrations._commit`` returns) and
+    writes the files of the workflow snapshots it found
+    (``BatchWriter._write_files``). A hook that names a method that is gone fails
+    the child at once, never silently.
     """
 
     def __init__(self, plan: KillPlan) -> None:
@@ -248,20 +252,20 @@ class _TargetedKill:
         self._tables("inserted").clear()
 
     def _install_registry_hooks(self) -> None:
-        commit_staged = SnapshotRegistry._commit_staged
-        write_files = SnapshotRegistry._write_files
+        commit = Registrations._commit
+        write_files = BatchWriter._write_files
 
-        def committed(registry: SnapshotRegistry, batch: list[Any]) -> None:
-            commit_staged(registry, batch)  # returns once committed, or raises
+        def committed(registrations: Registrations, batch: list[Any]) -> None:
+            commit(registrations, batch)  # returns once committed, or raises
             self.arrive("submission-committed")
 
-        def before_files(registry: SnapshotRegistry, found: list[Any]) -> None:
+        def before_files(writer: BatchWriter, found: list[Any]) -> None:
             if any(item.path is not None for item in found):
                 self.arrive("committed-before-files")
-            write_files(registry, found)
+            write_files(writer, found)
 
-        SnapshotRegistry._commit_staged = committed  # type: ignore[method-assign]
-        SnapshotRegistry._write_files = before_files  # type: ignore[method-assign]
+        Registrations._commit = committed  # type: ignore[method-assign]
+        BatchWriter._write_files = before_files  # type: ignore[method-assign]
 
     def _install_file_hook(self) -> None:
         real_replace = os.replace

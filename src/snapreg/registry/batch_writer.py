@@ -176,18 +176,22 @@ class BatchWriter:
             self._graph_stale = False
             raise
         for outcome in outcomes:
-            self._files.retry()
-            for item in outcome.found:
-                if item.path is not None:
-                    self._files.write_workflow_snapshot(
-                        item.path, item.resume, item.description
-                    )
+            self._write_files(outcome.found)
         if batch.workflow_snapshots and self._on_workflow_snapshots is not None:
             try:
                 self._on_workflow_snapshots()
             except Exception:  # the registration has committed; it stands
                 _logger.warning("The workflow snapshot listener failed", exc_info=True)
         return outcomes
+
+    def _write_files(self, found: list[Found]) -> None:
+        """Write the files of one registration's workflow snapshots (committed)."""
+        self._files.retry()
+        for item in found:
+            if item.path is not None:
+                self._files.write_workflow_snapshot(
+                    item.path, item.resume, item.description
+                )
 
     def commit_submissions(self, batch: list[Staged]) -> Sequence[int]:
         """Commit only the submission rows of staged registrations, unprocessed.
