@@ -193,16 +193,13 @@ def run_once(case: Case, setup: Setup, folder: Path, timeout: float) -> Measurem
     run_dir.mkdir()
     output = folder / "manager_output.txt"
     with _database(setup.backend) as url:
-        if url is None:
-            command = [str(VENV_BIN / "muscle_manager")]
-        else:
+        if url is not None:
             engine = create_database_engine(url)
             try:
                 ensure_schema(engine)
             finally:
                 engine.dispose()
-            command = [str(VENV_BIN / "snapreg"), "manage", "--db", url]
-            command += ["--policy", setup.policy]
+        command = manager_command(setup, url)
         command += ["--start-all", "--run-dir", str(run_dir), str(configuration)]
         status, wall, cpu, peak = measure(command, folder, output, timeout)
     return Measurement(
@@ -214,6 +211,32 @@ def run_once(case: Case, setup: Setup, folder: Path, timeout: float) -> Measurem
         registry_died=registry_died(output, run_dir / "muscle3_manager.log"),
         registrations=registrations(run_dir),
     )
+
+
+def manager_command(setup: Setup, url: str | None) -> list[str]:
+    """The manager's command, before its own options and files."""
+    if setup.backend == "stock":
+        return [str(VENV_BIN / "muscle_manager")]
+    assert url is not None
+    return [str(VENV_BIN / "snapreg"), "manage", "--db", url, "--policy", setup.policy]
+
+
+def startup_cost(setup: Setup, folder: Path) -> tuple[float, float, float]:
+    """Wall s, CPU s and peak MiB of the manager stopping on a usage error.
+
+    Its run directory does not exist: it stops while parsing its arguments,
+    after its imports, before any instance or database is touched. That is the
+    fixed part of what every run of it costs.
+    """
+    folder.mkdir(parents=True)
+    url = None if setup.backend == "stock" else f"sqlite:///{folder / 'none.sqlite'}"
+    command = manager_command(setup, url)
+    command += ["--start-all", "--run-dir", str(folder / "missing"), "none.ymmsl"]
+    output = folder / "output.txt"
+    status, wall, cpu, peak = measure(command, folder, output, 120)
+    if status in (0, None) or "Usage:" not in output.read_text(errors="replace"):
+        raise RuntimeError(f"{command} did not stop on its usage: see {output}")
+    return wall, cpu, peak / 2**20
 
 
 @contextmanager
