@@ -300,7 +300,7 @@ def main() -> None:
     ]
     chosen_setups = setups(backends, _list(arguments.policies))
     workspace = arguments.keep or Path(tempfile.mkdtemp(prefix="snapreg-e2e-"))
-    started = time.monotonic()
+    started, begun = time.monotonic(), datetime.now()
     load = os.getloadavg()[0]
     results: Results = {}
     fixed: dict[str, list[tuple[float, float, float]]] = {}
@@ -340,7 +340,7 @@ def main() -> None:
             shutil.rmtree(workspace, ignore_errors=True)
     minutes = (time.monotonic() - started) / 60
     lines = [
-        f"snapreg end-to-end benchmark, {datetime.now():%Y-%m-%d %H:%M},"
+        f"snapreg end-to-end benchmark, started {begun:%Y-%m-%d %H:%M},"
         f" {os.cpu_count()} cores, load average {load:.1f} at the start and"
         f" {os.getloadavg()[0]:.1f} at the end, muscle3 {version('muscle3')},"
         f" commit {_commit()}; {repeat} pair(s), {minutes:.0f} minutes",
