@@ -31,8 +31,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,7 +40,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from sqlalchemy import create_engine, insert, text  # noqa: E402
+from backends import postgres_available, postgres_url, sqlite_url  # noqa: E402
+from sqlalchemy import insert, text  # noqa: E402
 
 from snapreg import SnapshotRegistry  # noqa: E402
 from snapreg.rules.metadata import SnapshotMetadata, coerce_metadata  # noqa: E402
@@ -54,10 +54,6 @@ from support.streams import (  # noqa: E402
     ensemble,
     macro_micro,
     near_miss,
-)
-
-POSTGRES_URL = os.environ.get(
-    "SNAPREG_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 
 
@@ -84,7 +80,7 @@ class Result:
 
 
 def scenarios(quick: bool) -> list[Scenario]:
-    """The scenarios of issue 5, smaller with ``quick``."""
+    """The registry scenarios (docs/performance.md), smaller with ``quick``."""
     sizes = [1, 10, 100] if quick else [1, 10, 100, 1000, 2000]
     steps = 3
     result = []
@@ -249,38 +245,7 @@ def floor(url: str, count: int = 2000) -> float:
     return elapsed
 
 
-# --------------------------------------------------------------------- backends
-
-
-@contextmanager
-def sqlite_url() -> Iterator[str]:
-    with tempfile.TemporaryDirectory() as folder:
-        yield f"sqlite:///{folder}/bench.sqlite"
-
-
-def postgres_available() -> bool:
-    try:
-        engine = create_engine(POSTGRES_URL)
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        engine.dispose()
-        return True
-    except Exception:  # noqa: BLE001 - any failure: no server
-        return False
-
-
-@contextmanager
-def postgres_url() -> Iterator[str]:
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    name = f"snapreg_bench_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin.url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+# ------------------------------------------------------------------------ timing
 
 
 def median_time(
