@@ -6,7 +6,8 @@
 #
 # --fast (first argument): the fast loop, only the tests not marked slow (unit,
 # property and oracle tests; no killed processes, no real MUSCLE3 runs, no child
-# processes, PostgreSQL only where it is quick).
+# processes, PostgreSQL only where it is quick), spread over every core
+# (pytest-xdist, -n auto; add -n 0 to run them in one process).
 #
 # pytest's exit status is this script's: 5, "no tests ran" (a -k or -m that
 # selects nothing), fails like any other non-zero.
@@ -15,7 +16,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 selection=()
 if [ "${1:-}" = "--fast" ]; then
   shift
-  selection=(-m "not slow")
+  selection=(-m "not slow" -n auto)
 fi
 source "$root/scripts/setup.sh"
 cd "$root"
