@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -24,6 +24,9 @@ from snapreg.tools.restart_points import (
     ProblemKind,
     Resumability,
 )
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 def campaign_table(campaign: CampaignSummary) -> Table:
@@ -292,6 +295,25 @@ def _finite(data: Any) -> Any:
     if isinstance(data, list | tuple):
         return [_finite(value) for value in data]
     return data
+
+
+def progress_bar(label: str, *, quiet: bool) -> Progress:
+    """A transient progress bar on standard error (label, bar, done of total).
+
+    Shown only on a terminal and never with ``quiet`` (JSON on standard output).
+    """
+    # imported here: only the long commands draw one
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=True,
+        disable=quiet or not console.is_terminal,
+    )
 
 
 def make_console() -> Console:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import click
-from rich.console import Console
 
 from snapreg.cli.options import (
     campaign_option,
@@ -20,6 +19,7 @@ from snapreg.cli.output import (
     counted,
     display_path,
     print_json,
+    progress_bar,
     workflow_snapshot_json,
 )
 
@@ -331,27 +331,17 @@ def import_command(
     workflow snapshots found to RUN_DIR/snapreg_import. Nothing is rerun; the
     result is compared with the files the manager wrote in RUN_DIR/snapshots.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from snapreg.tools.importer import import_run_directory
 
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=console,
-        transient=True,
-        disable=as_json or not console.is_terminal,
-    ) as progress_bar:
+    with progress_bar("{task.description}", quiet=as_json) as bar:
         tasks: dict[str, Any] = {}
 
         def advance(phase: str, done: int, total: int) -> None:
             if phase not in tasks:
-                tasks[phase] = progress_bar.add_task(
+                tasks[phase] = bar.add_task(
                     f"{phase.capitalize()} snapshots", total=total
                 )
-            progress_bar.update(tasks[phase], completed=done)
+            bar.update(tasks[phase], completed=done)
 
         result = import_run_directory(
             run_dir, database_url, campaign=campaign, progress=advance

@@ -7,10 +7,9 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
 from snapreg.cli.options import campaign_option, database_option, json_option
-from snapreg.cli.output import counted, print_json
+from snapreg.cli.output import counted, print_json, progress_bar
 
 if TYPE_CHECKING:
     from snapreg.tools.verify import Verification
@@ -38,23 +37,13 @@ def verify(database_url: str, campaign: str | None, as_json: bool) -> None:
     snapshots that needed them are listed as no longer resumable. Writes nothing.
     Exit status 0 when clean, 1 when it found problems (or could not check).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from snapreg.tools.verify import verify_campaign
 
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("Replaying snapshot nodes"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=console,
-        transient=True,
-        disable=as_json or not console.is_terminal,
-    ) as progress_bar:
-        task = progress_bar.add_task("nodes", total=None)
+    with progress_bar("Replaying snapshot nodes", quiet=as_json) as bar:
+        task = bar.add_task("nodes", total=None)
 
         def advance(done: int, total: int) -> None:
-            progress_bar.update(task, completed=done, total=total)
+            bar.update(task, completed=done, total=total)
 
         found = verify_campaign(database_url, campaign, progress=advance)
     if as_json:
