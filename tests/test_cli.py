@@ -591,7 +591,10 @@ def _integer_parameters(
     command: click.Command, path: list[str]
 ) -> Iterator[tuple[list[str], click.Parameter]]:
     if isinstance(command, click.Group):
-        for name, subcommand in command.commands.items():
+        context = click.Context(command)
+        for name in command.list_commands(context):
+            subcommand = command.get_command(context, name)
+            assert subcommand is not None, name
             yield from _integer_parameters(subcommand, [*path, name])
         return
     for parameter in command.params:
@@ -607,9 +610,12 @@ def test_every_integer_parameter_of_every_command_refuses_absurd_numbers(
     monkeypatch.chdir(tmp_path)  # had a command gone on, no database is here
     checked = []
     for path, parameter in _integer_parameters(cli, []):
-        command = cli
+        command: click.Command = cli
         for name in path:
-            command = command.commands[name]  # type: ignore[attr-defined]
+            assert isinstance(command, click.Group)
+            found = command.get_command(click.Context(command), name)
+            assert found is not None, path
+            command = found
         arguments = [
             "x" for other in command.params if isinstance(other, click.Argument)
         ]

@@ -254,6 +254,16 @@ def _other_alembic_application(path: Path) -> Path:
     return path
 
 
+def _alembic_application_with_branches(path: Path) -> Path:
+    """Another Alembic application with two heads: two rows in alembic_version."""
+    connection = sqlite3.connect(path)
+    with connection:
+        connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32))")
+        connection.execute("INSERT INTO alembic_version VALUES ('a1'), ('b2')")
+    connection.close()
+    return path
+
+
 def _not_a_database(path: Path) -> Path:
     path.write_text("name,value\nada,1\n")
     return path
@@ -290,11 +300,23 @@ def _files_beside(path: Path) -> dict[str, str]:
             ForeignDatabaseError,
             "not a snapreg database.*invoice",
         ),
+        (
+            _alembic_application_with_branches,
+            ForeignDatabaseError,
+            "not a snapreg database.*several revisions",
+        ),
         (_not_a_database, StorageUnavailableError, "not a SQLite database"),
         (_damaged_sqlite, StorageUnavailableError, "damaged"),
         (_header_only, StorageUnavailableError, "not a SQLite database"),
     ],
-    ids=["users-table", "other-alembic", "text-file", "damaged", "header-only"],
+    ids=[
+        "users-table",
+        "other-alembic",
+        "alembic-branches",
+        "text-file",
+        "damaged",
+        "header-only",
+    ],
 )
 def test_a_sqlite_file_that_is_not_snapregs_is_refused_and_untouched(
     tmp_path: Path,

@@ -10,6 +10,7 @@ standard error with a non-zero exit status.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,21 +18,52 @@ from contextlib import contextmanager
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from snapreg.cli.dashboard import dashboard
-from snapreg.cli.database import db
-from snapreg.cli.manage import manage
-from snapreg.cli.reading import campaigns, export, history, show, workflows
-from snapreg.cli.sql import sql_command
-from snapreg.cli.tools import explain, gc, import_command, plot
-from snapreg.cli.verify import verify
 from snapreg.errors import SnapregError
 from snapreg.storage.transactions import storage_error
 
 #: Exit status for every error snapreg reports (click uses 2 for usage errors).
 ERROR_STATUS = 1
 
+#: Every command, by name, with the module and the click command that implement it.
+COMMANDS = {
+    "manage": ("snapreg.cli.manage", "manage"),
+    "db": ("snapreg.cli.database", "db"),
+    "campaigns": ("snapreg.cli.reading", "campaigns"),
+    "workflows": ("snapreg.cli.reading", "workflows"),
+    "show": ("snapreg.cli.reading", "show"),
+    "export": ("snapreg.cli.reading", "export"),
+    "history": ("snapreg.cli.reading", "history"),
+    "sql": ("snapreg.cli.sql", "sql_command"),
+    "explain": ("snapreg.cli.tools", "explain"),
+    "plot": ("snapreg.cli.tools", "plot"),
+    "gc": ("snapreg.cli.tools", "gc"),
+    "import": ("snapreg.cli.tools", "import_command"),
+    "dashboard": ("snapreg.cli.dashboard", "dashboard"),
+    "verify": ("snapreg.cli.verify", "verify"),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _Commands(click.Group):
+    """A group that imports a command's module only when that command runs.
+
+    ``snapreg manage`` starts a simulation where ``muscle_manager`` would; it should
+    not pay for the reading commands' table renderer, the tools and the dashboard
+    before the first instance starts. ``snapreg --help`` still imports them all.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, name = COMMANDS[cmd_name]
+        command = getattr(importlib.import_module(module), name)
+        assert isinstance(command, click.Command) and command.name == cmd_name
+        return command
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="snapreg", prog_name="snapreg")
 def cli() -> None:
     """A persistent snapshot registry for MUSCLE3 campaigns.
@@ -44,25 +76,6 @@ def cli() -> None:
     `gc --delete` (deletes snapshot files and records it); `dashboard` serves
     what they show as a live web page.
     """
-
-
-for _command in (
-    manage,
-    db,
-    campaigns,
-    workflows,
-    show,
-    export,
-    history,
-    sql_command,
-    explain,
-    plot,
-    gc,
-    import_command,
-    dashboard,
-    verify,
-):
-    cli.add_command(_command)
 
 
 # ----------------------------------------------------------------------- main
