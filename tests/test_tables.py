@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import insert, text
+import pytest
+from sqlalchemy import event, insert, text
 
 from snapreg import SnapshotRegistry
 from snapreg.rules.metadata import SnapshotMetadata
@@ -102,3 +104,83 @@ def test_fast_inserts_store_what_sqlalchemy_stores(
     assert len(submissions) == 2 and submissions[0] == submissions[1]
     assert len(nodes) == 2 and nodes[0] == nodes[1]
     assert nodes[0]["snapshot_filename"] == ODD.snapshot_filename
+
+
+def test_many_rows_are_stored_as_sqlalchemy_stores_them_in_few_statements(
+    persistent_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # chunks of 3 rows on PostgreSQL, so that 7 rows take three VALUES lists
+    monkeypatch.setattr(statements, "PG_ROWS_PER_INSERT", 3)
+    with SnapshotRegistry(
+        STREAM.config, None, database_url=persistent_database_url
+    ) as registry:
+        run_id = registry.run_id
+    engine = writer(create_database_engine(persistent_database_url))
+    now = datetime(2026, 12, 7, 5, 30, 0, 123456, tzinfo=timezone.utc)
+    sent: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("INSERT INTO snapshot_node"):
+            sent.append(statement)
+
+    metadata = [
+        dataclasses.replace(ODD, wallclock_time=float(i), snapshot_filename=f"/s/{i}")
+        for i in range(7)
+    ]
+    try:
+        with engine.begin() as connection:
+            start = (
+                connection.execute(text("SELECT max(id) FROM snapshot_node")).scalar()
+                or 0
+            ) + 1
+            event.listen(engine, "before_cursor_execute", count)
+            statements.FAST_NODE.execute(
+                connection,
+                [
+                    (start + i, run_id, f"micro[{i % 2}]", 100 + i, i == 3, None, now)
+                    + node_values(data)
+                    + (i * 1000 if i % 2 else None,)
+                    for i, data in enumerate(metadata)
+                ],
+            )
+            event.remove(engine, "before_cursor_execute", count)
+            connection.execute(
+                insert(statements.NODE),
+                [
+                    {
+                        "id": start + 100 + i,
+                        "run_id": run_id,
+                        "instance": f"micro[{i % 2}]",
+                        "num": 200 + i,
+                        "is_restart": i == 3,
+                        "submission_id": None,
+                        "registered_at": now,
+                        "snapshot_file_size": i * 1000 if i % 2 else None,
+                        **dict(
+                            zip(NODE_METADATA_COLUMNS, node_values(data), strict=True)
+                        ),
+                    }
+                    for i, data in enumerate(metadata)
+                ],
+            )
+        with engine.connect() as connection:
+            rows = [
+                {
+                    key: value
+                    for key, value in row._mapping.items()
+                    if key not in ("id", "num")
+                }
+                for row in connection.exec_driver_sql(
+                    "SELECT * FROM snapshot_node WHERE id >= ? ORDER BY id"
+                    if connection.dialect.name == "sqlite"
+                    else "SELECT * FROM snapshot_node WHERE id >= %s ORDER BY id",
+                    (start,),
+                )
+            ]
+    finally:
+        engine.dispose()
+    assert len(rows) == 14
+    assert rows[:7] == rows[7:]
+    assert [row["wallclock_time"] for row in rows[:7]] == list(map(float, range(7)))
+    # SQLite: one executemany; PostgreSQL: one INSERT per chunk of 3 rows
+    assert len(sent) == (1 if engine.dialect.name == "sqlite" else 3)
