@@ -39,35 +39,30 @@ def _imported_after(code: str) -> set[str]:
     return set(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
+def _open_and_close_a_registry(folder: Path, url: str) -> str:
+    """Code that opens a registry on the database at ``url`` and closes it."""
+    return (
+        "from pathlib import Path\n"
+        "from snapreg import SnapshotRegistry\n"
+        "from support.streams import macro_micro\n"
+        "config = macro_micro(1).config\n"
+        f"registry = SnapshotRegistry(config, Path({str(folder)!r}),"
+        f" database_url={url!r})\n"
+        "registry.close()"
+    )
+
+
 def test_opening_a_registry_on_a_current_schema_imports_no_alembic(
     tmp_path: Path,
 ) -> None:
     url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
     upgrade_database(url)
-    code = (
-        "from pathlib import Path\n"
-        "from snapreg import SnapshotRegistry\n"
-        "from support.streams import macro_micro\n"
-        "config = macro_micro(1).config\n"
-        f"registry = SnapshotRegistry(config, Path({str(tmp_path)!r}),"
-        f" database_url={url!r})\n"
-        "registry.close()"
-    )
-    assert _imported_after(code) == set()
+    assert _imported_after(_open_and_close_a_registry(tmp_path, url)) == set()
 
 
 def test_a_new_database_still_gets_its_schema_from_alembic(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'new.sqlite'}"
-    code = (
-        "from pathlib import Path\n"
-        "from snapreg import SnapshotRegistry\n"
-        "from support.streams import macro_micro\n"
-        "config = macro_micro(1).config\n"
-        f"registry = SnapshotRegistry(config, Path({str(tmp_path)!r}),"
-        f" database_url={url!r})\n"
-        "registry.close()"
-    )
-    assert "alembic" in _imported_after(code)
+    assert "alembic" in _imported_after(_open_and_close_a_registry(tmp_path, url))
 
 
 def test_the_manage_command_imports_only_what_it_runs(tmp_path: Path) -> None:

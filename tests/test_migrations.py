@@ -234,34 +234,41 @@ def test_installed_wheel_migrates_from_any_directory(tmp_path: Path) -> None:
 # and left exactly as it was, by the registry, the readers and `db upgrade`.
 
 
-def _foreign_sqlite(path: Path) -> Path:
+def _sqlite_file(path: Path, *statements: str) -> Path:
+    """A SQLite file at ``path`` holding what ``statements`` create."""
     connection = sqlite3.connect(path)
     with connection:
-        connection.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
-        connection.execute("INSERT INTO users (name) VALUES ('ada'), ('alan')")
+        for statement in statements:
+            connection.execute(statement)
     connection.close()
     return path
+
+
+def _foreign_sqlite(path: Path) -> Path:
+    return _sqlite_file(
+        path,
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)",
+        "INSERT INTO users (name) VALUES ('ada'), ('alan')",
+    )
 
 
 def _other_alembic_application(path: Path) -> Path:
     """Another application's database, itself migrated with Alembic."""
-    connection = sqlite3.connect(path)
-    with connection:
-        connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32))")
-        connection.execute("INSERT INTO alembic_version VALUES ('3f2a9c1b7e4d')")
-        connection.execute("CREATE TABLE invoice (id INTEGER PRIMARY KEY)")
-    connection.close()
-    return path
+    return _sqlite_file(
+        path,
+        "CREATE TABLE alembic_version (version_num VARCHAR(32))",
+        "INSERT INTO alembic_version VALUES ('3f2a9c1b7e4d')",
+        "CREATE TABLE invoice (id INTEGER PRIMARY KEY)",
+    )
 
 
 def _alembic_application_with_branches(path: Path) -> Path:
     """Another Alembic application with two heads: two rows in alembic_version."""
-    connection = sqlite3.connect(path)
-    with connection:
-        connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32))")
-        connection.execute("INSERT INTO alembic_version VALUES ('a1'), ('b2')")
-    connection.close()
-    return path
+    return _sqlite_file(
+        path,
+        "CREATE TABLE alembic_version (version_num VARCHAR(32))",
+        "INSERT INTO alembic_version VALUES ('a1'), ('b2')",
+    )
 
 
 def _not_a_database(path: Path) -> Path:

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert, text
+from sqlalchemy import Engine, event, insert, text
 
 from snapreg import SnapshotRegistry
 from snapreg.rules.metadata import SnapshotMetadata
@@ -41,14 +41,17 @@ def _rows(connection: Any, table: str, ids: tuple[int, int]) -> list[dict[str, A
     ]
 
 
+def _a_run_and_a_writer(url: str) -> tuple[int, Engine]:
+    """A run made by a registry (then closed), and an engine that writes."""
+    with SnapshotRegistry(STREAM.config, None, database_url=url) as registry:
+        run_id = registry.run_id
+    return run_id, writer(create_database_engine(url))
+
+
 def test_fast_inserts_store_what_sqlalchemy_stores(
     persistent_database_url: str,
 ) -> None:
-    with SnapshotRegistry(
-        STREAM.config, None, database_url=persistent_database_url
-    ) as registry:
-        run_id = registry.run_id
-    engine = writer(create_database_engine(persistent_database_url))
+    run_id, engine = _a_run_and_a_writer(persistent_database_url)
     now = datetime(2026, 11, 26, 3, 4, 5, 678901, tzinfo=timezone.utc)
     try:
         with engine.begin() as connection:
@@ -111,11 +114,7 @@ def test_many_rows_are_stored_as_sqlalchemy_stores_them_in_few_statements(
 ) -> None:
     # chunks of 3 rows on PostgreSQL, so that 7 rows take three VALUES lists
     monkeypatch.setattr(statements, "PG_ROWS_PER_INSERT", 3)
-    with SnapshotRegistry(
-        STREAM.config, None, database_url=persistent_database_url
-    ) as registry:
-        run_id = registry.run_id
-    engine = writer(create_database_engine(persistent_database_url))
+    run_id, engine = _a_run_and_a_writer(persistent_database_url)
     now = datetime(2026, 12, 7, 5, 30, 0, 123456, tzinfo=timezone.utc)
     sent: list[str] = []
 
