@@ -30,19 +30,17 @@ import tempfile
 import threading
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from sqlalchemy import insert, text  # noqa: E402
+from backends import add_retired_history  # noqa: E402
 
 from snapreg import SnapshotRegistry  # noqa: E402
 from snapreg.rules.metadata import coerce_metadata  # noqa: E402
-from snapreg.storage import schema  # noqa: E402
-from snapreg.storage.engines import create_database_engine, writer  # noqa: E402
 from support.streams import macro_micro  # noqa: E402
 
 CAMPAIGN = "big"
@@ -63,42 +61,7 @@ def build(url: str, retired: int) -> None:
         for instance, data in registrations[:half]:
             registry.add_snapshot(instance, data)
         run_id = registry.run_id
-    engine = create_database_engine(url)
-    now = datetime.now(timezone.utc)
-    node_table = schema.SnapshotNodeRow.__table__
-    with writer(engine).begin() as connection:
-        batch = 50_000
-        for start in range(0, retired, batch):
-            rows = [
-                {
-                    "run_id": run_id,
-                    "instance": f"micro[{num % 10}]",
-                    "num": -(num + 1),
-                    "is_restart": False,
-                    "triggers": ["t"],
-                    "wallclock_time": 1.0 + num * 1e-4,
-                    "simulation_time": 1.0,
-                    "next_simulation_time": None,
-                    "port_message_counts": {"init_in": [0], "final_out": [0]},
-                    "is_final": True,
-                    "snapshot_filename": f"/old/micro-{num % 10}_{num}.pack",
-                    "snapshot_file_size": 4096,
-                    "registered_at": now,
-                    "retired_at": now,
-                }
-                for num in range(start, min(start + batch, retired))
-            ]
-            connection.execute(insert(node_table), rows)
-        connection.execute(
-            text(
-                "INSERT INTO consistent_pair (lower_node_id, higher_node_id)"
-                " SELECT a.id, b.id FROM snapshot_node a JOIN snapshot_node b"
-                " ON b.id = a.id + 1 AND b.run_id = a.run_id"
-                " WHERE a.run_id = :run AND a.num < 0 AND a.num % 2 = 0"
-            ),
-            {"run": run_id},
-        )
-    engine.dispose()
+    add_retired_history(url, run_id, retired)
     with SnapshotRegistry(
         stream.config, None, database_url=url, campaign=CAMPAIGN
     ) as registry:

@@ -40,8 +40,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from backends import postgres_available, postgres_url, sqlite_url  # noqa: E402
-from sqlalchemy import insert, text  # noqa: E402
+from backends import (  # noqa: E402
+    add_retired_history,
+    postgres_available,
+    postgres_url,
+    sqlite_url,
+)
+from sqlalchemy import insert  # noqa: E402
 
 from snapreg import SnapshotRegistry  # noqa: E402
 from snapreg.rules.metadata import SnapshotMetadata, coerce_metadata  # noqa: E402
@@ -347,41 +352,7 @@ def history(url: str, retired: int) -> tuple[float, float, float, float]:
         stream.config, None, database_url=url, campaign="old"
     ) as registry:
         run_id = registry.run_id
-    engine = create_database_engine(url)
-    now = datetime.now(timezone.utc)
-    node_table = schema.SnapshotNodeRow.__table__
-    with writer(engine).begin() as connection:
-        batch = 50_000
-        for start in range(0, retired, batch):
-            rows = [
-                {
-                    "run_id": run_id,
-                    "instance": f"micro[{num % 10}]",
-                    "num": -(start + num + 1),
-                    "is_restart": False,
-                    "triggers": ["t"],
-                    "wallclock_time": 1.0,
-                    "simulation_time": 1.0,
-                    "next_simulation_time": None,
-                    "port_message_counts": {"f_i": [0]},
-                    "is_final": True,
-                    "snapshot_filename": "/old",
-                    "registered_at": now,
-                    "retired_at": now,
-                }
-                for num in range(min(batch, retired - start))
-            ]
-            connection.execute(insert(node_table), rows)
-        connection.execute(
-            text(
-                "INSERT INTO consistent_pair (lower_node_id, higher_node_id)"
-                " SELECT a.id, b.id FROM snapshot_node a JOIN snapshot_node b"
-                " ON b.id = a.id + 1 AND b.run_id = a.run_id"
-                " WHERE a.run_id = :run AND a.num < 0 AND a.num % 2 = 0"
-            ),
-            {"run": run_id},
-        )
-    engine.dispose()
+    add_retired_history(url, run_id, retired)
     old = measure("old")
     return fresh[0], old[0], fresh[1], old[1]
 
