@@ -35,6 +35,21 @@ from support.dashboard_campaign import CAMPAIGN, DashboardCampaign, make_campaig
 CAMPAIGN_PAGE = f"/campaigns/{CAMPAIGN}"
 
 
+def every_page(newest: int) -> tuple[str, ...]:
+    """Every page and answer of the dashboard, for a campaign whose newest
+    workflow snapshot is ``newest``."""
+    return (
+        "/",
+        CAMPAIGN_PAGE,
+        f"{CAMPAIGN_PAGE}/runs/1",
+        f"{CAMPAIGN_PAGE}/runs/2",
+        f"{CAMPAIGN_PAGE}/runs/2/timeline.svg",
+        f"{CAMPAIGN_PAGE}/disk?keep=1",
+        f"/workflow-snapshots/{newest}/resume.ymmsl?with_config=1",
+        "/api/state",
+    )
+
+
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory: pytest.TempPathFactory) -> DashboardCampaign:
     """The campaign the tests that only read share."""
@@ -303,16 +318,7 @@ def test_no_route_changes_the_database(
 
     before = dump()
     newest = newest_id(campaign)
-    for path in (
-        "/",
-        CAMPAIGN_PAGE,
-        f"{CAMPAIGN_PAGE}/runs/1",
-        f"{CAMPAIGN_PAGE}/runs/2",
-        f"{CAMPAIGN_PAGE}/runs/2/timeline.svg",
-        f"{CAMPAIGN_PAGE}/disk?keep=1",
-        f"/workflow-snapshots/{newest}/resume.ymmsl?with_config=1",
-        "/api/state",
-    ):
+    for path in every_page(newest):
         assert client.get(path).status_code == 200, path
     assert dump() == before
 
@@ -324,19 +330,7 @@ def test_every_page_reads_postgresql_too(tmp_path: Path, postgres_url: str) -> N
     newest = newest_id(campaign)
     with DashboardData(campaign.url) as data:
         client = TestClient(create_app(data), raise_server_exceptions=False)
-        pages = {
-            path: client.get(path)
-            for path in (
-                "/",
-                CAMPAIGN_PAGE,
-                f"{CAMPAIGN_PAGE}/runs/1",
-                f"{CAMPAIGN_PAGE}/runs/2",
-                f"{CAMPAIGN_PAGE}/runs/2/timeline.svg",
-                f"{CAMPAIGN_PAGE}/disk?keep=1",
-                f"/workflow-snapshots/{newest}/resume.ymmsl?with_config=1",
-                "/api/state",
-            )
-        }
+        pages = {path: client.get(path) for path in every_page(newest)}
         missing = client.get("/campaigns/nope")
 
     assert {path: page.status_code for path, page in pages.items()} == {

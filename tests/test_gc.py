@@ -30,7 +30,7 @@ from snapreg.tools.gc import plan_cleanup
 from snapreg.tools.gc_delete import delete_files
 from snapreg.tools.reader import DatabaseReader
 from support.command_line import invoke
-from support.models import MACRO_MICRO_YMMSL
+from support.models import MACRO_MICRO_YMMSL, macro_micro_checkpoint
 
 MODEL = MACRO_MICRO_YMMSL
 CHECKPOINTS = 5
@@ -90,25 +90,11 @@ def campaign(persistent_database_url: str, tmp_path: Path) -> Campaign:
     found: list[int] = []
     for checkpoint in range(1, CHECKPOINTS + 1):
         for name in instance_folders:
-            side = "state" if name == "macro" else ""
-            counts = (
-                {"state_out": [checkpoint] * 2, "state_in": [checkpoint] * 2}
-                if side
-                else {"initial_state": [checkpoint], "final_state": [checkpoint]}
-            )
             found.extend(
                 snapshot.id
                 for snapshot in registry.add_snapshot(
                     name,
-                    {
-                        "triggers": ["test"],
-                        "wallclock_time": float(checkpoint),
-                        "timestamp": float(checkpoint),
-                        "next_timestamp": None,
-                        "port_message_counts": counts,
-                        "is_final_snapshot": False,
-                        "snapshot_filename": str(files[name, checkpoint]),
-                    },
+                    macro_micro_checkpoint(name, checkpoint, files[name, checkpoint]),
                 )
             )
     registry.close()
@@ -317,23 +303,7 @@ def _register_checkpoints(
     """One workflow snapshot per checkpoint; files[k] names each instance's file."""
     for checkpoint, named in enumerate(files, start=start):
         for name, path in named.items():
-            counts = (
-                {"state_out": [checkpoint] * 2, "state_in": [checkpoint] * 2}
-                if name == "macro"
-                else {"initial_state": [checkpoint], "final_state": [checkpoint]}
-            )
-            registry.add_snapshot(
-                name,
-                {
-                    "triggers": ["test"],
-                    "wallclock_time": float(checkpoint),
-                    "timestamp": float(checkpoint),
-                    "next_timestamp": None,
-                    "port_message_counts": counts,
-                    "is_final_snapshot": False,
-                    "snapshot_filename": str(path),
-                },
-            )
+            registry.add_snapshot(name, macro_micro_checkpoint(name, checkpoint, path))
 
 
 def _hashes(paths: list[Path]) -> dict[Path, str]:

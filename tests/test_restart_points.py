@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
-from snapreg import ConfigurationError, SnapshotRegistry
+from snapreg import ConfigurationError, SnapshotRegistry, WorkflowSnapshot
 from snapreg.rules.metadata import coerce_metadata
 from snapreg.storage.schema import CampaignRow, WorkflowSnapshotRow
 from snapreg.tools.restart_points import (
@@ -92,9 +92,15 @@ def test_a_run_records_its_policy_and_is_continued_only_with_it(
 
 
 def register_with_files(
-    url: str, folder: Path, files: Path
-) -> tuple[SnapshotRegistry, list[Path]]:
-    """Register STREAM with each snapshot's file written under ``files`` first."""
+    tmp_path: Path,
+) -> tuple[str, list[WorkflowSnapshot], list[Path]]:
+    """Register STREAM in a new campaign database, each snapshot's file written
+    first; return the database's URL, its workflow snapshots and the files."""
+    url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
+    folder = tmp_path / "snapshots"
+    files = tmp_path / "files"
+    folder.mkdir()
+    files.mkdir()
     written: list[Path] = []
     registry = SnapshotRegistry(STREAM.config, folder, database_url=url)
     for index, (instance, fields) in enumerate(STREAM.registrations):
@@ -105,7 +111,9 @@ def register_with_files(
             coerce_metadata(fields), snapshot_filename=str(path)
         )
         registry.add_snapshot(instance, metadata)
-    return registry, written
+    snapshots = registry.workflow_snapshots()
+    registry.close()
+    return url, snapshots, written
 
 
 def check_all(url: str) -> dict[int, Resumability]:
@@ -124,14 +132,7 @@ def check_all(url: str) -> dict[int, Resumability]:
 def test_a_workflow_snapshot_is_resumable_while_its_members_files_are_intact(
     tmp_path: Path,
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
-    folder = tmp_path / "snapshots"
-    files = tmp_path / "files"
-    folder.mkdir()
-    files.mkdir()
-    registry, written = register_with_files(url, folder, files)
-    snapshots = registry.workflow_snapshots()
-    registry.close()
+    url, snapshots, written = register_with_files(tmp_path)
     assert len(snapshots) >= 3
     assert all(item.resumable for item in check_all(url).values())
 
@@ -196,14 +197,7 @@ def test_a_workflow_snapshot_is_resumable_while_its_members_files_are_intact(
 def test_newest_resumable_falls_back_past_every_broken_one_in_batches(
     tmp_path: Path,
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
-    folder = tmp_path / "snapshots"
-    files = tmp_path / "files"
-    folder.mkdir()
-    files.mkdir()
-    registry, written = register_with_files(url, folder, files)
-    snapshots = registry.workflow_snapshots()
-    registry.close()
+    url, snapshots, written = register_with_files(tmp_path)
     oldest = {
         node.snapshot.snapshot_filename
         for node in snapshots[0].nodes

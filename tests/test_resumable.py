@@ -25,7 +25,7 @@ from snapreg import SnapshotRegistry
 from snapreg.tools.reader import DatabaseReader
 from support import simulation
 from support.command_line import Outcome, invoke, without_superuser_warning
-from support.models import MACRO_MICRO_YMMSL
+from support.models import MACRO_MICRO_YMMSL, macro_micro_checkpoint
 
 CAMPAIGN = "resumable"
 INSTANCES = ("macro", "micro[0]", "micro[1]")
@@ -71,24 +71,10 @@ def campaign(persistent_database_url: str, tmp_path: Path) -> Campaign:
                 path = path / f"{stem}_{checkpoint}.pack"
                 path.write_bytes(b"x" * (1000 * checkpoint + len(name)))
                 files[name, checkpoint] = path
-                counts = (
-                    {"state_out": [checkpoint] * 2, "state_in": [checkpoint] * 2}
-                    if name == "macro"
-                    else {"initial_state": [checkpoint], "final_state": [checkpoint]}
-                )
                 ids.extend(
                     found.id
                     for found in registry.add_snapshot(
-                        name,
-                        {
-                            "triggers": ["test"],
-                            "wallclock_time": float(checkpoint),
-                            "timestamp": float(checkpoint),
-                            "next_timestamp": None,
-                            "port_message_counts": counts,
-                            "is_final_snapshot": False,
-                            "snapshot_filename": str(path),
-                        },
+                        name, macro_micro_checkpoint(name, checkpoint, path)
                     )
                 )
     assert len(ids) == CHECKPOINTS
