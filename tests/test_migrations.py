@@ -24,7 +24,7 @@ from snapreg import (
     StorageUnavailableError,
     upgrade_database,
 )
-from snapreg.storage.engines import create_database_engine
+from snapreg.storage.engines import create_database_engine, use_wal
 from snapreg.storage.schema import Base
 from snapreg.storage.versions import (
     current_revision,
@@ -361,6 +361,41 @@ def test_a_snapreg_database_is_still_switched_to_wal(tmp_path: Path) -> None:
     with SnapshotRegistry(STREAM.config, tmp_path, database_url=url) as registry:
         registry.add_snapshot(*STREAM.registrations[0])
     connection = sqlite3.connect(tmp_path / "ours.sqlite")
+    assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    connection.close()
+
+
+def test_a_database_already_in_wal_mode_is_opened_without_a_journal_mode_pragma(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Eight registries opening one file at once: PRAGMA journal_mode=WAL, sent by
+    # every opener, failed in one of them with "database is locked" (SQLite may
+    # answer busy to it while another connection sets up or checkpoints the WAL).
+    # A file whose header already says WAL needs no pragma at all.
+    url = f"sqlite:///{tmp_path / 'ours.sqlite'}"
+    upgrade_database(url)
+    engine = create_database_engine(url)
+
+    def no_connection() -> None:
+        raise AssertionError("use_wal opened a connection to a WAL file")
+
+    monkeypatch.setattr(engine, "raw_connection", no_connection)
+    use_wal(engine)
+    engine.dispose()
+
+
+def test_a_snapreg_database_in_rollback_journal_mode_is_switched_to_wal(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ours.sqlite"
+    url = f"sqlite:///{path}"
+    upgrade_database(url)
+    connection = sqlite3.connect(path)
+    assert connection.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
+    connection.close()
+    with SnapshotRegistry(STREAM.config, tmp_path, database_url=url) as registry:
+        registry.add_snapshot(*STREAM.registrations[0])
+    connection = sqlite3.connect(path)
     assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     connection.close()
 

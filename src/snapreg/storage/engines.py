@@ -260,6 +260,11 @@ def use_wal(engine: Engine) -> None:
     """
     if engine.dialect.name != "sqlite" or is_memory_sqlite(engine.url):
         return
+    if _in_wal_mode(engine.url):
+        # No pragma, no lock: SQLite may answer "database is locked" to one while
+        # another connection sets up or checkpoints the WAL, and registries often
+        # open one file at the same moment.
+        return
     connection = engine.raw_connection()
     try:
         # straight to the driver: outside a transaction, which SQLite requires
@@ -268,6 +273,27 @@ def use_wal(engine: Engine) -> None:
         driver.execute("PRAGMA journal_mode=WAL")
     finally:
         connection.close()
+
+
+#: Bytes 18 and 19 of a SQLite file's header, its format's write and read versions:
+#: 2 in a database in WAL mode (https://www.sqlite.org/fileformat.html).
+_WAL_HEADER = (18, b"\x02\x02")
+
+
+def _in_wal_mode(url: URL) -> bool:
+    """Whether the header of the SQLite file at ``url`` says it is in WAL mode.
+
+    False when that cannot be read (no file yet, an empty one, a URI filename).
+    """
+    if url.query.get("uri") == "true" or not url.database:
+        return False
+    offset, versions = _WAL_HEADER
+    try:
+        with open(url.database, "rb") as file:
+            file.seek(offset)
+            return file.read(len(versions)) == versions
+    except OSError:
+        return False
 
 
 def _configure_postgresql(engine: Engine) -> None:
