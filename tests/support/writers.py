@@ -75,6 +75,10 @@ def open_at_once(job: OpenerJob, barrier: Any, channel: Connection) -> None:
     channel.send(("open", pid, registry.run_number))
     try:
         command = channel.recv()
+    except EOFError:  # the parent gave up on this trial
+        registry.close()
+        return
+    try:
         if command == "register":
             registry.start()
             for instance, metadata in stream.registrations:
@@ -110,14 +114,19 @@ class Trial:
         raise KeyError(pid)
 
     def finish(self) -> None:
-        """Wait for every opener to end; kill any that does not."""
+        """Wait for every opener to end; kill any that does not.
+
+        The channels are closed first: an opener still waiting for a command
+        (its trial failed before telling it) then ends at once instead of
+        after ``REPORT_TIMEOUT``.
+        """
+        for channel in self.channels:
+            channel.close()
         for process in self.processes:
             process.join(timeout=REPORT_TIMEOUT)
             if process.is_alive():
                 process.kill()
                 process.join()
-        for channel in self.channels:
-            channel.close()
 
 
 def context() -> Any:
