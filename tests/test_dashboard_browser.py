@@ -135,11 +135,22 @@ def server(campaign: DashboardCampaign) -> Iterator[str]:
 
 
 def _wait(driver: Any, condition: Any, seconds: float, what: str) -> Any:
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import (
+        StaleElementReferenceException,
+        TimeoutException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # The live page replaces its parts while a condition reads them: an element
+    # found a moment ago may be gone, which means "look again", not a failure.
+    waiting = WebDriverWait(
+        driver,
+        seconds,
+        poll_frequency=0.1,
+        ignored_exceptions=(StaleElementReferenceException,),
+    )
     try:
-        return WebDriverWait(driver, seconds, poll_frequency=0.1).until(condition)
+        return waiting.until(condition)
     except TimeoutException:
         ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "dashboard-failed.png"))
