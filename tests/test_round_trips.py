@@ -92,3 +92,58 @@ def test_workflow_snapshots_per_registration_do_not_add_statements(
         total = len(registry.workflow_snapshots())
     assert total > len(stream.registrations)  # more snapshots than registrations
     assert max(counts) <= MAX_STATEMENTS, counts
+
+
+# PostgreSQL: the ids and the writer check (one answer needed before the rows can
+# be written), the batch's rows sent together, the commit; the heartbeat now
+# and then
+MAX_ROUND_TRIPS = 4
+
+
+@contextmanager
+def counting_round_trips() -> Iterator[list[int]]:
+    """Count the waits for a PostgreSQL server's answer.
+
+    A statement sent outside a pipeline is one wait; consecutive statements sent
+    in a pipeline share one (its sync); so does a commit.
+    """
+    from psycopg import pq
+
+    counter = [0]
+    in_pipeline = [False]
+
+    def statement(connection: Any, *args: Any) -> None:
+        driver = connection.connection.driver_connection
+        pipelined = driver.pgconn.pipeline_status != pq.PipelineStatus.OFF
+        if not (pipelined and in_pipeline[0]):
+            counter[0] += 1
+        in_pipeline[0] = pipelined
+
+    def commit(*args: Any) -> None:
+        counter[0] += 1
+        in_pipeline[0] = False
+
+    event.listen(Engine, "before_cursor_execute", statement)
+    event.listen(Engine, "commit", commit)
+    try:
+        yield counter
+    finally:
+        event.remove(Engine, "before_cursor_execute", statement)
+        event.remove(Engine, "commit", commit)
+
+
+@pytest.mark.postgres
+def test_a_registration_waits_for_postgresql_a_bounded_number_of_times(
+    postgres_url: str,
+) -> None:
+    stream = macro_micro(7, num_micro=5, num_steps=3, intermediates_per_reuse=2)
+    counts = []
+    with SnapshotRegistry(stream.config, None, database_url=postgres_url) as registry:
+        with counting_round_trips() as counter:
+            for instance, metadata in stream.registrations:
+                before = counter[0]
+                registry.add_snapshot(instance, metadata)
+                counts.append(counter[0] - before)
+        total = len(registry.workflow_snapshots())
+    assert total > len(stream.registrations)  # many rows of every kind
+    assert max(counts) <= MAX_ROUND_TRIPS, counts

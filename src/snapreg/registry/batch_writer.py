@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Table
 from sqlalchemy.orm import Session
 
 from snapreg.registry.files import FileWriter, NameAllocator, snapshot_file_size
@@ -278,6 +278,19 @@ class BatchWriter:
             },
             writer=self._store.run_writer,
         )
+        # every statement from here on returns no rows: one wait for all of them
+        with statements.pipelined(connection):
+            self._insert_rows(connection, batch, ids, now)
+        return batch.nodes[0][0].id
+
+    def _insert_rows(
+        self,
+        connection: Connection,
+        batch: Batch,
+        ids: dict[Table, list[int]],
+        now: datetime,
+    ) -> None:
+        """The batch's rows, with the ids reserved for them."""
         if batch.staged:
             self._insert_submissions(
                 connection, batch.staged, ids[statements.SUBMISSION], now
@@ -323,7 +336,6 @@ class BatchWriter:
         statements.FAST_RETIRE.execute(
             connection, [(node.id, now) for node in batch.retired]
         )
-        return batch.nodes[0][0].id
 
     def _write_workflow_snapshots(
         self,
