@@ -218,10 +218,6 @@ def edge_rows(node: GraphNode, peers: list[GraphNode]) -> list[dict[str, int]]:
 
 _UNSET = object()
 
-#: PostgreSQL: rows per INSERT statement (a statement takes at most 65,535
-#: parameters; snapreg's widest insert has 15 columns).
-PG_ROWS_PER_INSERT = 1_000
-
 # compiled SQL, positional order, bind processors, parameter names (if named)
 _Prepared = tuple[
     str,
@@ -241,10 +237,14 @@ class FastStatement:
     bind processor, so what is stored is exactly what SQLAlchemy would store; the
     engine's events still see every statement.
 
-    On PostgreSQL an INSERT of several rows is one statement with a VALUES list
-    (at most :data:`PG_ROWS_PER_INSERT` rows each): psycopg sends an executemany
-    as one statement per row, and encoding, sending and reading back a result for
-    each row was the largest share of a PostgreSQL registration's CPU.
+    On PostgreSQL an INSERT of several rows is one statement that unnests one
+    array per column: psycopg sends an executemany as one statement per row, and
+    encoding, sending and reading back a result for each row was the largest
+    share of a PostgreSQL registration's CPU. Its text does not depend on the
+    number of rows, so psycopg converts it once and the server keeps it
+    prepared; a VALUES list of every row was a new statement each time, parsed
+    by psycopg (which caches no statement of over 50 parameters) and planned by
+    the server.
     """
 
     def __init__(
@@ -266,7 +266,8 @@ class FastStatement:
         self.names = tuple(names)
         self._insert_columns = insert_columns
         self._prepared: dict[str, _Prepared] = {}
-        self._values_templates: dict[str, tuple[str, str, tuple[str, ...]]] = {}
+        # PostgreSQL: the INSERT of arrays, and the parameters in its order
+        self._array_inserts: dict[str, tuple[str, tuple[str, ...]]] = {}
 
     def execute(self, connection: Connection, rows: Iterable[Sequence[Any]]) -> None:
         """Execute once per row (one executemany); each row in ``names`` order."""
@@ -303,28 +304,23 @@ class FastStatement:
         if not converted:
             return
         if keys is not None and self._insert_columns and len(converted) > 1:
-            self._insert_values_list(connection, sql, keys, converted)
+            self._insert_arrays(connection, sql, converted)
             return
         connection.exec_driver_sql(sql, converted)
 
-    def _insert_values_list(
-        self,
-        connection: Connection,
-        sql: str,
-        keys: tuple[str, ...],
-        rows: list[Any],
+    def _insert_arrays(
+        self, connection: Connection, sql: str, rows: list[dict[str, Any]]
     ) -> None:
-        """PostgreSQL: the rows of an INSERT as VALUES lists, not one by one."""
-        template = self._values_templates.get(sql)
-        if template is None:
-            template = self._values_templates[sql] = _values_template(sql, keys)
-        head, values, order = template
-        for start in range(0, len(rows), PG_ROWS_PER_INSERT):
-            chunk = rows[start : start + PG_ROWS_PER_INSERT]
-            connection.exec_driver_sql(
-                head + ", ".join([values] * len(chunk)),
-                tuple(row[key] for row in chunk for key in order),
+        """PostgreSQL: the rows of an INSERT as one array per column, unnested."""
+        prepared = self._array_inserts.get(sql)
+        if prepared is None:
+            prepared = self._array_inserts[sql] = _array_insert(
+                sql, cast(Table, self.statement.table), connection.dialect
             )
+        statement, order = prepared
+        connection.exec_driver_sql(
+            statement, tuple([row[key] for row in rows] for key in order)
+        )
 
     def _prepare(self, dialect: Dialect) -> _Prepared:
         compiled = self.statement.compile(
@@ -345,15 +341,23 @@ class FastStatement:
 _NAMED_PARAMETER = re.compile(r"%\((\w+)\)s")
 
 
-def _values_template(
-    sql: str, keys: tuple[str, ...]
-) -> tuple[str, str, tuple[str, ...]]:
-    """An INSERT up to its VALUES, one row's positional placeholders, and the
-    parameters in the order those placeholders take them."""
+def _array_insert(
+    sql: str, table: Table, dialect: Dialect
+) -> tuple[str, tuple[str, ...]]:
+    """PostgreSQL: an INSERT of one array per column, and the parameters' order.
+
+    ``sql`` is SQLAlchemy's compiled single-row INSERT of ``table``; its column
+    list is kept, and its VALUES row becomes the rows of ``unnest`` over one
+    array per column, each cast to the column's own type (an array of NULLs has
+    no type of its own).
+    """
     head, separator, values = sql.partition(" VALUES ")
     order = tuple(_NAMED_PARAMETER.findall(values))
-    assert separator and sorted(order) == sorted(keys), sql
-    return head + separator, _NAMED_PARAMETER.sub("%s", values), order
+    assert separator and len(order) == len(set(order)), sql
+    arrays = ", ".join(
+        f"%b::{table.c[key].type.compile(dialect=dialect)}[]" for key in order
+    )
+    return f"{head} SELECT * FROM unnest({arrays})", order
 
 
 def fast_insert(table: Table, columns: Sequence[str]) -> FastStatement:
