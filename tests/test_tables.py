@@ -6,7 +6,9 @@ import dataclasses
 from datetime import datetime, timezone
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, event, insert, text
+from sqlalchemy.exc import IntegrityError
 
 from snapreg import SnapshotRegistry
 from snapreg.rules.metadata import SnapshotMetadata
@@ -188,3 +190,26 @@ def test_many_rows_are_stored_as_sqlalchemy_stores_them_in_one_statement(
     # the number of rows: the driver and the server keep it prepared
     assert len(sent) == 2
     assert sent[0] == sent[1]
+
+
+def test_an_error_in_a_pipeline_is_raised_as_sqlalchemy_raises_it(
+    persistent_database_url: str,
+) -> None:
+    run_id, engine = _a_run_and_a_writer(persistent_database_url)
+    now = datetime(2026, 12, 7, 8, 0, 0, tzinfo=timezone.utc)
+    try:
+        with pytest.raises(IntegrityError) as raised, engine.begin() as connection:
+            before = connection.execute(text("SELECT max(id) FROM submission")).scalar()
+            row = ((before or 0) + 1, run_id, "micro[1]", metadata_to_json(ODD), now)
+            with statements.pipelined(connection):
+                # a row, then the same row again: the database refuses the
+                # second, and (PostgreSQL) says so only when the block ends
+                statements.FAST_SUBMISSION.execute(connection, [row])
+                statements.FAST_SUBMISSION.execute(connection, [row])
+        with engine.connect() as connection:
+            after = connection.execute(text("SELECT max(id) FROM submission")).scalar()
+    finally:
+        engine.dispose()
+    # the driver's own error is kept, as SQLAlchemy keeps it; nothing committed
+    assert type(raised.value.orig).__module__.split(".")[0] in ("sqlite3", "psycopg")
+    assert after == before

@@ -175,9 +175,10 @@ def pipelined(connection: Connection) -> Iterator[None]:
 
     The block may only send statements that return no rows (SQLAlchemy reads a
     result's columns as soon as the statement is sent). An error the server
-    reports for any of them is raised when the block ends, as the SQLAlchemy
-    error that statement would have raised, so that callers tell transient
-    failures from others as they always do.
+    reports for any of them is raised at the latest when the block ends, wrapped
+    as SQLAlchemy wraps a statement's error (the same class, the driver's error
+    as ``orig``), so that callers tell transient failures from others as they
+    always do.
     """
     if connection.dialect.name != "postgresql":
         yield
