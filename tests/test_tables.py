@@ -7,7 +7,17 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, insert, text
+from sqlalchemy import (
+    Engine,
+    Integer,
+    bindparam,
+    event,
+    insert,
+    literal_column,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from snapreg import SnapshotRegistry
@@ -213,3 +223,24 @@ def test_an_error_in_a_pipeline_is_raised_as_sqlalchemy_raises_it(
     # the driver's own error is kept, as SQLAlchemy keeps it; nothing committed
     assert type(raised.value.orig).__module__.split(".")[0] in ("sqlite3", "psycopg")
     assert after == before
+
+
+def test_a_statement_of_one_parameter(persistent_database_url: str) -> None:
+    run_id, engine = _a_run_and_a_writer(persistent_database_url)
+    # (each kind of statement the registry sends has several)
+    clear_folder = statements.FastStatement(
+        update(statements.RUN)
+        .where(statements.RUN.c.id == bindparam("run_id", type_=Integer))
+        .values(snapshot_folder=literal_column("'cleared'")),
+        ("run_id",),
+    )
+    try:
+        with engine.begin() as connection:
+            clear_folder.execute(connection, [(run_id,)])
+        with engine.connect() as connection:
+            folders = connection.execute(
+                select(statements.RUN.c.id, statements.RUN.c.snapshot_folder)
+            ).all()
+    finally:
+        engine.dispose()
+    assert folders == [(run_id, "cleared")]

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -129,12 +129,14 @@ class FileWriter:
         with self._lock:
             return frozenset(self._expected).union(self._waiting)
 
-    def expect(self, paths: Iterable[Path]) -> None:
+    def expect(self, paths: Collection[Path]) -> None:
         """Note files whose rows are about to commit: unwritten until written.
 
         Called before the commit, so that no row is ever committed with its file
         missing from :attr:`unwritten` until the file is written.
         """
+        if not paths:  # most registrations complete no workflow snapshot
+            return
         with self._lock:
             self._expected.update(paths)
 
@@ -158,6 +160,8 @@ class FileWriter:
 
     def retry(self) -> None:
         """Try the waiting files again, oldest first, until one fails."""
+        if not self._waiting:
+            return
         for path, text in list(self._waiting.items()):
             try:
                 write_file(path, text, sync=self._sync)

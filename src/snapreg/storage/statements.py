@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, insert, text, update
@@ -162,8 +163,7 @@ def _max_statement(names: tuple[str, ...], check_writer: bool) -> str:
     return "SELECT " + ", ".join(columns)
 
 
-@contextmanager
-def pipelined(connection: Connection) -> Iterator[None]:
+def pipelined(connection: Connection) -> AbstractContextManager[None]:
     """Send the block's statements without waiting for each one's answer.
 
     On PostgreSQL the block runs in psycopg's pipeline mode: its statements go
@@ -181,8 +181,17 @@ def pipelined(connection: Connection) -> Iterator[None]:
     always do.
     """
     if connection.dialect.name != "postgresql":
-        yield
-        return
+        return _NOT_PIPELINED
+    return _pipeline(connection)
+
+
+# SQLite: the block runs as it is (a context of no cost: registrations pass here)
+_NOT_PIPELINED = nullcontext()
+
+
+@contextmanager
+def _pipeline(connection: Connection) -> Iterator[None]:
+    """psycopg's pipeline mode for the block; its errors wrapped as SQLAlchemy's."""
     driver = connection.connection.driver_connection
     assert driver is not None  # a connection in a transaction
     dbapi = connection.dialect.loaded_dbapi
@@ -219,11 +228,14 @@ def edge_rows(node: GraphNode, peers: list[GraphNode]) -> list[dict[str, int]]:
 
 _UNSET = object()
 
-# compiled SQL, positional order, bind processors, parameter names (if named)
+# compiled SQL; the row's values in the SQL's positional order (None: named);
+# (position, bind processor) of each value that has one; values in a row;
+# parameter names (if named)
 _Prepared = tuple[
     str,
-    tuple[int, ...],
-    tuple[Callable[[Any], Any] | None, ...],
+    Callable[[list[Any]], tuple[Any, ...]] | None,
+    tuple[tuple[int, Callable[[Any], Any]], ...],
+    int,
     tuple[str, ...] | None,
 ]
 
@@ -276,20 +288,15 @@ class FastStatement:
         prepared = self._prepared.get(dialect.name)
         if prepared is None:
             prepared = self._prepared[dialect.name] = self._prepare(dialect)
-        sql, order, processors, keys = prepared
+        sql, reorder, converting, width, keys = prepared
         converted: list[Any] = []
         # rows of one call often share a value (the time of the batch, its run):
         # a value identical to the previous row's is converted once
-        converting = [
-            (index, process)
-            for index, process in enumerate(processors)
-            if process is not None
-        ]
-        last_in: list[Any] = [_UNSET] * len(processors)
-        last_out: list[Any] = [None] * len(processors)
+        last_in: list[Any] = [_UNSET] * width
+        last_out: list[Any] = [None] * width
         for row in rows:
-            if len(row) != len(processors):
-                raise ValueError(f"{len(row)} values for {len(processors)} parameters")
+            if len(row) != width:
+                raise ValueError(f"{len(row)} values for {width} parameters")
             values = list(row)
             for index, process in converting:
                 value = values[index]
@@ -298,10 +305,10 @@ class FastStatement:
                 else:
                     last_in[index] = value
                     values[index] = last_out[index] = process(value)
-            if keys is None:
-                converted.append(tuple(values[index] for index in order))
+            if reorder is not None:
+                converted.append(reorder(values))
             else:
-                converted.append(dict(zip(keys, values, strict=True)))
+                converted.append(dict(zip(keys or (), values, strict=True)))
         if not converted:
             return
         if keys is not None and self._insert_columns and len(converted) > 1:
@@ -329,14 +336,26 @@ class FastStatement:
             column_keys=list(self.names) if self._insert_columns else None,
         )
         binds = [compiled.binds[name] for name in self.names]
-        processors = tuple(
+        processors = [
             bind.type.dialect_impl(dialect).bind_processor(dialect) for bind in binds
+        ]
+        converting = tuple(
+            (index, process)
+            for index, process in enumerate(processors)
+            if process is not None
         )
+        width = len(processors)
         if compiled.positional:
             positions = compiled.positiontup or []
-            order = tuple(self.names.index(name) for name in positions)
-            return compiled.string, order, processors, None
-        return compiled.string, (), processors, tuple(bind.key for bind in binds)
+            getter = itemgetter(*(self.names.index(name) for name in positions))
+            reorder: Callable[[list[Any]], tuple[Any, ...]]
+            if len(positions) == 1:  # itemgetter of one index gives the value
+                reorder = lambda values: (getter(values),)  # noqa: E731
+            else:  # several indexes: a tuple of the values
+                reorder = getter
+            return compiled.string, reorder, converting, width, None
+        keys = tuple(bind.key for bind in binds)
+        return compiled.string, None, converting, width, keys
 
 
 _NAMED_PARAMETER = re.compile(r"%\((\w+)\)s")
