@@ -8,8 +8,8 @@ completes, or with the history a run has accumulated.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import pytest
@@ -38,10 +38,14 @@ def counting() -> Iterator[list[int]]:
 
 
 def statements_per_registration(
-    registry: SnapshotRegistry, stream: Stream
+    registry: SnapshotRegistry,
+    stream: Stream,
+    counted: Callable[[], AbstractContextManager[list[int]]] | None = None,
 ) -> list[int]:
+    """What ``counted`` (default: the statements sent) counts during each
+    registration of the stream."""
     counts = []
-    with counting() as counter:
+    with (counted or counting)() as counter:
         for instance, metadata in stream.registrations:
             before = counter[0]
             registry.add_snapshot(instance, metadata)
@@ -137,13 +141,8 @@ def test_a_registration_waits_for_postgresql_a_bounded_number_of_times(
     postgres_url: str,
 ) -> None:
     stream = macro_micro(7, num_micro=5, num_steps=3, intermediates_per_reuse=2)
-    counts = []
     with SnapshotRegistry(stream.config, None, database_url=postgres_url) as registry:
-        with counting_round_trips() as counter:
-            for instance, metadata in stream.registrations:
-                before = counter[0]
-                registry.add_snapshot(instance, metadata)
-                counts.append(counter[0] - before)
+        counts = statements_per_registration(registry, stream, counting_round_trips)
         total = len(registry.workflow_snapshots())
     assert total > len(stream.registrations)  # many rows of every kind
     assert max(counts) <= MAX_ROUND_TRIPS, counts

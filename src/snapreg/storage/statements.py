@@ -228,15 +228,15 @@ def edge_rows(node: GraphNode, peers: list[GraphNode]) -> list[dict[str, int]]:
 
 _UNSET = object()
 
-# compiled SQL; the row's values in the SQL's positional order (None: named);
-# (position, bind processor) of each value that has one; values in a row;
-# parameter names (if named)
+# compiled SQL; a row's converted values as the driver takes them (a tuple in
+# the SQL's positional order, or a dict of named parameters); (position, bind
+# processor) of each value that has one; values in a row; whether named
 _Prepared = tuple[
     str,
-    Callable[[list[Any]], tuple[Any, ...]] | None,
+    Callable[[list[Any]], Any],
     tuple[tuple[int, Callable[[Any], Any]], ...],
     int,
-    tuple[str, ...] | None,
+    bool,
 ]
 
 
@@ -288,7 +288,7 @@ class FastStatement:
         prepared = self._prepared.get(dialect.name)
         if prepared is None:
             prepared = self._prepared[dialect.name] = self._prepare(dialect)
-        sql, reorder, converting, width, keys = prepared
+        sql, shape, converting, width, named = prepared
         converted: list[Any] = []
         # rows of one call often share a value (the time of the batch, its run):
         # a value identical to the previous row's is converted once
@@ -305,13 +305,10 @@ class FastStatement:
                 else:
                     last_in[index] = value
                     values[index] = last_out[index] = process(value)
-            if reorder is not None:
-                converted.append(reorder(values))
-            else:
-                converted.append(dict(zip(keys or (), values, strict=True)))
+            converted.append(shape(values))
         if not converted:
             return
-        if keys is not None and self._insert_columns and len(converted) > 1:
+        if named and self._insert_columns and len(converted) > 1:
             self._insert_arrays(connection, sql, converted)
             return
         connection.exec_driver_sql(sql, converted)
@@ -345,17 +342,16 @@ class FastStatement:
             if process is not None
         )
         width = len(processors)
-        if compiled.positional:
-            positions = compiled.positiontup or []
-            getter = itemgetter(*(self.names.index(name) for name in positions))
-            reorder: Callable[[list[Any]], tuple[Any, ...]]
-            if len(positions) == 1:  # itemgetter of one index gives the value
-                reorder = lambda values: (getter(values),)  # noqa: E731
-            else:  # several indexes: a tuple of the values
-                reorder = getter
-            return compiled.string, reorder, converting, width, None
-        keys = tuple(bind.key for bind in binds)
-        return compiled.string, None, converting, width, keys
+        shape: Callable[[list[Any]], Any]
+        if not compiled.positional:
+            keys = tuple(bind.key for bind in binds)
+            shape = lambda values: dict(zip(keys, values, strict=True))  # noqa: E731
+            return compiled.string, shape, converting, width, True
+        positions = compiled.positiontup or []
+        getter = itemgetter(*(self.names.index(name) for name in positions))
+        # itemgetter of several indexes gives a tuple, of one index the value
+        shape = getter if len(positions) > 1 else lambda values: (getter(values),)
+        return compiled.string, shape, converting, width, False
 
 
 _NAMED_PARAMETER = re.compile(r"%\((\w+)\)s")
