@@ -211,7 +211,7 @@ def test_an_error_in_a_pipeline_is_raised_as_sqlalchemy_raises_it(
         with pytest.raises(IntegrityError) as raised, engine.begin() as connection:
             before = connection.execute(text("SELECT max(id) FROM submission")).scalar()
             row = ((before or 0) + 1, run_id, "micro[1]", metadata_to_json(ODD), now)
-            with statements.pipelined(connection):
+            with statements.pipelined(connection, 2):
                 # a row, then the same row again: the database refuses the
                 # second, and (PostgreSQL) says so only when the block ends
                 statements.FAST_SUBMISSION.execute(connection, [row])
@@ -223,6 +223,26 @@ def test_an_error_in_a_pipeline_is_raised_as_sqlalchemy_raises_it(
     # the driver's own error is kept, as SQLAlchemy keeps it; nothing committed
     assert type(raised.value.orig).__module__.split(".")[0] in ("sqlite3", "psycopg")
     assert after == before
+
+
+@pytest.mark.postgres
+def test_only_a_block_of_several_statements_is_pipelined(postgres_url: str) -> None:
+    from psycopg import pq
+
+    engine = create_database_engine(postgres_url)
+    try:
+        with engine.begin() as connection:
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            # a registration that writes one row: a pipeline would save no wait
+            with statements.pipelined(connection, 1):
+                alone = driver.pgconn.pipeline_status
+            with statements.pipelined(connection, 2):
+                together = driver.pgconn.pipeline_status
+    finally:
+        engine.dispose()
+    assert alone == pq.PipelineStatus.OFF
+    assert together == pq.PipelineStatus.ON
 
 
 def test_a_statement_of_one_parameter(persistent_database_url: str) -> None:

@@ -279,7 +279,7 @@ class BatchWriter:
             writer=self._store.run_writer,
         )
         # every statement from here on returns no rows: one wait for all of them
-        with statements.pipelined(connection):
+        with statements.pipelined(connection, _statements_to_send(batch)):
             self._insert_rows(connection, batch, ids, now)
         return batch.nodes[0][0].id
 
@@ -388,3 +388,15 @@ class BatchWriter:
                 )
             )
         statements.FAST_SUBMISSION.execute(connection, rows)
+
+
+def _statements_to_send(batch: Batch) -> int:
+    """How many statements :meth:`BatchWriter._insert_rows` sends (one per table
+    that has rows; nodes always have)."""
+    return (
+        1
+        + bool(batch.staged)
+        + bool(batch.edges)
+        + 2 * bool(batch.workflow_snapshots)
+        + bool(batch.retired)
+    )
