@@ -52,7 +52,7 @@ from snapreg import SnapshotRegistry  # noqa: E402
 from snapreg.rules.metadata import SnapshotMetadata, coerce_metadata  # noqa: E402
 from snapreg.storage import schema  # noqa: E402
 from snapreg.storage.engines import create_database_engine, writer  # noqa: E402
-from snapreg.storage.versions import upgrade_engine  # noqa: E402
+from snapreg.storage.versions import ensure_schema  # noqa: E402
 from support.streams import (  # noqa: E402
     Stream,
     chain,
@@ -192,7 +192,8 @@ def replay_snapreg(stream: Stream, url: str, policy: str) -> tuple[float, int]:
 def floor(url: str, count: int = 2000) -> float:
     """Seconds per bare Core insert of a node row and an edge row plus a commit."""
     engine = create_database_engine(url)
-    upgrade_engine(engine)
+    # as a registry opens its database: the schema, and SQLite's WAL mode
+    ensure_schema(engine, upgrade=True)
     now = datetime.now(timezone.utc)
     node_table = schema.SnapshotNodeRow.__table__
     edge_table = schema.ConsistentPairRow.__table__
