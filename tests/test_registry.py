@@ -37,9 +37,10 @@ from snapreg import (
     WriterConflictError,
 )
 from snapreg.registry.files import NameAllocator
+from snapreg.rules.graph import ActiveGraph
 from support.entries import call_entry, register_or_raise
 from support.oracle import run_oracle
-from support.streams import dispatch, macro_micro
+from support.streams import Stream, dispatch, ensemble, macro_micro
 from support.torture import database_rows
 
 STREAM = macro_micro(11, num_micro=3, num_steps=3)
@@ -392,6 +393,56 @@ def test_runs_and_campaigns(persistent_database_url: str, tmp_path: Path) -> Non
     ) as other:
         assert other.run_number == 1
         assert other.workflow_snapshots() == []
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [macro_micro(3, num_micro=4, num_steps=2), ensemble(3, num_models=3)],
+    ids=["macro_micro", "ensemble"],
+)
+def test_a_new_run_starts_from_the_graph_its_rows_hold(
+    persistent_database_url: str, stream: Stream
+) -> None:
+    with SnapshotRegistry(
+        stream.config, None, database_url=persistent_database_url
+    ) as registry:
+        writer = registry._writer
+        built = _graph_state(writer.graph)
+        read_back = _graph_state(registry._store.read(writer.load_graph))
+        assert built == read_back
+        # and goes on from it as MUSCLE3 does
+        found = [
+            len(registry.add_snapshot(instance, data))
+            for instance, data in stream.registrations
+        ]
+    assert found == [len(step.workflow_snapshots) for step in run_oracle(stream)]
+
+
+def _graph_state(graph: ActiveGraph) -> dict[str, Any]:
+    """Everything an active graph holds, by row ids."""
+    return {
+        "nodes": {
+            instance: [
+                (
+                    node.id,
+                    node.num,
+                    node.is_restart,
+                    node.metadata,
+                    node.peers,
+                    node.peers_covered,
+                    {
+                        peer: [other.id for other in others]
+                        for peer, others in node.consistent_peers.items()
+                    },
+                )
+                for node in nodes
+            ]
+            for instance, nodes in graph.nodes.items()
+        },
+        "next_num": graph.next_num,
+        "candidate_count": graph.candidate_count,
+        "without_candidates": graph.instances_without_candidates,
+    }
 
 
 def test_resuming_from_an_unknown_workflow_snapshot(database_url: str) -> None:

@@ -53,6 +53,33 @@ def statements_per_registration(
     return counts
 
 
+def test_opening_a_new_run_reads_none_of_its_nodes_back(
+    persistent_database_url: str,
+) -> None:
+    # the graph of its restart nodes is built as their rows are written
+    stream = macro_micro(5, num_micro=30, num_steps=1)
+    reads: list[str] = []
+
+    def record(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if (
+            statement.lstrip().startswith("SELECT")
+            and "FROM snapshot_node" in statement
+            and "max(id)" not in statement
+        ):
+            reads.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        with SnapshotRegistry(
+            stream.config, None, database_url=persistent_database_url
+        ) as registry:
+            opened = len(reads)
+            registry.add_snapshot(*stream.registrations[0])
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+    assert opened == 0, reads
+
+
 @pytest.mark.parametrize("micro", [1, 30, 300])
 def test_statements_do_not_grow_with_instances(
     persistent_database_url: str, micro: int

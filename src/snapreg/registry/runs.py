@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, insert, select, text
 from sqlalchemy.engine import URL
@@ -38,6 +38,24 @@ from snapreg.storage import codecs, queries, schema, statements
 # campaign.name is VARCHAR(255); row ids are 64-bit on PostgreSQL
 MAX_CAMPAIGN_NAME_LENGTH = 255
 MAX_ROW_ID = 2**63 - 1
+
+
+class OpenedRunRows(NamedTuple):
+    """The run :func:`open_run` opened.
+
+    Attributes:
+        campaign_id: The campaign's row id.
+        run_id: The run's row id.
+        number: The run's number in its campaign.
+        graph: For a run it created, the active graph its rows hold (the restart
+            nodes and their edges), built while writing them, so that it need not
+            be read back; None for a run it continues.
+    """
+
+    campaign_id: int
+    run_id: int
+    number: int
+    graph: ActiveGraph | None
 
 
 def check_arguments(
@@ -129,11 +147,8 @@ class RunSetup:
 
 def open_run(
     session: Session, setup: RunSetup, new_run: bool, resumed_from: int | None
-) -> tuple[int, int, int]:
+) -> OpenedRunRows:
     """Continue the campaign's latest run, or create a new one, and take it.
-
-    Returns:
-        The campaign's id, the run's id and its number.
 
     Raises:
         TopologyMismatchError: continuing a run made with another model.
@@ -153,7 +168,7 @@ def open_run(
         # a retry after a commit whose answer was lost: the run is ours already,
         # but the lock may have gone with the connection
         setup.lease.acquire(session, run, setup.campaign)
-        return campaign.id, run.id, run.number
+        return OpenedRunRows(campaign.id, run.id, run.number, None)
     signature = setup.topology.signature()
     folder = None if setup.folder is None else str(setup.folder.resolve())
     # Another snapshot folder beside the last run's, which is still there, is
@@ -170,7 +185,7 @@ def open_run(
     if run is None or new_run or another_start:
         if resumed_from is not None:
             _check_resumed_from(session, setup.campaign, campaign.id, resumed_from)
-        run = _create_run(
+        run, graph = _create_run(
             session,
             setup,
             campaign.id,
@@ -178,7 +193,7 @@ def open_run(
             resumed_from,
         )
         setup.lease.acquire(session, run, setup.campaign)
-        return campaign.id, run.id, run.number
+        return OpenedRunRows(campaign.id, run.id, run.number, graph)
     if (
         resumed_from is not None
         and resumed_from != run.resumed_from_workflow_snapshot_id
@@ -204,12 +219,12 @@ def open_run(
     setup.lease.acquire(session, run, setup.campaign)
     if folder is not None and run.snapshot_folder != folder:
         run.snapshot_folder = folder
-    return campaign.id, run.id, run.number
+    return OpenedRunRows(campaign.id, run.id, run.number, None)
 
 
 def open_run_on(
     connection: Connection, setup: RunSetup, new_run: bool, resumed_from: int | None
-) -> tuple[int, int, int]:
+) -> OpenedRunRows:
     """:func:`open_run` in the transaction under way on a writer's connection.
 
     The registry opens its run on the connection it keeps for writing: on
@@ -260,8 +275,12 @@ def _create_run(
     campaign_id: int,
     number: int,
     resumed_from: int | None,
-) -> schema.RunRow:
-    """A new run with its restart nodes, their edges and its topology rows."""
+) -> tuple[schema.RunRow, ActiveGraph]:
+    """A new run with its restart nodes, their edges and its topology rows.
+
+    Returns:
+        The run, and the active graph of its rows.
+    """
     now = datetime.now(timezone.utc)
     topology = setup.topology
     run = schema.RunRow(
@@ -280,8 +299,7 @@ def _create_run(
     connection = session.connection()
     # Restart nodes first, as MUSCLE3 does: every instance may start afresh.
     graph = ActiveGraph(topology)
-    restart = restart_metadata()
-    values = codecs.node_row_values(restart)
+    values = codecs.node_row_values(restart_metadata())
     ids = statements.allocate_ids(connection, statements.NODE, len(topology.instances))
     connection.execute(
         insert(statements.NODE),
@@ -300,12 +318,13 @@ def _create_run(
     )
     edges: list[dict[str, int]] = []
     for node_id, instance in zip(ids, topology.instances, strict=True):
-        node = graph.new_node(node_id, instance, restart, True)
+        # each its own metadata, as when read from its row
+        node = graph.new_node(node_id, instance, restart_metadata(), True)
         edges.extend(statements.edge_rows(node, graph.add(node)))
     if edges:
         connection.execute(statements.INSERT_EDGE, edges)
     _write_topology_rows(connection, topology, run.id)
-    return run
+    return run, graph
 
 
 def _write_topology_rows(

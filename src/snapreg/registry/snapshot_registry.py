@@ -194,7 +194,7 @@ class SnapshotRegistry(threading.Thread):
                 lease,
                 policy,
             )
-            self._run = self._store.open(
+            self._run, created = self._store.open(
                 setup, upgrade=upgrade, new_run=new_run, resumed_from=resumed_from
             )
             writer = BatchWriter(
@@ -210,7 +210,10 @@ class SnapshotRegistry(threading.Thread):
             if folder is not None:
                 remove_temporary_files(folder)
             recover_missing_files(self._store, self._files)
-            self._registrations.resume(self._store)
+            if created is None:
+                self._registrations.resume(self._store)
+            else:
+                self._registrations.start(created)
         except BaseException:
             if self._store.run is not None:
                 try:

@@ -23,6 +23,7 @@ from snapreg.errors import StorageUnavailableError
 from snapreg.registry.files import FileWriter
 from snapreg.registry.lease import Clock, Heartbeat, WriterLease
 from snapreg.registry.runs import RunSetup, open_run_on
+from snapreg.rules.graph import ActiveGraph
 from snapreg.storage import statements
 from snapreg.storage.engines import (
     Durability,
@@ -108,10 +109,15 @@ class RunStore:
         upgrade: bool,
         new_run: bool,
         resumed_from: int | None,
-    ) -> OpenedRun:
-        """Check the schema, open (or create) the run and take its lease."""
+    ) -> tuple[OpenedRun, ActiveGraph | None]:
+        """Check the schema, open (or create) the run and take its lease.
+
+        Returns:
+            The run, and for a run just created the active graph of its rows
+            (None for a run continued: its graph is in the database).
+        """
         ensure_schema(self.engine, upgrade=upgrade)
-        campaign_id, run_id, number = run_in_connection(
+        campaign_id, run_id, number, graph = run_in_connection(
             self._writes,
             lambda connection: open_run_on(connection, setup, new_run, resumed_from),
         )
@@ -125,7 +131,7 @@ class RunStore:
             connection, run_id, run.describe()
         )
         self._heartbeat.renewed()
-        return run
+        return run, graph
 
     def write(
         self,
