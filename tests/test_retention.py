@@ -38,6 +38,7 @@ from snapreg.tools.retention import RetentionWorker
 from support import simulation
 from support.command_line import invoke
 from support.streams import Stream, macro_micro
+from support.writers import leave_to_a_dead_process
 
 #: Long enough for anything that should happen at once, on a busy machine.
 PATIENCE = 30.0
@@ -423,6 +424,35 @@ def test_a_live_run_keeps_its_active_nodes_and_resume_files_beside_a_newer_run(
     assert resume_file not in as_first
     campaign.registry.close()  # run 1 ends: no one writes it any more
     assert active <= deletable(LiveRun(2))
+
+
+def test_a_run_whose_writer_died_keeps_no_files_beside_a_newer_run(
+    persistent_database_url: str,
+    tmp_path: Path,
+    closing: list[Callable[[], None]],
+) -> None:
+    stream = macro_micro(3, num_micro=2, num_steps=4, micro_intermediate=False)
+    campaign = on_disk(persistent_database_url, tmp_path / "first", stream)
+    closing.append(campaign.registry.close)
+    campaign.register(len(stream.registrations) - 1)
+    active = {campaign.file_of(index) for index in (9, 10)}
+    (tmp_path / "second").mkdir()
+    newer = SnapshotRegistry(
+        stream.config,
+        tmp_path / "second",
+        database_url=persistent_database_url,
+        campaign=campaign.campaign,
+        new_run=True,
+    )
+    closing.append(newer.close)
+    campaign.registry.close()
+    # run 1's manager was killed: its lease names a process that is gone (and,
+    # on PostgreSQL, no session holds the run)
+    leave_to_a_dead_process(persistent_database_url, campaign.campaign, number=1)
+
+    plan = plan_cleanup(persistent_database_url, campaign.campaign, 1, live=LiveRun(2))
+
+    assert active <= {entry.path for entry in plan.deletable}
 
 
 # ------------------------------------------------------------ real MUSCLE3 runs

@@ -50,6 +50,7 @@ from support.writers import (
     Trial,
     age_heartbeats,
     end_session,
+    leave_to_a_dead_process,
     lock_holder,
     run_id_of,
     save_stream,
@@ -107,45 +108,6 @@ def _race_one_run(url: str, folder: Path, tmp_path: Path, campaign: str) -> list
         trial.finish()
 
 
-def _leave_to_a_dead_process(url: str, campaign: str) -> None:
-    """Write the run's lease as a process that died on this host left it.
-
-    Its heartbeat is fresh (in the future, even): only the holder's absence (no
-    process, no database session) lets the run be taken over.
-    """
-    engine = inspection_engine(url)
-    with engine.begin() as connection:
-        connection.execute(
-            text(
-                "UPDATE run SET writer_host = :host, writer_pid = :pid,"
-                " writer_token = :token, writer_since = :now,"
-                " writer_heartbeat_at = :now"
-                " WHERE campaign_id = (SELECT id FROM campaign WHERE name = :campaign)"
-            ),
-            {
-                "host": HOST,
-                "pid": _dead_pid(),
-                "token": "d" * 32,
-                "campaign": campaign,
-                "now": "2999-01-01 00:00:00",
-            },
-        )
-    engine.dispose()
-
-
-def _dead_pid() -> int:
-    """A pid no process has on this host."""
-    pid = 4_000_000
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return pid
-        except PermissionError:
-            pass
-        pid += 1
-
-
 @pytest.mark.slow  # child processes
 @pytest.mark.parametrize("run_state", ["new campaign", "ended", "abandoned"])
 def test_simultaneous_openers_of_one_run_exactly_one_writes(
@@ -164,7 +126,7 @@ def test_simultaneous_openers_of_one_run_exactly_one_writes(
             ):
                 pass
         if run_state == "abandoned":
-            _leave_to_a_dead_process(url, campaign)
+            leave_to_a_dead_process(url, campaign)
 
         problems = _race_one_run(url, folder, tmp_path, campaign)
 

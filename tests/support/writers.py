@@ -32,6 +32,7 @@ from sqlalchemy import text
 
 from snapreg import SnapshotRegistry, WriterConflictError
 from snapreg.storage.locks import writer_lock_holder, writer_lock_key
+from snapreg.storage.transactions import host_and_pid
 
 from .entries import register_or_raise
 from .streams import Stream
@@ -182,6 +183,48 @@ def run_id_of(url: str, campaign: str, number: int = 1) -> int:
             )
     finally:
         engine.dispose()
+
+
+def leave_to_a_dead_process(url: str, campaign: str, number: int | None = None) -> None:
+    """Write the lease of the campaign's runs (or of run ``number``) as a process
+    that died on this host left it.
+
+    Its heartbeat is fresh (in the future, even): only the holder's absence (no
+    process, no database session) tells that it is gone.
+    """
+    engine = inspection_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "UPDATE run SET writer_host = :host, writer_pid = :pid,"
+                " writer_token = :token, writer_since = :now,"
+                " writer_heartbeat_at = :now"
+                " WHERE campaign_id = (SELECT id FROM campaign WHERE name = :campaign)"
+                + ("" if number is None else " AND number = :number")
+            ),
+            {
+                "host": host_and_pid()[0],
+                "pid": dead_pid(),
+                "token": "d" * 32,
+                "campaign": campaign,
+                "number": number,
+                "now": "2999-01-01 00:00:00",
+            },
+        )
+    engine.dispose()
+
+
+def dead_pid() -> int:
+    """A pid no process has on this host."""
+    pid = 4_000_000
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid += 1
 
 
 def age_heartbeats(url: str, seconds: float) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, text
 
+from snapreg.storage.transactions import host_and_pid, process_alive
+
 #: First keys of snapreg's PostgreSQL advisory locks (their two-key form). A run's
 #: writer holds (RUN_WRITER_LOCK_SPACE, run) on its own database session for as long
 #: as it lives; openers of a campaign take turns on (CAMPAIGN_LOCK_SPACE, campaign);
@@ -60,3 +62,19 @@ def held_writer_locks(connection: Connection) -> set[int]:
             _ALL_WRITER_LOCKS, {"space": RUN_WRITER_LOCK_SPACE}
         )
     }
+
+
+def holder_known_gone(
+    connection: Connection, run_id: int, host: str | None, pid: int | None
+) -> bool:
+    """Whether a run's lease holder is certainly gone, by its absence alone.
+
+    PostgreSQL: no session holds the run's lock. SQLite: the holder ran on this
+    host and its process is gone. A holder on another host of a SQLite file may
+    still be there whatever its heartbeat says (heartbeats stall while the
+    database is unavailable), so it is never known gone here: where deleting
+    depends on it, keeping is the safe side.
+    """
+    if connection.dialect.name == "postgresql":
+        return writer_lock_holder(connection, run_id) is None
+    return host == host_and_pid()[0] and not process_alive(pid)

@@ -18,6 +18,7 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from snapreg.storage import queries, schema
+from snapreg.storage.locks import holder_known_gone
 
 # SQLite accepts 32766 bound parameters per statement; stay well below.
 _IN_LIST_CHUNK = 10_000
@@ -93,7 +94,14 @@ def read(session: Session, campaign: str, keep: int, live: LiveRun | None) -> Fa
     node = schema.SnapshotNodeRow
     snapshot = schema.WorkflowSnapshotRow
     runs = session.execute(
-        select(run.id, run.number, run.snapshot_folder, run.writer_token)
+        select(
+            run.id,
+            run.number,
+            run.snapshot_folder,
+            run.writer_token,
+            run.writer_host,
+            run.writer_pid,
+        )
         .where(run.campaign_id == campaign_row.id)
         .order_by(run.number)
     ).all()
@@ -109,10 +117,19 @@ def read(session: Session, campaign: str, keep: int, live: LiveRun | None) -> Fa
     protected = _files_of(session, kept)
     active_runs = {runs[-1].id} if runs else set()
     if live is not None:
+        # another run someone may still write (a manager started beside this
+        # one); a run whose writer died keeps only what workflow snapshots need
+        connection = session.connection()
         active_runs.update(
             row.id
             for row in runs
-            if row.number == live.run or row.writer_token is not None
+            if row.number == live.run
+            or (
+                row.writer_token is not None
+                and not holder_known_gone(
+                    connection, row.id, row.writer_host, row.writer_pid
+                )
+            )
         )
     for run_id in active_runs:
         protected.update(
