@@ -199,6 +199,20 @@ class Topology:
             return cached
         component, indices = split_instance(instance)
         peer_component, peer_indices = split_instance(peer)
+        # the same for every pair of instances of the two components
+        shape = (component, peer_component, len(indices) - len(peer_indices))
+        connections = self._connection_cache.get(shape)
+        if connections is None:
+            connections = self._component_connections(*shape)
+            self._connection_cache[shape] = connections
+        self._connection_cache[key] = connections
+        return connections
+
+    def _component_connections(
+        self, component: str, peer_component: str, depth: int
+    ) -> tuple[Connection, ...]:
+        """:meth:`connections` between instances of two components; ``depth``:
+        how many more indices the instance has than the peer."""
         result: list[Connection] = []
         for conduit in self.conduits:
             if conduit.sender == component and conduit.receiver == peer_component:
@@ -209,14 +223,12 @@ class Topology:
                 own_port, peer_port = conduit.receiving_port, conduit.sending_port
             else:
                 continue
-            if len(indices) < len(peer_indices):
+            if depth < 0:
                 info |= ConnectionInfo.SELF_IS_VECTOR
-            elif len(indices) > len(peer_indices):
+            elif depth > 0:
                 info |= ConnectionInfo.PEER_IS_VECTOR
             result.append(Connection(own_port, peer_port, info))
-        connections = tuple(result)
-        self._connection_cache[key] = connections
-        return connections
+        return tuple(result)
 
     @cached_property
     def _peer_cache(self) -> dict[str, frozenset[str]]:
@@ -236,7 +248,10 @@ class Topology:
         return {}
 
     @cached_property
-    def _connection_cache(self) -> dict[tuple[str, str], tuple[Connection, ...]]:
+    def _connection_cache(
+        self,
+    ) -> dict[tuple[str, str] | tuple[str, str, int], tuple[Connection, ...]]:
+        # per pair of instances, and per pair of components and depth
         return {}
 
 
