@@ -384,30 +384,41 @@ def test_no_file_of_a_workflow_snapshot_being_written_is_deleted(
     )
 
 
-def test_a_live_run_keeps_its_active_nodes_and_resume_files_beside_a_newer_run(
-    persistent_database_url: str,
-    tmp_path: Path,
-    closing: list[Callable[[], None]],
-) -> None:
+def _run_beside_a_newer_one(
+    url: str, tmp_path: Path, closing: list[Callable[[], None]]
+) -> tuple[OnDisk, set[Path]]:
+    """Run 1 of a campaign, still open, with files of active nodes that no
+    workflow snapshot has; and run 2, started beside it."""
     stream = macro_micro(3, num_micro=2, num_steps=4, micro_intermediate=False)
-    campaign = on_disk(persistent_database_url, tmp_path / "first", stream)
+    campaign = on_disk(url, tmp_path / "first", stream)
     closing.append(campaign.registry.close)
     # all but the macro's last: the micros' last snapshots are active nodes that
     # no workflow snapshot has yet
     campaign.register(len(stream.registrations) - 1)
     active = {campaign.file_of(index) for index in (9, 10)}
     assert not active & files_of(campaign.found)
-    resume_file = campaign.file_of(0)
     # a second manager forced on: a newer run of the campaign, while this one runs
     (tmp_path / "second").mkdir()
     newer = SnapshotRegistry(
         stream.config,
         tmp_path / "second",
-        database_url=persistent_database_url,
+        database_url=url,
         campaign=campaign.campaign,
         new_run=True,
     )
     closing.append(newer.close)
+    return campaign, active
+
+
+def test_a_live_run_keeps_its_active_nodes_and_resume_files_beside_a_newer_run(
+    persistent_database_url: str,
+    tmp_path: Path,
+    closing: list[Callable[[], None]],
+) -> None:
+    campaign, active = _run_beside_a_newer_one(
+        persistent_database_url, tmp_path, closing
+    )
+    resume_file = campaign.file_of(0)
 
     def deletable(live: LiveRun | None) -> set[Path]:
         plan = plan_cleanup(persistent_database_url, campaign.campaign, 1, live=live)
@@ -431,20 +442,9 @@ def test_a_run_whose_writer_died_keeps_no_files_beside_a_newer_run(
     tmp_path: Path,
     closing: list[Callable[[], None]],
 ) -> None:
-    stream = macro_micro(3, num_micro=2, num_steps=4, micro_intermediate=False)
-    campaign = on_disk(persistent_database_url, tmp_path / "first", stream)
-    closing.append(campaign.registry.close)
-    campaign.register(len(stream.registrations) - 1)
-    active = {campaign.file_of(index) for index in (9, 10)}
-    (tmp_path / "second").mkdir()
-    newer = SnapshotRegistry(
-        stream.config,
-        tmp_path / "second",
-        database_url=persistent_database_url,
-        campaign=campaign.campaign,
-        new_run=True,
+    campaign, active = _run_beside_a_newer_one(
+        persistent_database_url, tmp_path, closing
     )
-    closing.append(newer.close)
     campaign.registry.close()
     # run 1's manager was killed: its lease names a process that is gone (and,
     # on PostgreSQL, no session holds the run)
