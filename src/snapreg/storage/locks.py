@@ -64,17 +64,19 @@ def held_writer_locks(connection: Connection) -> set[int]:
     }
 
 
-def holder_known_gone(
-    connection: Connection, run_id: int, host: str | None, pid: int | None
-) -> bool:
-    """Whether a run's lease holder is certainly gone, by its absence alone.
+def writer_present(
+    run_id: int, host: str | None, pid: int | None, held_locks: set[int] | None
+) -> bool | None:
+    """Whether a run's lease holder is there, as far as its absence can tell.
 
-    PostgreSQL: no session holds the run's lock. SQLite: the holder ran on this
-    host and its process is gone. A holder on another host of a SQLite file may
-    still be there whatever its heartbeat says (heartbeats stall while the
-    database is unavailable), so it is never known gone here: where deleting
-    depends on it, keeping is the safe side.
+    PostgreSQL (``held_locks`` from :func:`held_writer_locks`): whether a
+    session holds the run's lock. SQLite (``held_locks`` None): for a holder on
+    this host, whether its process lives; for one on another host None, not
+    known: its heartbeat, which stalls while the database is unavailable, is
+    all there is to go by.
     """
-    if connection.dialect.name == "postgresql":
-        return writer_lock_holder(connection, run_id) is None
-    return host == host_and_pid()[0] and not process_alive(pid)
+    if held_locks is not None:
+        return writer_lock_key(run_id)[1] in held_locks
+    if host == host_and_pid()[0] and pid is not None:
+        return process_alive(pid)
+    return None

@@ -22,8 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from snapreg.storage import schema
-from snapreg.storage.locks import held_writer_locks, writer_lock_key
-from snapreg.storage.transactions import host_and_pid, process_alive
+from snapreg.storage.locks import held_writer_locks, writer_present
 
 #: SQLite: a run whose writer, on another host, has not shown a sign of life for
 #: this long is not running. (PostgreSQL: its writer lock says.)
@@ -213,13 +212,11 @@ def _run_status(row: schema.RunRow, held_locks: set[int] | None) -> RunStatus:
     """
     if row.writer_token is None:
         return "ended"
-    if held_locks is not None:
-        # the writer's session holds the lock for as long as the writer lives,
-        # whatever its heartbeat says; the registry judges by the same lock
-        return "running" if writer_lock_key(row.id)[1] in held_locks else "interrupted"
-    host, _ = host_and_pid()
-    if row.writer_host == host and row.writer_pid is not None:
-        return "running" if process_alive(row.writer_pid) else "interrupted"
+    # PostgreSQL: the writer's session holds the lock for as long as the writer
+    # lives, whatever its heartbeat says; the registry judges by the same lock
+    present = writer_present(row.id, row.writer_host, row.writer_pid, held_locks)
+    if present is not None:
+        return "running" if present else "interrupted"
     heartbeat = row.writer_heartbeat_at or row.writer_since
     if heartbeat is None:
         return "interrupted"

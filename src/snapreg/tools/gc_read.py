@@ -18,7 +18,7 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from snapreg.storage import queries, schema
-from snapreg.storage.locks import holder_known_gone
+from snapreg.storage.locks import held_writer_locks, writer_present
 
 # SQLite accepts 32766 bound parameters per statement; stay well below.
 _IN_LIST_CHUNK = 10_000
@@ -118,17 +118,22 @@ def read(session: Session, campaign: str, keep: int, live: LiveRun | None) -> Fa
     active_runs = {runs[-1].id} if runs else set()
     if live is not None:
         # another run someone may still write (a manager started beside this
-        # one); a run whose writer died keeps only what workflow snapshots need
+        # one); a run whose writer is known to be gone keeps only what
+        # workflow snapshots need
         connection = session.connection()
+        held = (
+            held_writer_locks(connection)
+            if connection.dialect.name == "postgresql"
+            else None
+        )
         active_runs.update(
             row.id
             for row in runs
             if row.number == live.run
             or (
                 row.writer_token is not None
-                and not holder_known_gone(
-                    connection, row.id, row.writer_host, row.writer_pid
-                )
+                and writer_present(row.id, row.writer_host, row.writer_pid, held)
+                is not False
             )
         )
     for run_id in active_runs:
