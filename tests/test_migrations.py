@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +23,10 @@ from snapreg import (
     SchemaTooNewError,
     SnapshotRegistry,
     StorageUnavailableError,
+    TransientDatabaseError,
     upgrade_database,
 )
+from snapreg.storage import engines
 from snapreg.storage.engines import create_database_engine, use_wal
 from snapreg.storage.schema import Base
 from snapreg.storage.versions import (
@@ -397,6 +400,56 @@ def test_a_snapreg_database_in_rollback_journal_mode_is_switched_to_wal(
         registry.add_snapshot(*STREAM.registrations[0])
     connection = sqlite3.connect(path)
     assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    connection.close()
+
+
+def _in_rollback_journal(path: Path) -> None:
+    """Create snapreg's schema in the file at ``path`` and leave it out of WAL."""
+    upgrade_database(f"sqlite:///{path}")
+    connection = sqlite3.connect(path)
+    assert connection.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
+    connection.close()
+
+
+def test_switching_to_wal_waits_for_a_writer_of_the_file(tmp_path: Path) -> None:
+    # Eight registries opening one new file at once: one found the schema made
+    # and sent PRAGMA journal_mode=WAL while another still held the write lock
+    # it had taken to check the schema. SQLite answers such a switch "database
+    # is locked" at once, without waiting out its busy timeout.
+    path = tmp_path / "ours.sqlite"
+    _in_rollback_journal(path)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, lambda: other.execute("ROLLBACK"))
+    release.start()
+    engine = create_database_engine(f"sqlite:///{path}")
+    try:
+        use_wal(engine)
+    finally:
+        release.join()
+        other.close()
+        engine.dispose()
+    connection = sqlite3.connect(path)
+    assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    connection.close()
+
+
+def test_a_lock_that_outlasts_the_switch_to_wal_is_snapregs_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engines, "SQLITE_BUSY_TIMEOUT_MS", 100)
+    path = tmp_path / "ours.sqlite"
+    _in_rollback_journal(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(TransientDatabaseError, match="locked"):
+            upgrade_database(f"sqlite:///{path}")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    connection = sqlite3.connect(path)
+    assert connection.execute("PRAGMA journal_mode").fetchone() == ("delete",)
     connection.close()
 
 

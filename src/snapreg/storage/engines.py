@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -270,9 +272,38 @@ def use_wal(engine: Engine) -> None:
         # straight to the driver: outside a transaction, which SQLite requires
         driver = connection.driver_connection
         assert driver is not None
-        driver.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(driver, engine.url)
     finally:
         connection.close()
+
+
+def _switch_to_wal(driver: sqlite3.Connection, url: URL) -> None:
+    """Send ``PRAGMA journal_mode=WAL``, trying again while the file is locked.
+
+    SQLite answers the switch "database is locked" at once, without waiting out
+    its busy timeout, while another connection holds the write lock: the switch
+    starts as a reader, and a reader that waited for a writer's lock could
+    deadlock with it. Registries that open a new file together hold that lock in
+    turn to check its schema, so the switch is tried again, for as long as the
+    busy timeout, until it succeeds or another opener has made the switch.
+
+    Raises:
+        sqlite3.OperationalError: the lock outlasted the busy timeout, or
+            anything else stopped the switch.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            driver.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() >= deadline:
+                raise
+        if _in_wal_mode(url):
+            return
+        time.sleep(pause)
+        pause = min(2 * pause, 0.05)
 
 
 #: Bytes 18 and 19 of a SQLite file's header, its format's write and read versions:

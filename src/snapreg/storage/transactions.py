@@ -92,6 +92,9 @@ def translating_errors(
         if isinstance(err, OperationalError) or is_unreadable_file(err):
             raise storage_error(url, err, doing=doing) from err
         raise
+    except sqlite3.OperationalError as err:
+        # the driver's own, from a pragma sent past SQLAlchemy (engines.use_wal)
+        raise storage_error(url, err, doing=doing) from err
 
 
 def is_unreadable_file(err: DatabaseError) -> bool:
