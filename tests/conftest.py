@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from hypothesis import settings
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -27,6 +28,12 @@ from snapreg.storage.versions import upgrade_engine
 
 # pytester runs this conftest in pytests of its own (test_postgres_fixture.py).
 pytest_plugins = ["pytester"]
+
+# No property test is a timed test: hypothesis fails an example that takes over
+# 200 ms by default, which a busy shared machine can make any example take.
+# Timing belongs in benchmarks/.
+settings.register_profile("snapreg", deadline=None)
+settings.load_profile("snapreg")
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "SNAPREG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from libmuscle.manager import snapshot_registry as muscle3_registry
 from libmuscle.manager.topology_store import TopologyStore as MUSCLE3TopologyStore
@@ -68,6 +68,11 @@ def test_calc_consistency_list() -> None:
     ]:
         assert calc_consistency_list(sent, received, True, False)
         assert calc_consistency_list(received, sent, False, False)
+
+
+def test_property_tests_are_not_timed() -> None:
+    # the suite's hypothesis profile (conftest.py): examples have no deadline
+    assert settings.default.deadline is None
 
 
 counts = st.integers(min_value=0, max_value=6)
