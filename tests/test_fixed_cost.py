@@ -22,11 +22,17 @@ TESTS = Path(__file__).resolve().parent
 HEAVY = ("alembic", "mako", "rich", "pygments", "matplotlib", "starlette", "jinja2")
 
 
-def _imported_after(code: str) -> set[str]:
-    """The packages of HEAVY imported by running ``code`` in a fresh interpreter."""
+#: What only some runs need: PostgreSQL's dialect (on SQLite), and the tools
+#: behind --keep and --resume-latest.
+ON_DEMAND = ("sqlalchemy.dialects.postgresql", "snapreg.tools")
+
+
+def _imported_after(code: str, watched: tuple[str, ...] = HEAVY) -> set[str]:
+    """The modules of ``watched`` imported by running ``code`` in a fresh
+    interpreter."""
     probe = (
         f"{code}\nimport json, sys\n"
-        f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
+        f"print(json.dumps(sorted(m for m in {watched!r} if m in sys.modules)))"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe],
@@ -60,6 +66,15 @@ def test_opening_a_registry_on_a_current_schema_imports_no_alembic(
     assert _imported_after(_open_and_close_a_registry(tmp_path, url)) == set()
 
 
+def test_a_registry_on_sqlite_loads_neither_postgresql_nor_the_tools(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
+    upgrade_database(url)
+    code = _open_and_close_a_registry(tmp_path, url)
+    assert _imported_after(code, ON_DEMAND) == set()
+
+
 def test_a_new_database_still_gets_its_schema_from_alembic(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'new.sqlite'}"
     assert "alembic" in _imported_after(_open_and_close_a_registry(tmp_path, url))
@@ -74,6 +89,19 @@ def test_the_manage_command_imports_only_what_it_runs(tmp_path: Path) -> None:
         "    assert exit.code == 0, exit.code\n"
     )
     assert _imported_after(code) == set()
+    assert _imported_after(code, ON_DEMAND) == set()
+    # past the options: the manager's module loads, then the file is not found
+    missing = tmp_path / "missing.ymmsl"
+    code = (
+        "from snapreg.cli.main import main\n"
+        "try:\n"
+        f"    main(['manage', '--db', 'sqlite:///{tmp_path}/c.sqlite', '{missing}'])\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code != 0, exit.code\n"
+        "import sys\n"
+        "assert 'snapreg.muscle3.manage' in sys.modules\n"
+    )
+    assert _imported_after(code, ON_DEMAND) == set()
 
 
 def test_the_known_revisions_are_the_migrations_folder() -> None:

@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from snapreg.errors import (
     ConfigurationError,
@@ -59,12 +59,12 @@ from snapreg.storage.engines import (
     is_memory_sqlite,
     normalize_url,
 )
-from snapreg.storage.readonly import ReadOnlyStore
 from snapreg.storage.versions import ensure_schema
-from snapreg.tools.gc_read import LiveRun
-from snapreg.tools.reader import DatabaseReader
-from snapreg.tools.restart_points import Fallback, FileChecker
-from snapreg.tools.retention import RetentionWorker
+
+if TYPE_CHECKING:
+    # imported where used: most runs neither resume the latest nor keep files
+    from snapreg.tools.restart_points import Fallback
+    from snapreg.tools.retention import RetentionWorker
 
 __all__ = [
     "INSTALL_HINT",
@@ -137,7 +137,11 @@ def manage(
         SnapregError: the database cannot be opened or has an old schema.
     """
     manager = Manager("snapreg manage")
-    retention = None if keep is None else RetentionWorker(database_url, keep)
+    retention = None
+    if keep is not None:
+        from snapreg.tools.retention import RetentionWorker
+
+        retention = RetentionWorker(database_url, keep)
     url = normalize_url(database_url)
     if is_memory_sqlite(url):
         raise ConfigurationError(
@@ -273,6 +277,8 @@ def _check_no_live_writer(
     Its manager still runs: a resumed run beside it would run the simulation
     twice. ``force`` goes on anyway, and says so.
     """
+    from snapreg.storage.readonly import ReadOnlyStore
+
     with ReadOnlyStore(database_url) as store:
         writer = store.read(lambda session: newest_run_writer(session, campaign))
     if writer is None:
@@ -295,6 +301,9 @@ def _newest_resumable(
 ) -> tuple[WorkflowSnapshot | None, Fallback]:
     """The campaign's newest resumable workflow snapshot (None without one, or
     without the campaign), and the newer ones passed over."""
+    from snapreg.tools.reader import DatabaseReader
+    from snapreg.tools.restart_points import Fallback, FileChecker
+
     with DatabaseReader(database_url) as reader:
         try:
             return reader.newest_resumable(campaign, FileChecker())
@@ -335,6 +344,8 @@ def _open_registry(
     )
     cleanup.callback(registry.close)
     if retention is not None:
+        from snapreg.tools.gc_read import LiveRun
+
         retention.start(
             registry.campaign,
             LiveRun(
