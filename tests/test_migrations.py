@@ -11,11 +11,14 @@ import threading
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import JSON, Integer, create_engine, inspect, select, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from snapreg import (
     ForeignDatabaseError,
@@ -28,7 +31,7 @@ from snapreg import (
 )
 from snapreg.storage import engines
 from snapreg.storage.engines import create_database_engine, use_wal
-from snapreg.storage.schema import Base
+from snapreg.storage.schema import Base, Json
 from snapreg.storage.versions import (
     current_revision,
     downgrade_engine,
@@ -401,6 +404,48 @@ def test_a_snapreg_database_in_rollback_journal_mode_is_switched_to_wal(
     connection = sqlite3.connect(path)
     assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     connection.close()
+
+
+def test_json_columns_behave_as_sqlalchemys_json(empty_url: str) -> None:
+    # schema.Json picks JSONB on PostgreSQL itself instead of JSON's variant
+    class Probe(DeclarativeBase):
+        pass
+
+    class Row(Probe):
+        __tablename__ = "json_probe"
+        id: Mapped[int] = mapped_column(Integer, primary_key=True)
+        ours: Mapped[Any] = mapped_column(Json, nullable=True)
+        theirs: Mapped[Any] = mapped_column(
+            JSON().with_variant(JSONB(), "postgresql"), nullable=True
+        )
+
+    values = [None, {"port": [1, 2]}, ["Instance start"], 3.5, "text"]
+    engine = create_database_engine(empty_url)
+    try:
+        Probe.metadata.create_all(engine)
+        with Session(engine) as session, session.begin():
+            session.add_all(
+                Row(id=number, ours=value, theirs=value)
+                for number, value in enumerate(values)
+            )
+        with Session(engine) as session, session.begin():
+            session.add(Row(id=len(values)))  # neither set
+        with engine.connect() as connection:
+            stored = connection.execute(
+                text("SELECT ours IS NULL, theirs IS NULL FROM json_probe ORDER BY id")
+            ).all()
+            read = connection.execute(select(Row.ours, Row.theirs).order_by(Row.id))
+            assert [tuple(row) for row in read] == [(v, v) for v in [*values, None]]
+        # a None set is JSON null; one never set is SQL NULL
+        assert [tuple(row) for row in stored] == [(False, False)] * len(values) + [
+            (True, True)
+        ]
+        if engine.dialect.name == "postgresql":
+            types = inspect(engine).get_columns("json_probe")
+            assert [str(c["type"]) for c in types[1:]] == ["JSONB", "JSONB"]
+    finally:
+        Probe.metadata.drop_all(engine)
+        engine.dispose()
 
 
 def _in_rollback_journal(path: Path) -> None:

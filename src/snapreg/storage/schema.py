@@ -57,6 +57,8 @@ class Json(TypeDecorator[Any]):
 
     impl = JSON
     cache_ok = True
+    #: as JSON's: the ORM stores a None as JSON null, not as SQL NULL
+    should_evaluate_none = True
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "postgresql":
