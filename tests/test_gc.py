@@ -408,3 +408,58 @@ def test_gc_never_deletes_a_database_or_a_ymmsl_file(
     keeper.close()
     with DatabaseReader(url) as reader:  # the registry's database is whole
         assert len(reader.workflow_snapshots("gc")) == 5
+
+
+def test_a_plan_resolves_each_folder_once_not_each_file(
+    persistent_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The dashboard's disk figures on a million files took a minute, nearly all
+    # of it in resolving every path component of every file, several times a
+    # file. The folders are few and shared: resolving them once per plan makes
+    # the work of a plan, in resolved paths, independent of the number of files.
+    run_dir = tmp_path / "run"
+    (run_dir / "snapshots").mkdir(parents=True)
+    (run_dir / "configuration.ymmsl").write_text(MODEL)
+    registry = SnapshotRegistry(
+        ymmsl.load(MODEL),
+        run_dir / "snapshots",
+        database_url=persistent_database_url,
+        campaign="many",
+    )
+    checkpoints = 0
+
+    def checkpoint_more(count: int) -> None:
+        nonlocal checkpoints
+        for checkpoint in range(checkpoints + 1, checkpoints + count + 1):
+            for name in ("macro", "micro[0]", "micro[1]"):
+                folder = run_dir / "instances" / name / "snapshots"
+                path = write(folder / f"{checkpoint}.pack", 100)
+                registry.add_snapshot(
+                    name, macro_micro_checkpoint(name, checkpoint, path)
+                )
+        checkpoints += count
+
+    calls = 0
+    realpath = os.path.realpath
+
+    def counting(path: Any, **options: Any) -> str:
+        nonlocal calls
+        calls += 1
+        return realpath(path, **options)
+
+    def resolutions_of_a_plan() -> tuple[int, int]:
+        nonlocal calls
+        calls = 0
+        with monkeypatch.context() as patch:
+            patch.setattr(gc_safety.os.path, "realpath", counting)
+            plan = plan_cleanup(persistent_database_url, "many", keep=1)
+        return calls, len(plan.deletable)
+
+    checkpoint_more(10)
+    fewer, deletable = resolutions_of_a_plan()
+    assert deletable == 27
+    checkpoint_more(20)
+    more, deletable = resolutions_of_a_plan()
+    assert deletable == 87
+    registry.close()
+    assert fewer == more

@@ -65,7 +65,9 @@ from snapreg.tools.gc_read import Facts, LiveRun, SnapshotFileEntry, read
 from snapreg.tools.gc_safety import (
     DatabaseFiles,
     RefusalReason,
+    Resolver,
     database_files,
+    lstat_or_none,
     refusal_of,
     resolved,
     run_directory,
@@ -193,20 +195,23 @@ def _plan(facts: Facts, database: DatabaseFiles) -> CleanupPlan:
         number: run_directory(folder) for number, folder in facts.folders.items()
     }
     going: set[str] = set()
+    resolver = Resolver()
     for entry in facts.entries:
+        status = lstat_or_none(entry.path)
+        target = resolver.file(entry.path, status)
         if (
             os.path.normpath(entry.path) in protected_names
-            or resolved(entry.path) in protected_targets
+            or target in protected_targets
         ):
             continue
-        if not os.path.lexists(entry.path):
+        if status is None:
             plan.missing.append(entry)
             continue
-        refusal = refusal_of(entry.path, run_dirs.get(entry.run), database)
+        refusal = refusal_of(entry.path, run_dirs.get(entry.run), database, resolver)
         if refusal is not None:
-            plan.refused.append(RefusedFile(entry, refusal, resolved(entry.path)))
+            plan.refused.append(RefusedFile(entry, refusal, target))
             continue
-        size = entry.path.lstat().st_size
+        size = status.st_size
         plan.deletable.append(
             SnapshotFileEntry(
                 entry.path,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -53,7 +54,11 @@ class DatabaseFiles:
     identities: frozenset[tuple[int, int]]  # (device, inode): hard links too
 
     def __contains__(self, path: Path) -> bool:
-        if resolved(path) in self.paths:
+        return self.holds(path, resolved(path))
+
+    def holds(self, path: Path, target: Path) -> bool:
+        """Whether ``path``, which resolves to ``target``, is one of these files."""
+        if target in self.paths:
             return True
         try:
             status = os.stat(path)
@@ -79,10 +84,61 @@ def database_files(database_url: str) -> DatabaseFiles:
     return DatabaseFiles(frozenset(paths), frozenset(identities))
 
 
+class Resolver:
+    """Resolves paths as :func:`resolved` does, each folder only once.
+
+    A campaign's files lie in a few folders, and following the links of every
+    component of every file's path was nearly all of a plan's time. One resolver
+    serves one plan: what it remembers is as old as the plan, and every file is
+    checked again, afresh, just before it is unlinked (:func:`unlink_if_still_safe`).
+    """
+
+    def __init__(self) -> None:
+        self._folders: dict[Path, Path] = {}
+
+    def folder(self, folder: Path) -> Path:
+        """``resolved(folder)``, remembered."""
+        found = self._folders.get(folder)
+        if found is None:
+            found = self._folders[folder] = resolved(folder)
+        return found
+
+    def file(self, path: Path, status: os.stat_result | None) -> Path:
+        """``resolved(path)``, given the path's ``lstat`` (None: it has none).
+
+        Only a file that is itself a link is resolved as a whole; any other is
+        its folder, resolved, and its name.
+        """
+        if path.name in ("", ".", "..") or (
+            status is not None and stat.S_ISLNK(status.st_mode)
+        ):
+            return resolved(path)
+        return self.folder(path.parent) / path.name
+
+
+def lstat_or_none(path: Path) -> os.stat_result | None:
+    """The path's own status, not its target's; None when it has none."""
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
 def refusal_of(
-    path: Path, run_dir: Path | None, database: DatabaseFiles
+    path: Path,
+    run_dir: Path | None,
+    database: DatabaseFiles,
+    resolver: Resolver | None = None,
 ) -> RefusalReason | None:
-    """Why a file may not be deleted, or None if it may."""
+    """Why a file may not be deleted, or None if it may.
+
+    Args:
+        path: The file, as a node names it.
+        run_dir: The resolved run directory of the node's run (None: it has none).
+        database: The files of the database gc reads.
+        resolver: The plan's, to resolve each folder once; default a new one.
+    """
+    resolver = resolver or Resolver()
     parts = path.parts
     if (
         run_dir is None
@@ -91,24 +147,28 @@ def refusal_of(
         or len(parts) < 5
         or parts[-4] != "instances"
         or parts[-2] != "snapshots"
-        # the run directory as the file names it, not one a link leads to,
-        # and no link on the way down to the file's folder
-        or resolved(Path(*parts[:-4])) != run_dir
-        or resolved(path.parent) != run_dir.joinpath(*parts[-4:-1])
-        or not _is_instance_folder(resolved(path).parent, run_dir)
     ):
         return "outside"
-    if not (path.is_symlink() or path.is_file()):
+    status = lstat_or_none(path)
+    target = resolver.file(path, status)
+    if (
+        # the run directory as the file names it, not one a link leads to,
+        # and no link on the way down to the file's folder
+        resolver.folder(Path(*parts[:-4])) != run_dir
+        or resolver.folder(path.parent) != run_dir.joinpath(*parts[-4:-1])
+        or not _is_instance_folder(target.parent, run_dir)
+    ):
+        return "outside"
+    link = status is not None and stat.S_ISLNK(status.st_mode)
+    if status is None or not (link or stat.S_ISREG(status.st_mode)):
         return "not a file"
-    target = resolved(path)
     if any(name.endswith(_YMMSL_SUFFIXES) for name in (path.name, target.name)):
         return "a yMMSL file"
-    if (
-        any(name.endswith(_DATABASE_SUFFIXES) for name in (path.name, target.name))
-        or path in database
-    ):
+    if any(
+        name.endswith(_DATABASE_SUFFIXES) for name in (path.name, target.name)
+    ) or database.holds(path, target):
         return "a database file"
-    if path.is_symlink() and not os.path.exists(path):
+    if link and not os.path.exists(path):
         return None  # a dangling link: only the link itself can go
     try:
         with open(path, "rb") as file:
