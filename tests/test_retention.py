@@ -384,11 +384,13 @@ def test_no_file_of_a_workflow_snapshot_being_written_is_deleted(
     )
 
 
-def _run_beside_a_newer_one(
-    url: str, tmp_path: Path, closing: list[Callable[[], None]]
+@pytest.fixture
+def beside_a_newer_run(
+    persistent_database_url: str, tmp_path: Path, closing: list[Callable[[], None]]
 ) -> tuple[OnDisk, set[Path]]:
     """Run 1 of a campaign, still open, with files of active nodes that no
     workflow snapshot has; and run 2, started beside it."""
+    url = persistent_database_url
     stream = macro_micro(3, num_micro=2, num_steps=4, micro_intermediate=False)
     campaign = on_disk(url, tmp_path / "first", stream)
     closing.append(campaign.registry.close)
@@ -411,13 +413,9 @@ def _run_beside_a_newer_one(
 
 
 def test_a_live_run_keeps_its_active_nodes_and_resume_files_beside_a_newer_run(
-    persistent_database_url: str,
-    tmp_path: Path,
-    closing: list[Callable[[], None]],
+    persistent_database_url: str, beside_a_newer_run: tuple[OnDisk, set[Path]]
 ) -> None:
-    campaign, active = _run_beside_a_newer_one(
-        persistent_database_url, tmp_path, closing
-    )
+    campaign, active = beside_a_newer_run
     resume_file = campaign.file_of(0)
 
     def deletable(live: LiveRun | None) -> set[Path]:
@@ -438,13 +436,9 @@ def test_a_live_run_keeps_its_active_nodes_and_resume_files_beside_a_newer_run(
 
 
 def test_a_run_whose_writer_died_keeps_no_files_beside_a_newer_run(
-    persistent_database_url: str,
-    tmp_path: Path,
-    closing: list[Callable[[], None]],
+    persistent_database_url: str, beside_a_newer_run: tuple[OnDisk, set[Path]]
 ) -> None:
-    campaign, active = _run_beside_a_newer_one(
-        persistent_database_url, tmp_path, closing
-    )
+    campaign, active = beside_a_newer_run
     campaign.registry.close()
     # run 1's manager was killed: its lease names a process that is gone (and,
     # on PostgreSQL, no session holds the run)

@@ -53,9 +53,6 @@ class DatabaseFiles:
     paths: frozenset[Path]
     identities: frozenset[tuple[int, int]]  # (device, inode): hard links too
 
-    def __contains__(self, path: Path) -> bool:
-        return self.holds(path, resolved(path))
-
     def holds(self, path: Path, target: Path) -> bool:
         """Whether ``path``, which resolves to ``target``, is one of these files."""
         if target in self.paths:
