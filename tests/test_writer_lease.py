@@ -31,7 +31,9 @@ from sqlalchemy import text
 
 import snapreg.registry.runs
 from snapreg import SnapregError, SnapshotRegistry, WriterConflictError
+from snapreg.registry.lease import newest_run_writer
 from snapreg.rules.topology import Topology
+from snapreg.storage.readonly import ReadOnlyStore
 from snapreg.tools.reader import DatabaseReader
 from support.entries import call_entry, register_or_raise
 from support.streams import macro_micro
@@ -321,6 +323,58 @@ def test_a_holder_whose_clock_runs_behind_is_not_taken_over(
         holder.close()
 
 
+# ------------------------------------------------- whose timeout judges a holder
+
+
+def test_an_opener_with_a_shorter_timeout_waits_out_the_holder_s_own(
+    tmp_path: Path,
+) -> None:
+    """SQLite: a holder heartbeats on the schedule of its own timeout (every 15 s
+    for 60 s); an opener in a hurry must not take it over between two beats."""
+    url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
+    folder = snapshot_folder(tmp_path)
+    holder = SnapshotRegistry(
+        STREAM.config, folder, database_url=url, writer_timeout=60.0
+    )
+    try:
+        for instance, metadata in STREAM.registrations[:5]:
+            holder.add_snapshot(instance, metadata)
+        age_heartbeats(url, 12)  # between two of its beats, 15 s apart
+        before = database_rows(url)
+        with pytest.raises(WriterConflictError) as refused:
+            SnapshotRegistry(
+                STREAM.config, folder, database_url=url, writer_timeout=10.0
+            )
+        assert _holder_named(str(refused.value), os.getpid())
+        assert "taken over 60 s after its last heartbeat" in str(refused.value)
+        assert database_rows(url) == before
+
+        age_heartbeats(url, 61)  # silent for longer than it said it could be
+        with SnapshotRegistry(
+            STREAM.config, folder, database_url=url, writer_timeout=10.0
+        ) as successor:
+            assert successor.run_id == holder.run_id
+    finally:
+        with contextlib.suppress(SnapregError):  # it was taken over
+            holder.close()
+
+
+def test_an_opener_with_a_longer_timeout_waits_that_long(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
+    folder = snapshot_folder(tmp_path)
+    holder = SnapshotRegistry(
+        STREAM.config, folder, database_url=url, writer_timeout=10.0
+    )
+    try:
+        age_heartbeats(url, 20)
+        with pytest.raises(WriterConflictError, match="taken over 30 s after"):
+            SnapshotRegistry(
+                STREAM.config, folder, database_url=url, writer_timeout=30.0
+            )
+    finally:
+        holder.close()
+
+
 # ---------------------------------------------- a registry that lost its run
 
 
@@ -416,6 +470,40 @@ def _as_if_written_from_another_host(url: str) -> None:
             )
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("timeout", "silent", "status"),
+    [
+        (600.0, 120, "running"),
+        (600.0, 601, "interrupted"),
+        (10.0, 30, "interrupted"),
+        (10.0, 5, "running"),
+    ],
+)
+def test_sqlite_readers_judge_a_writer_elsewhere_by_its_own_timeout(
+    tmp_path: Path, timeout: float, silent: float, status: str
+) -> None:
+    """Another host's process cannot be looked up: its heartbeat is all there is,
+    and how old it may be is what that writer said, not a fixed minute."""
+    url = f"sqlite:///{tmp_path / 'campaign.sqlite'}"
+    registry = SnapshotRegistry(
+        STREAM.config, tmp_path, database_url=url, writer_timeout=timeout
+    )
+    try:
+        for instance, metadata in STREAM.registrations[:5]:
+            registry.add_snapshot(instance, metadata)
+        _as_if_written_from_another_host(url)
+        age_heartbeats(url, silent)
+        assert _reader_status(url) == status
+        with ReadOnlyStore(url) as store:
+            writer = store.read(
+                lambda session: newest_run_writer(session, registry.campaign)
+            )
+        # --resume-latest refuses exactly while readers say it runs
+        assert (writer is not None) == (status == "running")
+    finally:
+        registry.close()
 
 
 @pytest.mark.postgres

@@ -208,14 +208,15 @@ class WriterLease:
                 )
             gone = "its database session is gone" if held_by_other else None
         elif held_by_other:
-            gone = _why_gone(connection, run, self.host, self.timeout, self.clock)
+            timeout = holder_timeout(run, self.timeout)
+            gone = _why_gone(connection, run, self.host, timeout, self.clock)
             if gone is None:
                 raise _conflict(
                     connection,
                     run,
                     campaign,
                     "only one registry may write a run. It is taken over"
-                    f" {self.timeout:g} s after its last heartbeat.",
+                    f" {timeout:g} s after its last heartbeat.",
                 )
         else:
             gone = None
@@ -237,6 +238,7 @@ class WriterLease:
                 writer_token=self.token,
                 writer_since=database_now(),
                 writer_heartbeat_at=database_now(),
+                writer_timeout=self.timeout,
             ),
             execution_options={"synchronize_session": False},
         )
@@ -289,16 +291,20 @@ class WriterLease:
                 writer_pid=None,
                 writer_since=None,
                 writer_heartbeat_at=None,
+                writer_timeout=None,
             )
         )
 
 
-def live_writer(session: Session, run: schema.RunRow, timeout: float) -> Writer | None:
+def live_writer(
+    session: Session, run: schema.RunRow, timeout: float | None = None
+) -> Writer | None:
     """Who still writes a run: the holder a new registry would be refused by.
 
     PostgreSQL: the holder whose session holds the run's lock. SQLite: the holder
-    whose process lives (same host) and whose heartbeat is at most ``timeout``
-    seconds old by the database's clock.
+    whose process lives (same host) and whose heartbeat is at most
+    :func:`holder_timeout` seconds old by the database's clock (``timeout``: that
+    of a registry about to open the run; None: the holder's own).
     """
     if run.writer_token is None:
         return None
@@ -306,13 +312,31 @@ def live_writer(session: Session, run: schema.RunRow, timeout: float) -> Writer 
     if connection.dialect.name == "postgresql":
         if writer_lock_holder(connection, run.id) is None:
             return None
-    elif _why_gone(connection, run, host_and_pid()[0], timeout) is not None:
+    elif (
+        _why_gone(connection, run, host_and_pid()[0], holder_timeout(run, timeout))
+        is not None
+    ):
         return None
     return _writer_of(run)
 
 
+def holder_timeout(run: schema.RunRow, timeout: float | None = None) -> float:
+    """SQLite: how long the run's holder may be silent before it counts as gone.
+
+    The holder heartbeats on the schedule of the timeout it recorded when it took
+    the run. An opener with its own ``timeout`` waits the longer of the two: a
+    shorter one would take the holder over between two of its beats. A reader
+    (``timeout`` None) goes by the recorded one. A lease taken before snapreg
+    recorded timeouts is judged by ``timeout``, or the default.
+    """
+    recorded = run.writer_timeout
+    if recorded is None:
+        return DEFAULT_WRITER_TIMEOUT if timeout is None else timeout
+    return recorded if timeout is None else max(timeout, recorded)
+
+
 def newest_run_writer(
-    session: Session, campaign: str, timeout: float = DEFAULT_WRITER_TIMEOUT
+    session: Session, campaign: str, timeout: float | None = None
 ) -> Writer | None:
     """Who still writes the campaign's newest run, if anyone (see live_writer)."""
     campaign_id = session.scalar(

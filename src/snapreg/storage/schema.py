@@ -173,6 +173,12 @@ class RunRow(Base):
     writer_heartbeat_at: Mapped[datetime | None] = mapped_column(
         UtcDateTime, comment="Last sign of life of the writer (UTC)."
     )
+    writer_timeout: Mapped[float | None] = mapped_column(
+        Double,
+        comment="SQLite: seconds without a heartbeat after which the writer "
+        "may be taken over, as the writer set it; NULL when no one writes, "
+        "or for a lease taken before snapreg recorded it.",
+    )
     policy: Mapped[str | None] = mapped_column(
         String(16),
         comment="Which workflow snapshots the run materialises: all or "

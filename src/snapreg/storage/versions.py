@@ -53,6 +53,7 @@ REVISIONS = (
     "0003_deleted_snapshot_file",
     "0004_wallclock_comment",
     "0005_restart_points",
+    "0006_writer_timeout",
 )
 
 

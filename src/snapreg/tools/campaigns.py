@@ -7,7 +7,8 @@ still being written (``running``), was left by a writer that died
 (``interrupted``) or was closed (``ended``). On PostgreSQL a run is being written
 exactly while its writer's session holds the run's advisory lock, which is what
 the registry itself goes by; on SQLite, while the writer's process lives (same
-host) or, for a writer on another host, while its heartbeat is recent.
+host) or, for a writer on another host, while its heartbeat is no older than the
+timeout that writer recorded (or the default minute, if it recorded none).
 """
 
 from __future__ import annotations
@@ -21,12 +22,9 @@ from typing import Literal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
+from snapreg.registry.lease import holder_timeout
 from snapreg.storage import schema
 from snapreg.storage.locks import held_writer_locks, writer_present
-
-#: SQLite: a run whose writer, on another host, has not shown a sign of life for
-#: this long is not running. (PostgreSQL: its writer lock says.)
-STALE_WRITER_AFTER = timedelta(seconds=60)
 
 RunStatus = Literal["running", "interrupted", "ended"]
 
@@ -220,5 +218,6 @@ def _run_status(row: schema.RunRow, held_locks: set[int] | None) -> RunStatus:
     heartbeat = row.writer_heartbeat_at or row.writer_since
     if heartbeat is None:
         return "interrupted"
-    fresh = datetime.now(timezone.utc) - _utc(heartbeat) < STALE_WRITER_AFTER
+    stale_after = timedelta(seconds=holder_timeout(row))  # the writer's own
+    fresh = datetime.now(timezone.utc) - _utc(heartbeat) < stale_after
     return "running" if fresh else "interrupted"
