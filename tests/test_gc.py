@@ -410,6 +410,48 @@ def test_gc_never_deletes_a_database_or_a_ymmsl_file(
         assert len(reader.workflow_snapshots("gc")) == 5
 
 
+def test_a_name_resolves_as_its_path_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A plan splits names as strings instead of making a Path of each; it
+    # must land where resolving the Path lands, for every kind of name.
+    real = tmp_path / "real" / "snapshots"
+    real.mkdir(parents=True)
+    write(real / "a.pack", 10)
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    (real / "link.pack").symlink_to(real / "a.pack")
+    (real / "dangling.pack").symlink_to(real / "gone.pack")
+    monkeypatch.chdir(tmp_path)
+    names = [
+        f"{tmp_path}/real/snapshots/a.pack",
+        f"{tmp_path}/linked/snapshots/a.pack",
+        f"{tmp_path}/linked/snapshots/link.pack",
+        f"{tmp_path}/linked/snapshots/dangling.pack",
+        f"{tmp_path}/linked/snapshots/missing.pack",
+        f"{tmp_path}/linked/snapshots/../snapshots/a.pack",
+        f"{tmp_path}/linked//snapshots/a.pack",
+        f"{tmp_path}/linked/./snapshots/a.pack",
+        f"{tmp_path}/linked/snapshots/.",
+        f"{tmp_path}/linked/snapshots/..",
+        f"{tmp_path}/linked/snapshots/",
+        f"/{tmp_path}/linked/snapshots/a.pack",
+        "linked/snapshots/a.pack",
+        "./linked/snapshots/a.pack",
+        "a.pack",
+        "",
+        ".",
+        "/",
+    ]
+    resolver = gc_safety.Resolver()
+    for name in names:
+        expected = gc_safety.Resolver().file(
+            Path(name), gc_safety.lstat_or_none(Path(name))
+        )
+        assert resolver.file_name(name, gc_safety.lstat_or_none(name)) == str(
+            expected
+        ), name
+
+
 def test_a_plan_resolves_each_folder_once_not_each_file(
     persistent_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

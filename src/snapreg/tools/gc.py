@@ -56,7 +56,7 @@ names whose rows have committed but whose file the registry has not written yet.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from snapreg.errors import ConfigurationError
@@ -190,17 +190,18 @@ def _plan(facts: Facts, database: DatabaseFiles) -> CleanupPlan:
         live_run=facts.live_run,
     )
     protected_names = {os.path.normpath(name) for name in facts.protected}
-    protected_targets = {resolved(Path(name)) for name in facts.protected}
+    protected_targets = {str(resolved(Path(name))) for name in facts.protected}
     run_dirs = {
         number: run_directory(folder) for number, folder in facts.folders.items()
     }
     going: set[str] = set()
     resolver = Resolver()
+    # strings, not paths, up to here: most entries stop at a check below
     for entry in facts.entries:
-        status = lstat_or_none(entry.path)
-        target = resolver.file(entry.path, status)
+        status = lstat_or_none(entry.file)
+        target = resolver.file_name(entry.file, status)
         if (
-            os.path.normpath(entry.path) in protected_names
+            os.path.normpath(entry.file) in protected_names
             or target in protected_targets
         ):
             continue
@@ -209,20 +210,10 @@ def _plan(facts: Facts, database: DatabaseFiles) -> CleanupPlan:
             continue
         refusal = refusal_of(entry.path, run_dirs.get(entry.run), database, resolver)
         if refusal is not None:
-            plan.refused.append(RefusedFile(entry, refusal, target))
+            plan.refused.append(RefusedFile(entry, refusal, Path(target)))
             continue
-        size = status.st_size
-        plan.deletable.append(
-            SnapshotFileEntry(
-                entry.path,
-                entry.snapshot_node_id,
-                entry.run,
-                entry.instance,
-                entry.num,
-                size,
-            )
-        )
-        going.add(str(entry.path))
+        plan.deletable.append(replace(entry, bytes=status.st_size))
+        going.add(entry.file)
     plan.broken_workflow_snapshots = sorted(
         snapshot_id
         for snapshot_id, files in facts.files_of_workflow_snapshots.items()

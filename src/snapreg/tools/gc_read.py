@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import exists, func, null, select
 from sqlalchemy.orm import Session
 
 from snapreg.storage import queries, schema
@@ -51,7 +52,7 @@ class SnapshotFileEntry:
     """An instance snapshot file that a node of the campaign names.
 
     Attributes:
-        path: The file, as the node names it.
+        file: The file, as the node names it.
         snapshot_node_id: The (first) node that names it.
         run: The number of that node's run.
         instance: Its instance.
@@ -59,12 +60,17 @@ class SnapshotFileEntry:
         bytes: The file's size (of the link itself, for a symbolic link).
     """
 
-    path: Path
+    file: str
     snapshot_node_id: int
     run: int
     instance: str
     num: int
     bytes: int = 0
+
+    @cached_property
+    def path(self) -> Path:
+        """The file as a path; made when asked, as most entries never are."""
+        return Path(self.file)
 
 
 @dataclass
@@ -162,7 +168,7 @@ def read(session: Session, campaign: str, keep: int, live: LiveRun | None) -> Fa
         protected=protected,
         entries=entries,
         files_of_workflow_snapshots=_workflow_snapshots_naming(
-            session, campaign_row.id, sorted(str(entry.path) for entry in entries)
+            session, campaign_row.id, sorted(entry.file for entry in entries)
         ),
         live_run=None if live is None else live.run,
     )
@@ -182,6 +188,8 @@ def _entries(
     node = schema.SnapshotNodeRow
     run = schema.RunRow
     deleted = schema.DeletedSnapshotFileRow
+    # a campaign gc never cleaned needs neither the deletions nor the times
+    cleaned = session.scalar(select(exists().where(deleted.campaign_id == campaign_id)))
     rows = session.execute(
         select(
             node.id,
@@ -189,7 +197,7 @@ def _entries(
             node.instance,
             node.num,
             node.snapshot_filename,
-            node.registered_at,
+            node.registered_at if cleaned else null(),
         )
         .join(run, run.id == node.run_id)
         .where(
@@ -201,7 +209,11 @@ def _entries(
     ).all()
     # deletions recorded under another node that names the same file
     last_deleted: dict[str, datetime] = {}
-    names = sorted({row.snapshot_filename for row in rows if row.snapshot_filename})
+    names = (
+        sorted({row.snapshot_filename for row in rows if row.snapshot_filename})
+        if cleaned
+        else []
+    )
     for chunk in queries.chunks(names, _IN_LIST_CHUNK):
         for path, latest in session.execute(
             select(deleted.path, func.max(deleted.deleted_at))
@@ -215,13 +227,16 @@ def _entries(
         if not filename or filename in seen:
             continue
         gone_at = last_deleted.get(filename)
-        if gone_at is not None and gone_at >= registered_at:
+        # (registered_at is read whenever there are deletions to compare with)
+        if (
+            gone_at is not None
+            and registered_at is not None
+            and gone_at >= registered_at
+        ):
             continue  # its file went after it registered
         seen.add(filename)
         entries.append(
-            SnapshotFileEntry(
-                Path(filename), node_id, run_numbers[run_id], instance, num
-            )
+            SnapshotFileEntry(filename, node_id, run_numbers[run_id], instance, num)
         )
     return entries
 

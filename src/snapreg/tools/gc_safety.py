@@ -92,6 +92,7 @@ class Resolver:
 
     def __init__(self) -> None:
         self._folders: dict[Path, Path] = {}
+        self._folder_names: dict[str, str] = {}
 
     def folder(self, folder: Path) -> Path:
         """``resolved(folder)``, remembered."""
@@ -112,8 +113,27 @@ class Resolver:
             return resolved(path)
         return self.folder(path.parent) / path.name
 
+    def file_name(self, name: str, status: os.stat_result | None) -> str:
+        """``str(self.file(Path(name), status))``, without making paths.
 
-def lstat_or_none(path: Path) -> os.stat_result | None:
+        A plan looks at every file a campaign names, most of them in a few
+        folders: the name is split as a string, and its folder's resolution
+        looked up by that string. Where the last part is not the file's name
+        as ``Path`` sees it (``.``, ``..``, a trailing ``/``), or the file is a
+        link, it goes through :meth:`file`.
+        """
+        folder, base = os.path.split(name)
+        if base in ("", ".", "..") or (
+            status is not None and stat.S_ISLNK(status.st_mode)
+        ):
+            return str(self.file(Path(name), status))
+        found = self._folder_names.get(folder)
+        if found is None:
+            found = self._folder_names[folder] = str(self.folder(Path(folder)))
+        return os.path.join(found, base)
+
+
+def lstat_or_none(path: str | Path) -> os.stat_result | None:
     """The path's own status, not its target's; None when it has none."""
     try:
         return os.lstat(path)
