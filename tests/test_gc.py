@@ -25,7 +25,7 @@ from sqlalchemy import select
 from snapreg import SnapshotRegistry
 from snapreg.storage import schema
 from snapreg.storage.engines import create_database_engine
-from snapreg.tools import gc_safety
+from snapreg.tools import gc_read, gc_safety
 from snapreg.tools.gc import plan_cleanup
 from snapreg.tools.gc_delete import delete_files
 from snapreg.tools.reader import DatabaseReader
@@ -149,6 +149,33 @@ def test_a_dry_run_shows_what_would_go_and_changes_nothing(
     assert f"Would delete 3 files, {plan.bytes / 1000:.1f} kB:" in words
     assert "run again with --delete" in words
     assert "Refused (5)" in words and "Already gone (1)" in words
+
+
+def test_many_files_find_the_workflow_snapshots_they_break_as_few_do(
+    campaign: Campaign, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Beyond a number of files, the workflow snapshots naming them are found by
+    # reading every member once instead of putting the files in the query.
+    def plans() -> list[list[int]]:
+        return [
+            plan_cleanup(campaign.url, "gc", keep=keep).broken_workflow_snapshots
+            for keep in (1, 2, 3)
+        ]
+
+    def both_ways() -> tuple[list[list[int]], list[list[int]]]:
+        with monkeypatch.context() as patch:
+            patch.setattr(gc_read, "_FILES_IN_THE_QUERY", 0)
+            many = plans()
+        return plans(), many
+
+    few, many = both_ways()
+    first, _, third, fourth, _ = campaign.workflow_snapshots
+    assert few == [[first, third, fourth], [first, third], [first]]
+    assert many == few
+    delete_files(campaign.url, plan_cleanup(campaign.url, "gc", keep=2))
+    few, many = both_ways()  # files deleted, with rows that say so
+    assert few == [[fourth], [], []]
+    assert many == few
 
 
 def test_delete_removes_exactly_those_files_and_records_each(
