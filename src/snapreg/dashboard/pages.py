@@ -238,7 +238,7 @@ class DashboardData(Closing):
         """The disk the campaign's snapshot files take, and what gc would free.
 
         Stats every snapshot file the campaign's nodes name, and works out gc's
-        plan: tens of seconds for a million. So it is worked out once per state
+        plan: about 16 s for a million. So it is worked out once per state
         of the database (:meth:`state`), unless asked ``again`` (files can come
         and go without the database knowing), and one at a time: a request
         that comes while it is being worked out waits for that answer.
