@@ -265,8 +265,9 @@ class DashboardData(Closing):
             node = schema.SnapshotNodeRow
             run = schema.RunRow
             campaign_id = queries.campaign_row(session, name).id
+            # a row per file: Core's results, without the ORM's handling of each
             return list(
-                session.scalars(
+                session.connection().scalars(
                     select(node.snapshot_filename)
                     .distinct()
                     .join(run, run.id == node.run_id)

@@ -196,23 +196,28 @@ def _entries(
     deleted = schema.DeletedSnapshotFileRow
     # a campaign gc never cleaned needs neither the deletions nor the times
     cleaned = session.scalar(select(exists().where(deleted.campaign_id == campaign_id)))
-    rows = session.execute(
-        select(
-            node.id,
-            node.run_id,
-            node.instance,
-            node.num,
-            node.snapshot_filename,
-            node.registered_at if cleaned else null(),
+    # a row per node: Core's results, without the ORM's handling of each row
+    rows = (
+        session.connection()
+        .execute(
+            select(
+                node.id,
+                node.run_id,
+                node.instance,
+                node.num,
+                node.snapshot_filename,
+                node.registered_at if cleaned else null(),
+            )
+            .join(run, run.id == node.run_id)
+            .where(
+                run.campaign_id == campaign_id,
+                node.is_restart.is_(False),
+                ~exists().where(deleted.snapshot_node_id == node.id),
+            )
+            .order_by(node.id)
         )
-        .join(run, run.id == node.run_id)
-        .where(
-            run.campaign_id == campaign_id,
-            node.is_restart.is_(False),
-            ~exists().where(deleted.snapshot_node_id == node.id),
-        )
-        .order_by(node.id)
-    ).all()
+        .all()
+    )
     # deletions recorded under another node that names the same file
     last_deleted: dict[str, datetime] = {}
     names = (
@@ -296,7 +301,7 @@ def _workflow_snapshots_naming(
     if len(files) > _FILES_IN_THE_QUERY:
         wanted = set(files)
         snapshot = schema.WorkflowSnapshotRow
-        for snapshot_id, filename in session.execute(
+        for snapshot_id, filename in session.connection().execute(
             select(member.workflow_snapshot_id, node.snapshot_filename)
             .select_from(snapshot)
             .join(run, run.id == snapshot.run_id)
