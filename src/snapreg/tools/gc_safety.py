@@ -122,15 +122,19 @@ class Resolver:
         as ``Path`` sees it (``.``, ``..``, a trailing ``/``), or the file is a
         link, it goes through :meth:`file`.
         """
-        folder, base = os.path.split(name)
+        cut = name.rfind("/") + 1  # the folder keeps its "/": Path drops it
+        folder, base = name[:cut], name[cut:]
         if base in ("", ".", "..") or (
             status is not None and stat.S_ISLNK(status.st_mode)
         ):
             return str(self.file(Path(name), status))
         found = self._folder_names.get(folder)
         if found is None:
-            found = self._folder_names[folder] = str(self.folder(Path(folder)))
-        return os.path.join(found, base)
+            found = str(self.folder(Path(folder)))
+            if not found.endswith("/"):  # all but the root
+                found += "/"
+            self._folder_names[folder] = found
+        return found + base
 
 
 def lstat_or_none(path: str | Path) -> os.stat_result | None:
