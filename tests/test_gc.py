@@ -440,8 +440,9 @@ def test_gc_never_deletes_a_database_or_a_ymmsl_file(
 def test_a_name_resolves_as_its_path_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A plan splits names as strings instead of making a Path of each; it
-    # must land where resolving the Path lands, for every kind of name.
+    # A plan splits names as strings instead of making a Path of each and
+    # resolves each folder once; it must land where resolving the whole path
+    # lands, for every kind of name.
     real = tmp_path / "real" / "snapshots"
     real.mkdir(parents=True)
     write(real / "a.pack", 10)
@@ -471,10 +472,11 @@ def test_a_name_resolves_as_its_path_does(
     ]
     resolver = gc_safety.Resolver()
     for name in names:
-        expected = gc_safety.Resolver().file(
-            Path(name), gc_safety.lstat_or_none(Path(name))
-        )
+        expected = gc_safety.resolved(Path(name))
         assert resolver.file_name(name, gc_safety.lstat_or_none(name)) == str(
+            expected
+        ), name
+        assert resolver.file(Path(name), gc_safety.lstat_or_none(Path(name))) == (
             expected
         ), name
 

@@ -296,15 +296,12 @@ class WriterLease:
         )
 
 
-def live_writer(
-    session: Session, run: schema.RunRow, timeout: float | None = None
-) -> Writer | None:
-    """Who still writes a run: the holder a new registry would be refused by.
+def live_writer(session: Session, run: schema.RunRow) -> Writer | None:
+    """Who still writes a run, as readers judge it.
 
     PostgreSQL: the holder whose session holds the run's lock. SQLite: the holder
-    whose process lives (same host) and whose heartbeat is at most
-    :func:`holder_timeout` seconds old by the database's clock (``timeout``: that
-    of a registry about to open the run; None: the holder's own).
+    whose process lives (same host) and whose heartbeat is no older than the
+    timeout it recorded (:func:`holder_timeout`), by the database's clock.
     """
     if run.writer_token is None:
         return None
@@ -312,10 +309,7 @@ def live_writer(
     if connection.dialect.name == "postgresql":
         if writer_lock_holder(connection, run.id) is None:
             return None
-    elif (
-        _why_gone(connection, run, host_and_pid()[0], holder_timeout(run, timeout))
-        is not None
-    ):
+    elif _why_gone(connection, run, host_and_pid()[0], holder_timeout(run)) is not None:
         return None
     return _writer_of(run)
 
@@ -335,9 +329,7 @@ def holder_timeout(run: schema.RunRow, timeout: float | None = None) -> float:
     return recorded if timeout is None else max(timeout, recorded)
 
 
-def newest_run_writer(
-    session: Session, campaign: str, timeout: float | None = None
-) -> Writer | None:
+def newest_run_writer(session: Session, campaign: str) -> Writer | None:
     """Who still writes the campaign's newest run, if anyone (see live_writer)."""
     campaign_id = session.scalar(
         select(schema.CampaignRow.id).where(schema.CampaignRow.name == campaign)
@@ -345,7 +337,7 @@ def newest_run_writer(
     if campaign_id is None:
         return None
     run = queries.latest_run(session, campaign_id)
-    return None if run is None else live_writer(session, run, timeout)
+    return None if run is None else live_writer(session, run)
 
 
 def _writer_of(run: schema.RunRow) -> Writer:

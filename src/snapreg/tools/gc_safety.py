@@ -102,32 +102,25 @@ class Resolver:
         return found
 
     def file(self, path: Path, status: os.stat_result | None) -> Path:
-        """``resolved(path)``, given the path's ``lstat`` (None: it has none).
-
-        Only a file that is itself a link is resolved as a whole; any other is
-        its folder, resolved, and its name.
-        """
-        if path.name in ("", ".", "..") or (
-            status is not None and stat.S_ISLNK(status.st_mode)
-        ):
-            return resolved(path)
-        return self.folder(path.parent) / path.name
+        """``resolved(path)``, given the path's ``lstat`` (None: it has none)."""
+        return Path(self.file_name(str(path), status))
 
     def file_name(self, name: str, status: os.stat_result | None) -> str:
-        """``str(self.file(Path(name), status))``, without making paths.
+        """``str(resolved(Path(name)))``, given the name's ``lstat``.
 
-        A plan looks at every file a campaign names, most of them in a few
-        folders: the name is split as a string, and its folder's resolution
-        looked up by that string. Where the last part is not the file's name
-        as ``Path`` sees it (``.``, ``..``, a trailing ``/``), or the file is a
-        link, it goes through :meth:`file`.
+        Only a file that is itself a link, or whose last part is not a name
+        (``.``, ``..``, a trailing ``/``), is resolved as a whole; any other is
+        its folder, resolved, and its name. A plan looks at every file a
+        campaign names, most of them in a few folders: the name is split as a
+        string, and its folder's resolution looked up by that string, without
+        making a ``Path`` of each file.
         """
         cut = name.rfind("/") + 1  # the folder keeps its "/": Path drops it
         folder, base = name[:cut], name[cut:]
         if base in ("", ".", "..") or (
             status is not None and stat.S_ISLNK(status.st_mode)
         ):
-            return str(self.file(Path(name), status))
+            return str(resolved(Path(name)))
         found = self._folder_names.get(folder)
         if found is None:
             found = str(self.folder(Path(folder)))
