@@ -27,6 +27,22 @@ from ymmsl.v0_2 import Operator
 # Simulation times are computed as start + steps * dt, never by adding dt up, so
 # that a resumed instance reaches exactly the times an uninterrupted one does.
 
+#: What an instance prints on its standard output when it resumes, before the
+#: simulation time of the snapshot it loaded.
+RESUMED_AT = "resumed at t ="
+
+
+def _resume(instance: Instance) -> Message:
+    """Load the snapshot to resume from, and say so on standard output.
+
+    The line tells a test that this instance resumed rather than started again;
+    how many workflow snapshots a run writes cannot, as it follows the order in
+    which the registry sees the registrations.
+    """
+    snapshot = instance.load_snapshot()
+    print(RESUMED_AT, repr(snapshot.timestamp), flush=True)
+    return snapshot
+
 
 def _macro(vector: bool) -> None:
     """Sends its step number to the micro model(s) and expects it back."""
@@ -40,7 +56,7 @@ def _macro(vector: bool) -> None:
         dt = instance.get_setting("dt", "float")
         steps = round((instance.get_setting("t_max", "float") - t0) / dt)
         if instance.resuming():
-            step = instance.load_snapshot().data
+            step = _resume(instance).data
         if instance.should_init():
             step = 0
         while step < steps:
@@ -82,7 +98,7 @@ def micro() -> None:
     while instance.reuse_instance():
         dt = instance.get_setting("dt", "float")
         if instance.resuming():
-            snapshot = instance.load_snapshot()
+            snapshot = _resume(instance)
             start, value, step, steps = snapshot.data
         if instance.should_init():
             received = instance.receive("f_i")
@@ -135,7 +151,7 @@ def relay() -> None:
     while instance.reuse_instance():
         dt = instance.get_setting("dt", "float")
         if instance.resuming():
-            start, hops, step, steps = instance.load_snapshot().data
+            start, hops, step, steps = _resume(instance).data
         if instance.should_init():
             received = instance.receive("f_i", default=Message(0.0, data=0))
             start, hops, step = received.timestamp, received.data, 0
@@ -161,7 +177,7 @@ def partner() -> None:
         dt = instance.get_setting("dt", "float")
         steps = round(instance.get_setting("t_max", "float") / dt)
         if instance.resuming():
-            step = instance.load_snapshot().data
+            step = _resume(instance).data
         if instance.should_init():
             step = 0
         while step < steps:
@@ -194,7 +210,7 @@ def driver() -> None:
         dt = instance.get_setting("dt", "float")
         steps = instance.get_setting("steps", "int")
         if instance.resuming():
-            step = instance.load_snapshot().data
+            step = _resume(instance).data
         if instance.should_init():
             step = 0
         while step < steps:
@@ -228,7 +244,7 @@ def cache() -> None:
     cached: list[object] = [None] * _CHANNELS
     while instance.reuse_instance():
         if instance.resuming():
-            uses, cached = instance.load_snapshot().data
+            uses, cached = _resume(instance).data
         if instance.should_init():
             received = [
                 instance.receive(port, default=nothing)

@@ -22,6 +22,7 @@ from typing import Literal
 import ymmsl
 
 from . import simulation
+from .scenario_components import RESUMED_AT
 
 HERE = Path(__file__).resolve().parent
 COMPONENTS = HERE / "scenario_components.py"
@@ -425,3 +426,16 @@ def resume_mappings(run_dir: Path, root: Path) -> Counter[ResumeMapping]:
     return Counter(
         resume_mapping(path, root) for path in workflow_snapshot_files(run_dir)
     )
+
+
+def resumed_instances(run_dir: Path) -> set[str]:
+    """The instances of a run that resumed from a snapshot, by what they printed.
+
+    Each component says so on its standard output, which the manager keeps in
+    ``instances/<instance>/stdout.txt``.
+    """
+    return {
+        stdout.parent.name
+        for stdout in (run_dir / "instances").glob("*/stdout.txt")
+        if RESUMED_AT in stdout.read_text(encoding="utf-8")
+    }
