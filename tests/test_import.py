@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -149,6 +150,50 @@ def test_races_are_settled_the_way_the_manager_files_say(
         guided = registration_order(files, topology, manager)
         assert set(_replayed(configuration, guided)) == set(manager)
     assert len({frozenset(outcome) for outcome in outcomes}) == 3
+
+
+@pytest.mark.parametrize("late", ["micro[0]", "micro[1]", "micro[2]"])
+def test_a_resume_copy_written_after_new_snapshots_is_placed_by_its_file_s_time(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, late: str
+) -> None:
+    # An instance that starts late on a busy host stores the copy of the snapshot
+    # it resumed from, and sends it, after the others have sent new ones. Seen
+    # under load: the manager then wrote a workflow snapshot that no order with
+    # the copies first finds. The files' modification times tell that story.
+    run_dir = stock_runs.copy_run(
+        stock_runs.resumed_run(tmp_path_factory), tmp_path / "resumed"
+    )
+    configuration = load_configuration(run_dir)
+    topology = Topology.from_configuration(configuration)
+    default = registration_order(
+        read_snapshot_files(run_dir, topology, configuration), topology
+    )
+    [copy] = [item for item in default if item.instance == late and item.is_resume_copy]
+    first_new = [
+        item
+        for item in default
+        if item.instance.startswith("micro") and item.number == 2
+    ]
+    assert len(first_new) == 3
+    [own] = [item for item in first_new if item.instance == late]
+    others = [item for item in first_new if item is not own]
+    # written, and so sent: the others' first new snapshots, its copy, its own
+    last = max(item.path.stat().st_mtime_ns for item in others)
+    for step, item in enumerate((copy, own), start=1):
+        os.utime(item.path, ns=(last + step * 1_000_000, last + step * 1_000_000))
+    arrived = [*others, copy, own]
+    reordered = [item for item in default if item not in arrived]
+    at = default.index(first_new[0]) - 1  # the copy went before it
+    reordered[at:at] = arrived
+    manager = _replayed(configuration, reordered)
+    assert set(manager) != set(_replayed(configuration, default))
+
+    files = read_snapshot_files(run_dir, topology, configuration)
+    guided = registration_order(files, topology, manager)
+
+    assert set(_replayed(configuration, guided)) == set(manager)
+    # without the manager's files, the copies go first as before
+    assert registration_order(files, topology) == default
 
 
 def _replayed(configuration: object, order: list) -> list[ResumeKey]:  # type: ignore[type-arg]

@@ -18,6 +18,12 @@ came first: the registrations are replayed in memory (on the registry's own
 snapshots other than the manager's next ones, the other instances' next snapshots
 within the race window are tried first, so that the import finds what the manager
 found.
+
+An instance that starts late on a busy host sends its resume copy after the other
+instances have sent new snapshots. When the manager's files say that the copies
+did not all come first, the copies are placed by when their files were written
+instead: the modification time, on the manager's clock (which the new snapshots'
+files give: their modification time less their wallclock time).
 """
 
 from __future__ import annotations
@@ -84,13 +90,50 @@ def registration_order(
     ordered = _interleave(queues, _first)
     if manager_snapshots is None:
         return ordered
-    replay = _Replay(topology)
-    found: list[ResumeKey] = []
-    for snapshot_file in ordered:
-        found.extend(replay.register(snapshot_file))
-    if set(found) == set(manager_snapshots):
+    expected = set(manager_snapshots)
+    if _replayed(topology, ordered) == expected:
         return ordered
+    copies_by_time = _copies_by_time(queues)
+    if copies_by_time is None:  # no clock to place the copies by
+        return _interleave(queues, _GuidedChoice(topology, manager_snapshots))
+    for choose in (_first, _GuidedChoice(topology, manager_snapshots)):
+        timed = _interleave(queues, choose, copies_by_time)
+        if _replayed(topology, timed) == expected:
+            return timed
     return _interleave(queues, _GuidedChoice(topology, manager_snapshots))
+
+
+def _replayed(topology: Topology, ordered: list[SnapshotFile]) -> set[ResumeKey]:
+    """The workflow snapshots an order of registrations finds."""
+    replay = _Replay(topology)
+    found: set[ResumeKey] = set()
+    for snapshot_file in ordered:
+        found.update(replay.register(snapshot_file))
+    return found
+
+
+def _copies_by_time(queues: dict[str, list[SnapshotFile]]) -> dict[Path, float] | None:
+    """When each resume copy was written, in wallclock seconds of this run.
+
+    The copies hold the wallclock time of the run they were taken in. Their files'
+    modification times are of this run; the new snapshots' files give the offset
+    between the two clocks (the smallest modification time less wallclock time,
+    as a file is written just after its wallclock time is read). None without a
+    new snapshot or a copy whose file can be read.
+    """
+    offsets = [
+        _modified_ns(item.path) / 1e9 - float(item.metadata.wallclock_time)
+        for queue in queues.values()
+        for item in queue
+        if not item.is_resume_copy and _modified_ns(item.path)
+    ]
+    copies = [
+        item for queue in queues.values() for item in queue if item.is_resume_copy
+    ]
+    if not offsets or not copies or not all(_modified_ns(c.path) for c in copies):
+        return None
+    offset = min(offsets)
+    return {item.path: _modified_ns(item.path) / 1e9 - offset for item in copies}
 
 
 def _instance_queues(files: Iterable[SnapshotFile]) -> dict[str, list[SnapshotFile]]:
@@ -107,20 +150,26 @@ Chooser = Callable[[list[SnapshotFile]], SnapshotFile]
 
 
 def _interleave(
-    queues: dict[str, list[SnapshotFile]], choose: Chooser
+    queues: dict[str, list[SnapshotFile]],
+    choose: Chooser,
+    copies_by_time: dict[Path, float] | None = None,
 ) -> list[SnapshotFile]:
     """Merge the instances' queues, each kept in order.
 
     ``choose`` picks the next registration among the instances' next files,
     which it gets ordered as the manager most likely saw them: resume copies
-    first, then by wallclock time, modification time and instance.
+    first, then by wallclock time, modification time and instance. With
+    ``copies_by_time`` (each copy's file's time on this run's wallclock), the
+    copies go by that time instead of first.
     """
     rank = {instance: position for position, instance in enumerate(queues)}
     positions = {instance: 0 for instance in queues}
 
     def key(item: SnapshotFile) -> _Key:
+        if copies_by_time is not None and item.is_resume_copy:
+            return (True, copies_by_time[item.path], 0, rank[item.instance])
         return (
-            not item.is_resume_copy,
+            not item.is_resume_copy or copies_by_time is not None,
             float(item.metadata.wallclock_time),
             _modified_ns(item.path),
             rank[item.instance],
