@@ -142,8 +142,9 @@ def test_snapreg_swapped_in_by_name_writes_what_stock_muscle3_writes(
         roots["snapreg"] / "run2", roots["snapreg"]
     )
     # each resumed, rather than starting again: instances the resume file names
-    # loaded snapshots, and no other did (one that resumes from its final
-    # snapshot with no use left returns before it could load it)
+    # loaded snapshots, and no other did; every one named with an intermediate
+    # snapshot did (one that resumes from its final snapshot with no use left
+    # returns before it could load it)
     for manager, root in roots.items():
         assert second[manager], f"{manager}'s resumed run wrote no workflow snapshot"
         named = {
@@ -152,7 +153,7 @@ def test_snapreg_swapped_in_by_name_writes_what_stock_muscle3_writes(
         }
         loaded = scenarios.resumed_instances(root / "run2")
         assert loaded, f"no instance of {manager}'s second run resumed"
-        assert loaded <= named
+        assert scenarios.intermediate_members(resume_files[manager]) <= loaded <= named
     assert_run_ended_in_database_beside(roots["snapreg"] / "run2", second["snapreg"])
 
 

@@ -439,3 +439,17 @@ def resumed_instances(run_dir: Path) -> set[str]:
         for stdout in (run_dir / "instances").glob("*/stdout.txt")
         if RESUMED_AT in stdout.read_text(encoding="utf-8")
     }
+
+
+def intermediate_members(path: Path) -> set[str]:
+    """The instances whose snapshot in a workflow snapshot file is not final.
+
+    From the table in its description, one row per member: instance, simulation
+    time, wallclock time and ``Final`` or ``Intermediate``.
+    """
+    description = ymmsl.load(path).description or ""
+    return {
+        row.split()[0]
+        for row in description.splitlines()
+        if row.split()[-1:] == ["Intermediate"]
+    }
