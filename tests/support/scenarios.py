@@ -441,15 +441,15 @@ def resumed_instances(run_dir: Path) -> set[str]:
     }
 
 
-def intermediate_members(path: Path) -> set[str]:
-    """The instances whose snapshot in a workflow snapshot file is not final.
+def member_kinds(path: Path) -> dict[str, str]:
+    """Each member of a workflow snapshot file: ``Final`` or ``Intermediate``.
 
     From the table in its description, one row per member: instance, simulation
-    time, wallclock time and ``Final`` or ``Intermediate``.
+    time, wallclock time and kind.
     """
     description = ymmsl.load(path).description or ""
     return {
-        row.split()[0]
+        row.split()[0]: row.split()[-1]
         for row in description.splitlines()
-        if row.split()[-1:] == ["Intermediate"]
+        if row.split()[-1:] in (["Final"], ["Intermediate"])
     }
