@@ -134,11 +134,7 @@ def test_races_are_settled_the_way_the_manager_files_say(
     default = registration_order(files, topology)
     # Every order of the three micro instances' first new snapshots is one the
     # manager may have seen; each gives other workflow snapshots.
-    racing = [
-        item
-        for item in default
-        if item.instance.startswith("micro") and item.number == 2
-    ]
+    racing = _first_new_micro_snapshots(default)
     assert len(racing) == 3
     outcomes = []
     for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0]):
@@ -169,11 +165,7 @@ def test_a_resume_copy_written_after_new_snapshots_is_placed_by_its_file_s_time(
         read_snapshot_files(run_dir, topology, configuration), topology
     )
     [copy] = [item for item in default if item.instance == late and item.is_resume_copy]
-    first_new = [
-        item
-        for item in default
-        if item.instance.startswith("micro") and item.number == 2
-    ]
+    first_new = _first_new_micro_snapshots(default)
     assert len(first_new) == 3
     [own] = [item for item in first_new if item.instance == late]
     others = [item for item in first_new if item is not own]
@@ -194,6 +186,14 @@ def test_a_resume_copy_written_after_new_snapshots_is_placed_by_its_file_s_time(
     assert set(_replayed(configuration, guided)) == set(manager)
     # without the manager's files, the copies go first as before
     assert registration_order(files, topology) == default
+
+
+def _first_new_micro_snapshots(order: list) -> list:  # type: ignore[type-arg]
+    """The micro instances' first new snapshots (after their resume copies), in
+    the order given: those that race in a resumed run of the example."""
+    return [
+        item for item in order if item.instance.startswith("micro") and item.number == 2
+    ]
 
 
 def _replayed(configuration: object, order: list) -> list[ResumeKey]:  # type: ignore[type-arg]

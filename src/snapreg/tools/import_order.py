@@ -94,12 +94,11 @@ def registration_order(
     if _replayed(topology, ordered) == expected:
         return ordered
     copies_by_time = _copies_by_time(queues)
-    if copies_by_time is None:  # no clock to place the copies by
-        return _interleave(queues, _GuidedChoice(topology, manager_snapshots))
-    for choose in (_first, _GuidedChoice(topology, manager_snapshots)):
-        timed = _interleave(queues, choose, copies_by_time)
-        if _replayed(topology, timed) == expected:
-            return timed
+    if copies_by_time is not None:  # else no clock to place the copies by
+        for choose in (_first, _GuidedChoice(topology, manager_snapshots)):
+            timed = _interleave(queues, choose, copies_by_time)
+            if _replayed(topology, timed) == expected:
+                return timed
     return _interleave(queues, _GuidedChoice(topology, manager_snapshots))
 
 
@@ -121,19 +120,18 @@ def _copies_by_time(queues: dict[str, list[SnapshotFile]]) -> dict[Path, float] 
     as a file is written just after its wallclock time is read). None without a
     new snapshot or a copy whose file can be read.
     """
+    items = [item for queue in queues.values() for item in queue]
+    written = {item.path: _modified_ns(item.path) / 1e9 for item in items}
     offsets = [
-        _modified_ns(item.path) / 1e9 - float(item.metadata.wallclock_time)
-        for queue in queues.values()
-        for item in queue
-        if not item.is_resume_copy and _modified_ns(item.path)
+        written[item.path] - float(item.metadata.wallclock_time)
+        for item in items
+        if not item.is_resume_copy and written[item.path]
     ]
-    copies = [
-        item for queue in queues.values() for item in queue if item.is_resume_copy
-    ]
-    if not offsets or not copies or not all(_modified_ns(c.path) for c in copies):
+    copies = [item.path for item in items if item.is_resume_copy]
+    if not offsets or not copies or not all(written[path] for path in copies):
         return None
     offset = min(offsets)
-    return {item.path: _modified_ns(item.path) / 1e9 - offset for item in copies}
+    return {path: written[path] - offset for path in copies}
 
 
 def _instance_queues(files: Iterable[SnapshotFile]) -> dict[str, list[SnapshotFile]]:
