@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, create_engine, event, text
 
 from snapreg import SnapshotRegistry
 from support.streams import Stream, macro_micro
@@ -173,3 +173,49 @@ def test_a_registration_waits_for_postgresql_a_bounded_number_of_times(
         total = len(registry.workflow_snapshots())
     assert total > len(stream.registrations)  # many rows of every kind
     assert max(counts) <= MAX_ROUND_TRIPS, counts
+
+
+def writer_session_plans(registry: SnapshotRegistry) -> dict[str, tuple[int, int]]:
+    """The prepared statements of the registry's writing session: (generic plans,
+    custom plans) of each, by its text."""
+    rows = registry._store.write(
+        lambda connection: connection.exec_driver_sql(
+            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+        ).all()
+    )
+    return {row.statement: (row.generic_plans, row.custom_plans) for row in rows}
+
+
+@pytest.mark.postgres
+def test_postgresql_plans_the_writer_s_statements_once_not_at_each_registration(
+    postgres_url: str,
+) -> None:
+    # psycopg prepares a statement the sixth time it runs; the server then plans
+    # it anew at each execution while a plan for the parameters looks cheaper
+    # than a generic one, which the ids' generate_series(1, $n) always does
+    stream = macro_micro(7, num_micro=3, num_steps=20)
+    third = len(stream.registrations) // 3
+    sessions = []
+    with SnapshotRegistry(stream.config, None, database_url=postgres_url) as registry:
+        for instance, metadata in stream.registrations[:third]:
+            registry.add_snapshot(instance, metadata)
+        sessions.append(writer_session_plans(registry))
+        # the session is lost; the one that replaces it is set up the same way
+        backend = registry._store.write(
+            lambda connection: connection.exec_driver_sql(
+                "SELECT pg_backend_pid()"
+            ).scalar_one()
+        )
+        admin = create_engine(postgres_url)
+        with admin.connect() as connection:
+            assert connection.execute(
+                text("SELECT pg_terminate_backend(:pid)"), {"pid": backend}
+            ).scalar_one()
+        admin.dispose()
+        for instance, metadata in stream.registrations[third : 2 * third]:
+            registry.add_snapshot(instance, metadata)
+        sessions.append(writer_session_plans(registry))
+    for plans in sessions:
+        ids = {text: counts for text, counts in plans.items() if "nextval" in text}
+        assert ids and max(generic for generic, _ in ids.values()) >= 10, plans
+        assert all(custom == 0 for _, custom in plans.values()), plans

@@ -240,18 +240,27 @@ class HeldConnection:
     transaction takes a fresh one from the pool.
     """
 
-    def __init__(self, engine: Engine, *, session_locks: bool = False) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        session_locks: bool = False,
+        setup: Callable[[Connection], None] | None = None,
+    ) -> None:
         """Keep a connection of ``engine``'s, taken at the first transaction.
 
         Args:
             engine: Where the connection comes from.
             session_locks: The connection's session holds locks (PostgreSQL
-                advisory locks) that must end with it: a connection given up is
-                closed for good instead of going back to the pool.
+                advisory locks) or settings that must end with it: a connection
+                given up is closed for good instead of going back to the pool.
+            setup: Called with each new connection, the first included, in its
+                first transaction, before anything else: to set up the session.
         """
         self.engine = engine
         self._connection: Connection | None = None
         self._session_locks = session_locks
+        self._setup = setup
         #: Called with each new connection but the first, in its first
         #: transaction, before the work: to take the session's locks again.
         self.on_reconnect: Callable[[Connection], None] | None = None
@@ -270,6 +279,8 @@ class HeldConnection:
         assert connection is not None
         try:
             with connection.begin():
+                if new and self._setup is not None:
+                    self._setup(connection)
                 if new and self.on_reconnect is not None:
                     self.on_reconnect(connection)
                 yield connection
