@@ -216,6 +216,6 @@ def test_postgresql_plans_the_writer_s_statements_once_not_at_each_registration(
             registry.add_snapshot(instance, metadata)
         sessions.append(writer_session_plans(registry))
     for plans in sessions:
-        ids = {text: counts for text, counts in plans.items() if "nextval" in text}
+        ids = {sql: counts for sql, counts in plans.items() if "nextval" in sql}
         assert ids and max(generic for generic, _ in ids.values()) >= 10, plans
         assert all(custom == 0 for _, custom in plans.values()), plans
