@@ -24,6 +24,7 @@ from snapreg import SnapshotRegistry
 from snapreg.rules.topology import Topology
 from snapreg.tools.import_order import (
     ResumeKey,
+    SnapshotFile,
     manager_workflow_snapshots,
     registration_order,
     resume_key,
@@ -188,7 +189,7 @@ def test_a_resume_copy_written_after_new_snapshots_is_placed_by_its_file_s_time(
     assert registration_order(files, topology) == default
 
 
-def _first_new_micro_snapshots(order: list) -> list:  # type: ignore[type-arg]
+def _first_new_micro_snapshots(order: list[SnapshotFile]) -> list[SnapshotFile]:
     """The micro instances' first new snapshots (after their resume copies), in
     the order given: those that race in a resumed run of the example."""
     return [

@@ -448,8 +448,9 @@ def member_kinds(path: Path) -> dict[str, str]:
     time, wallclock time and kind.
     """
     description = ymmsl.load(path).description or ""
+    rows = (line.split() for line in description.splitlines())
     return {
-        row.split()[0]: row.split()[-1]
-        for row in description.splitlines()
-        if row.split()[-1:] in (["Final"], ["Intermediate"])
+        cells[0]: cells[-1]
+        for cells in rows
+        if cells[-1:] in (["Final"], ["Intermediate"])
     }
