@@ -8,6 +8,8 @@ completes, or with the history a run has accumulated.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -219,3 +221,72 @@ def test_postgresql_plans_the_writer_s_statements_once_not_at_each_registration(
         ids = {sql: counts for sql, counts in plans.items() if "nextval" in sql}
         assert ids and max(generic for generic, _ in ids.values()) >= 10, plans
         assert all(custom == 0 for _, custom in plans.values()), plans
+
+
+def _statements_sent_with_a_result(register: Callable[[], None]) -> list[str]:
+    """The statements ``register`` sent through SQLAlchemy's full execution path,
+    which builds an execution context and a result object around each one."""
+    full: list[str] = []
+
+    def record(
+        connection: Any,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        executemany: bool,
+    ) -> None:
+        # the lease's heartbeat (every few seconds, not per registration) may
+        if context is not None and not statement.startswith("UPDATE run "):
+            full.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        register()
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+    return full
+
+
+@pytest.mark.parametrize("threads", [0, 3])
+def test_a_registration_s_statements_build_no_result_objects(
+    persistent_database_url: str, threads: int
+) -> None:
+    # SQLAlchemy's execution context and result cost about as much as a SQLite
+    # statement itself; the registration path reads what it needs off the cursor
+    stream = macro_micro(7, num_micro=threads or 3, num_steps=4)
+    with SnapshotRegistry(
+        stream.config, None, database_url=persistent_database_url
+    ) as registry:
+        if threads:
+            registry.start()
+
+        def register() -> None:
+            if not threads:
+                for instance, metadata in stream.registrations:
+                    registry.add_snapshot(instance, metadata)
+                return
+            workers = [
+                threading.Thread(
+                    target=lambda name=name: [
+                        registry.register_snapshot(instance, metadata)
+                        for instance, metadata in stream.registrations
+                        if instance == name
+                    ]
+                )
+                for name in {instance for instance, _ in stream.registrations}
+            ]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            while registry.pending_count():
+                time.sleep(0.001)
+
+        sent = _statements_sent_with_a_result(register)
+        found = len(registry.workflow_snapshots())
+        if threads:
+            registry.shutdown()
+            registry.join()
+    assert found > 0  # nodes, edges, workflow snapshots, members and retirements
+    assert sent == []

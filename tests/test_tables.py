@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from snapreg import SnapshotRegistry
 from snapreg.rules.metadata import SnapshotMetadata
-from snapreg.storage import statements
+from snapreg.storage import sending, statements
 from snapreg.storage.codecs import NODE_METADATA_COLUMNS, metadata_to_json, node_values
 from snapreg.storage.engines import create_database_engine, writer
 from support.streams import macro_micro
@@ -211,7 +211,7 @@ def test_an_error_in_a_pipeline_is_raised_as_sqlalchemy_raises_it(
         with pytest.raises(IntegrityError) as raised, engine.begin() as connection:
             before = connection.execute(text("SELECT max(id) FROM submission")).scalar()
             row = ((before or 0) + 1, run_id, "micro[1]", metadata_to_json(ODD), now)
-            with statements.pipelined(connection, 2):
+            with sending.pipelined(connection, 2):
                 # a row, then the same row again: the database refuses the
                 # second, and (PostgreSQL) says so only when the block ends
                 statements.FAST_SUBMISSION.execute(connection, [row])
@@ -235,9 +235,9 @@ def test_only_a_block_of_several_statements_is_pipelined(postgres_url: str) -> N
             driver = connection.connection.driver_connection
             assert driver is not None
             # a registration that writes one row: a pipeline would save no wait
-            with statements.pipelined(connection, 1):
+            with sending.pipelined(connection, 1):
                 alone = driver.pgconn.pipeline_status
-            with statements.pipelined(connection, 2):
+            with sending.pipelined(connection, 2):
                 together = driver.pgconn.pipeline_status
     finally:
         engine.dispose()
@@ -264,3 +264,59 @@ def test_a_statement_of_one_parameter(persistent_database_url: str) -> None:
     finally:
         engine.dispose()
     assert folders == [(run_id, "cleared")]
+
+
+@pytest.mark.parametrize("echo", [False, True])
+def test_statements_sent_without_a_result_are_seen_and_fail_as_sqlalchemy_s(
+    persistent_database_url: str, echo: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = writer(create_database_engine(persistent_database_url))
+    # with statements logged, the full path runs, so that they are logged too
+    engine.echo = echo
+    seen: list[tuple[str, bool, bool]] = []
+    failed: list[str] = []
+
+    def before(
+        _conn: Any, _cursor: Any, statement: str, _params: Any, context: Any, many: bool
+    ) -> None:
+        seen.append((statement.split()[0], many, context is None))
+
+    def error(context: Any) -> None:
+        failed.append(type(context.original_exception).__name__)
+
+    mark = "?" if engine.dialect.name == "sqlite" else "%s"
+    insert_sql = f"INSERT INTO scratch (id, label) VALUES ({mark}, {mark})"
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "CREATE TABLE scratch (id INTEGER PRIMARY KEY, label TEXT NOT NULL)"
+            )
+        event.listen(engine, "before_cursor_execute", before)
+        event.listen(engine, "handle_error", error)
+        with engine.begin() as connection:
+            sending.send(connection, insert_sql, (1, "one"))
+            sending.send_many(connection, insert_sql, [(2, "two"), (3, "three")])
+            stored = sending.fetch(
+                connection, f"SELECT id, label FROM scratch WHERE id > {mark}", (1,)
+            )
+        with pytest.raises(IntegrityError) as raised, engine.begin() as connection:
+            sending.send_many(connection, insert_sql, [(4, "four"), (2, "again")])
+        with engine.connect() as connection:
+            after = connection.exec_driver_sql("SELECT count(*) FROM scratch").scalar()
+    finally:
+        engine.dispose()
+    lean = not echo
+    assert stored == [(2, "two"), (3, "three")]
+    assert seen == [
+        ("INSERT", False, lean),
+        ("INSERT", True, lean),
+        ("SELECT", False, lean),
+        ("INSERT", True, lean),
+        ("SELECT", False, False),
+    ]
+    # the driver's own error is kept, as SQLAlchemy keeps it; nothing committed
+    assert type(raised.value.orig).__module__.split(".")[0] in ("sqlite3", "psycopg")
+    assert failed == [type(raised.value.orig).__name__]
+    assert after == 3
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert ("INSERT INTO scratch" in logged) is echo

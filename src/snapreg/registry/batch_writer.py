@@ -27,7 +27,7 @@ from snapreg.rules.graph import ActiveGraph, GraphNode, Policy
 from snapreg.rules.metadata import SnapshotMetadata
 from snapreg.rules.topology import Topology
 from snapreg.rules.workflow_file import Member, describe, resume_mapping
-from snapreg.storage import codecs, queries, statements
+from snapreg.storage import codecs, queries, sending, statements
 from snapreg.storage.transactions import run_transaction
 
 _logger = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ class BatchWriter:
             writer=self._store.run_writer,
         )
         # every statement from here on returns no rows: one wait for all of them
-        with statements.pipelined(connection, _statements_to_send(batch)):
+        with sending.pipelined(connection, _statements_to_send(batch)):
             self._insert_rows(connection, batch, ids, now)
         return batch.nodes[0][0].id
 

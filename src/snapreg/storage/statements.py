@@ -9,8 +9,7 @@ multi-row insert.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
@@ -18,14 +17,13 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, insert, text, update
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert, Update
-from sqlalchemy.sql.elements import TextClause
 
 from snapreg.errors import WriterConflictError
 from snapreg.rules.graph import GraphNode
 from snapreg.storage import schema
 from snapreg.storage.codecs import NODE_METADATA_COLUMNS
+from snapreg.storage.sending import fetch, send, send_many
 
 RUN = cast(Table, schema.RunRow.__table__)
 SUBMISSION = cast(Table, schema.SubmissionRow.__table__)
@@ -104,8 +102,11 @@ def allocate_many(
         }
         if writer is not None:
             parameters.update(run_id=writer.run_id, token=writer.token)
-        rows = connection.execute(
-            _sequence_statement(names, writer is not None), parameters
+        sql, order = _sequence_statement(connection.dialect, names, writer is not None)
+        rows = fetch(
+            connection,
+            sql,
+            parameters if order is None else tuple(parameters[key] for key in order),
         )
         for position, value in rows:
             if position == _LEASE_ROW:
@@ -115,11 +116,11 @@ def allocate_many(
         for ids in allocated.values():
             ids.sort()
     else:
-        row = connection.exec_driver_sql(
+        (highest,) = fetch(
+            connection,
             _max_statement(names, writer is not None),
             () if writer is None else (writer.run_id, writer.token),
-        ).one()
-        highest = tuple(row)
+        )
         if writer is not None:
             owned = highest[-1] == 1
             highest = highest[:-1]
@@ -158,8 +159,15 @@ _LEASE_ROW = -1
 
 
 @lru_cache(maxsize=64)
-def _sequence_statement(names: tuple[str, ...], check_writer: bool) -> TextClause:
-    """PostgreSQL: the next values of each table's id sequence, as many as asked."""
+def _sequence_statement(
+    dialect: Dialect, names: tuple[str, ...], check_writer: bool
+) -> tuple[str, tuple[str, ...] | None]:
+    """PostgreSQL: the next values of each table's id sequence, as many as asked.
+
+    Returns:
+        The driver's SQL, and the order of its parameters if they are positional
+        (None: they are named).
+    """
     parts = [
         f"SELECT {index} AS t, nextval(pg_get_serial_sequence('{name}', 'id'))"
         f" AS id FROM generate_series(1, :count{index})"
@@ -170,7 +178,9 @@ def _sequence_statement(names: tuple[str, ...], check_writer: bool) -> TextClaus
             f"SELECT {_LEASE_ROW} AS t, count(*) AS id FROM run"
             " WHERE id = :run_id AND writer_token = :token"
         )
-    return text(" UNION ALL ".join(parts))
+    compiled = text(" UNION ALL ".join(parts)).compile(dialect=dialect)
+    order = tuple(compiled.positiontup or ()) if compiled.positional else None
+    return compiled.string, order
 
 
 @lru_cache(maxsize=64)
@@ -180,59 +190,6 @@ def _max_statement(names: tuple[str, ...], check_writer: bool) -> str:
     if check_writer:
         columns.append("(SELECT count(*) FROM run WHERE id = ? AND writer_token = ?)")
     return "SELECT " + ", ".join(columns)
-
-
-def pipelined(connection: Connection, count: int) -> AbstractContextManager[None]:
-    """Send the block's ``count`` statements without waiting for each one's answer.
-
-    On PostgreSQL the block runs in psycopg's pipeline mode: its statements go
-    to the server one after the other and their answers are read together when
-    the block ends, one wait for the server instead of one per statement. A
-    batch of registrations writes six tables; sent one by one, those waits were
-    a fifth of a PostgreSQL registration's time. Elsewhere (SQLite) the block
-    simply runs, and so does a block of one statement: a pipeline saves no wait
-    then, and entering and leaving it cost 7 % of the Python function calls of a
-    registration that writes a single row.
-
-    The block may only send statements that return no rows (SQLAlchemy reads a
-    result's columns as soon as the statement is sent). An error the server
-    reports for any of them is raised at the latest when the block ends, wrapped
-    as SQLAlchemy wraps a statement's error (the same class, the driver's error
-    as ``orig``), so that callers tell transient failures from others as they
-    always do.
-    """
-    if count < 2 or connection.dialect.name != "postgresql":
-        return _NOT_PIPELINED
-    return _pipeline(connection)
-
-
-# the block runs as it is (a context of no cost: registrations pass here)
-_NOT_PIPELINED = nullcontext()
-
-
-@contextmanager
-def _pipeline(connection: Connection) -> Iterator[None]:
-    """psycopg's pipeline mode for the block; its errors wrapped as SQLAlchemy's."""
-    driver = connection.connection.driver_connection
-    assert driver is not None  # a connection in a transaction
-    dbapi = connection.dialect.loaded_dbapi
-    try:
-        with driver.pipeline():
-            yield
-    except dbapi.Error as err:
-        # as SQLAlchemy does for a statement's error: a connection the server
-        # dropped is not rolled back but discarded
-        dropped = connection.dialect.is_disconnect(err, driver, None)
-        if dropped:
-            connection.invalidate(err)
-        raise DBAPIError.instance(
-            None,
-            None,
-            err,
-            dbapi.Error,
-            connection_invalidated=dropped,
-            dialect=connection.dialect,
-        ) from err
 
 
 def edge_rows(node: GraphNode, peers: list[GraphNode]) -> list[dict[str, int]]:
@@ -267,8 +224,8 @@ class FastStatement:
     ``Connection.execute(statement, rows)`` pays, per call, a cache lookup and,
     per row, a walk through a dictionary of parameters; on the registration path
     that was a large share of the time. Here the statement is compiled once and
-    sent with ``exec_driver_sql``, each value converted by its parameter's own
-    bind processor, so what is stored is exactly what SQLAlchemy would store; the
+    sent with :func:`send`, each value converted by its parameter's own bind
+    processor, so what is stored is exactly what SQLAlchemy would store; the
     engine's events still see every statement.
 
     On PostgreSQL an INSERT of several rows is one statement that unnests one
@@ -329,10 +286,12 @@ class FastStatement:
             converted.append(shape(values))
         if not converted:
             return
-        if named and self._insert_columns and len(converted) > 1:
+        if len(converted) == 1:
+            send(connection, sql, converted[0])
+        elif named and self._insert_columns:
             self._insert_arrays(connection, sql, converted)
-            return
-        connection.exec_driver_sql(sql, converted)
+        else:
+            send_many(connection, sql, converted)
 
     def _insert_arrays(
         self, connection: Connection, sql: str, rows: list[dict[str, Any]]
@@ -344,9 +303,7 @@ class FastStatement:
                 sql, cast(Table, self.statement.table), connection.dialect
             )
         statement, order = prepared
-        connection.exec_driver_sql(
-            statement, tuple([row[key] for row in rows] for key in order)
-        )
+        send(connection, statement, tuple([row[key] for row in rows] for key in order))
 
     def _prepare(self, dialect: Dialect) -> _Prepared:
         compiled = self.statement.compile(
