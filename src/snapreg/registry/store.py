@@ -79,7 +79,7 @@ class RunStore:
         self._write_engine = writer(self.engine)
         # the registration path's transactions, one at a time (under self.lock)
         self._writes = HeldConnection(
-            self._write_engine,
+            self.engine,
             session_locks=url.get_backend_name() == "postgresql",
             setup=statements.plan_statements_once,
         )

@@ -229,6 +229,17 @@ def writer(engine: Engine) -> Engine:
     return engine.execution_options(**{_WRITE_OPTION: True})
 
 
+def writing(connection: Connection) -> Connection:
+    """Mark one connection of an engine's so its transactions take the write lock.
+
+    :func:`writer` for a connection kept across many transactions: the engine
+    :func:`writer` returns dispatches every event of its connections (each
+    statement, BEGIN and COMMIT) through its own listeners joined to the
+    engine's, which cost about 5 % of a registration's instructions.
+    """
+    return connection.execution_options(**{_WRITE_OPTION: True})
+
+
 def _configure_sqlite(engine: Engine, durability: Durability) -> None:
     @event.listens_for(engine, "connect")
     def _set_pragmas(dbapi_connection: Any, connection_record: Any) -> None:

@@ -30,7 +30,7 @@ from snapreg.errors import (
     StorageUnavailableError,
     TransientDatabaseError,
 )
-from snapreg.storage.engines import describe_url
+from snapreg.storage.engines import describe_url, writing
 
 _logger = logging.getLogger(__name__)
 
@@ -231,7 +231,8 @@ def run_transaction(
 
 
 class HeldConnection:
-    """A writer's own connection, kept between its transactions.
+    """A writer's own connection, kept between its transactions, which take the
+    write lock (see :func:`~snapreg.storage.engines.writing`).
 
     Taking a connection from the pool and giving it back around every
     registration costs about as much as the registration's statements. A
@@ -275,7 +276,7 @@ class HeldConnection:
         connection = self._connection
         new = connection is None or connection.closed or connection.invalidated
         if new:
-            connection = self._connection = self.engine.connect()
+            connection = self._connection = writing(self.engine.connect())
         assert connection is not None
         try:
             with connection.begin():
