@@ -36,6 +36,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -220,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         names = ", ".join(scenario.name for scenario in scenarios(False))
         parser.error(f"no scenario {sorted(unknown)}; run.py has: {names}")
+    # a stopped run still removes the checkout it made (see the finally below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
         checkouts = [("this checkout", ROOT)]

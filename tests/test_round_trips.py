@@ -8,7 +8,11 @@ completes, or with the history a run has accumulated.
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -294,7 +298,7 @@ def test_a_registration_s_statements_build_no_result_objects(
     assert sent == []
 
 
-def test_a_registration_takes_the_write_lock_at_begin_on_the_engine_s_own_events(
+def test_a_registration_takes_the_write_lock_at_begin(
     tmp_path: Path,
 ) -> None:
     # BEGIN IMMEDIATE: the ids are read as max(id) + 1, so no other writer may
@@ -325,10 +329,65 @@ def test_a_registration_takes_the_write_lock_at_begin_on_the_engine_s_own_events
                 registry.add_snapshot(instance, metadata)
         finally:
             event.remove(Engine, "before_cursor_execute", probe)
-        held = registry._store._writes._connection
-        assert held is not None
-        # the engine's own listeners: an option engine's joined dispatch of
-        # every event cost about 5 % of a registration's instructions
-        assert held.engine is registry._store.engine
     assert len(locked) == len(stream.registrations)
     assert all(locked)
+
+
+_NO_EVENTS = """
+import json, sqlite3, sys
+from snapreg import SnapshotRegistry
+from snapreg.storage.engines import writer
+from support.streams import macro_micro
+
+path = sys.argv[1]
+stream = macro_micro(7, num_micro=2, num_steps=2)
+url = "sqlite:///" + path
+with SnapshotRegistry(stream.config, None, database_url=url) as registry:
+    for instance, metadata in stream.registrations:
+        registry.add_snapshot(instance, metadata)
+    engine = registry._store.engine
+    dispatched = engine._has_events
+    with writer(engine).begin() as connection:  # a tool's write transaction
+        connection.exec_driver_sql("SELECT 1")
+        other = sqlite3.connect(path, timeout=0)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            writer_locks = False
+        except sqlite3.OperationalError:
+            writer_locks = True
+        other.close()
+    with engine.connect() as connection:  # a reader's transaction
+        connection.exec_driver_sql("SELECT 1")
+        reader_in_transaction = connection.connection.driver_connection.in_transaction
+        other = sqlite3.connect(path, timeout=0)
+        other.execute("BEGIN IMMEDIATE")  # a reader does not take the write lock
+        other.rollback()
+        other.close()
+print(json.dumps([dispatched, engine._has_events, writer_locks, reader_in_transaction]))
+"""
+
+
+def test_the_registry_s_sqlite_engine_dispatches_no_events_of_its_own(
+    tmp_path: Path,
+) -> None:
+    # A listener of the engine's connections (the begin event once took the
+    # write lock) makes SQLAlchemy dispatch every statement, BEGIN and COMMIT
+    # through its event machinery: about 10 % of a registration's
+    # instructions. A fresh interpreter: the tests' own listeners are on the
+    # Engine class, and SQLAlchemy never forgets that one was there.
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_EVENTS, str(tmp_path / "events.sqlite")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    dispatched, after_a_writer, writer_locks, reader_in_transaction = json.loads(
+        done.stdout
+    )
+    assert dispatched is False
+    assert after_a_writer is False  # the tools' writer engine has its own
+    assert writer_locks is True
+    assert reader_in_transaction is True

@@ -30,7 +30,7 @@ from snapreg.errors import (
     StorageUnavailableError,
     TransientDatabaseError,
 )
-from snapreg.storage.engines import describe_url, writing
+from snapreg.storage.engines import begin_writing, describe_url
 
 _logger = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def run_transaction(
 
 class HeldConnection:
     """A writer's own connection, kept between its transactions, which take the
-    write lock (see :func:`~snapreg.storage.engines.writing`).
+    write lock (see :func:`~snapreg.storage.engines.begin_writing`).
 
     Taking a connection from the pool and giving it back around every
     registration costs about as much as the registration's statements. A
@@ -276,9 +276,10 @@ class HeldConnection:
         connection = self._connection
         new = connection is None or connection.closed or connection.invalidated
         if new:
-            connection = self._connection = writing(self.engine.connect())
+            connection = self._connection = self.engine.connect()
         assert connection is not None
         try:
+            begin_writing(connection)
             with connection.begin():
                 if new and self._setup is not None:
                     self._setup(connection)
