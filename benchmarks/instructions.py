@@ -4,6 +4,7 @@
     python benchmarks/instructions.py --against ba2fe1b     # and a commit, same stream
     python benchmarks/instructions.py --only "chain k=10" --only "near-miss n=10"
     python benchmarks/instructions.py --all --against ba2fe1b   # run.py's table
+    python benchmarks/instructions.py --postgresql --against ba2fe1b
 
 On a shared two-core machine a registration's wall-clock and CPU time move by 5
 to 30 % from one minute to the next, so medians of a few replays cannot tell a
@@ -19,10 +20,11 @@ into a checkout of that commit, made with ``git worktree`` and removed
 afterwards; that checkout's own code coerces the metadata and registers it.
 
 What it leaves out: time in the kernel (SQLite's writes to its files), cache
-misses and other stalls, and the database server (so PostgreSQL is not offered:
-its server's work would be missing from the count). It measures the Python and
-SQLite work a registration does in the registering process, which is the part
-this project's code decides. Each replay runs about 50 times slower than
+misses and other stalls, and the database server: with ``--postgresql`` (a
+database on the local test server for each replay, dropped after it) it counts
+the registering process, psycopg included, and not the server. It measures the
+Python and SQLite work a registration does in the registering process, which is
+the part this project's code decides. Each replay runs about 50 times slower than
 natively: about a minute for macro_micro n=1000. Needs valgrind
 (``apt-get install valgrind``).
 """
@@ -41,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,9 +83,12 @@ def collected_instructions(valgrind_log: str) -> int:
 
 
 def replay_under_callgrind(
-    checkout: Path, label: str, payload: Path, scratch: Path
+    checkout: Path, label: str, payload: Path, scratch: Path, url: str | None = None
 ) -> Count:
-    """Replay the pickled stream into ``checkout``'s registry under callgrind."""
+    """Replay the pickled stream into ``checkout``'s registry under callgrind.
+
+    On ``url`` (an empty database), or a fresh SQLite file when None.
+    """
     log = scratch / f"{label}.valgrind.log"
     result = scratch / f"{label}.json"
     environment = {**os.environ, "PYTHONPATH": str(checkout / "src")}
@@ -99,6 +105,7 @@ def replay_under_callgrind(
         "--child",
         str(payload),
         str(result),
+        url or "",
     ]
     subprocess.run(command, check=True, env=environment, cwd=scratch)
     replayed = json.loads(result.read_text())
@@ -110,7 +117,7 @@ def replay_under_callgrind(
     )
 
 
-def child(payload: Path, result: Path) -> None:
+def child(payload: Path, result: Path, url: str) -> None:
     """In the process callgrind runs: replay, counting only the registrations."""
     import gc
 
@@ -130,7 +137,7 @@ def child(payload: Path, result: Path) -> None:
     registrations = [(name, coerce_metadata(data)) for name, data in stream["items"]]
     found = 0
     with tempfile.TemporaryDirectory() as folder:
-        url = f"sqlite:///{folder}/instructions.sqlite"
+        url = url or f"sqlite:///{folder}/instructions.sqlite"
         with SnapshotRegistry(
             config, None, database_url=url, policy=stream["policy"]
         ) as registry:
@@ -200,10 +207,17 @@ def main(argv: list[str] | None = None) -> int:
         "--all", action="store_true", help="every scenario of run.py (some minutes)"
     )
     parser.add_argument("--against", help="also replay into this commit's code")
-    parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--postgresql",
+        action="store_true",
+        help="replay on PostgreSQL (the local test server) instead of SQLite; the"
+        " registering process is counted, the server is not",
+    )
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
     if arguments.child:
-        child(*arguments.child)
+        payload, result, url = arguments.child
+        child(Path(payload), Path(result), url)
         return 0
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
@@ -231,13 +245,20 @@ def main(argv: list[str] | None = None) -> int:
                 (arguments.against, add_worktree(arguments.against, scratch))
             )
         try:
-            return _report(chosen, checkouts, scratch)
+            return _report(chosen, checkouts, scratch, arguments.postgresql)
         finally:
             for _, where in checkouts[1:]:
                 remove_worktree(where)
 
 
-def _report(chosen: list[Any], checkouts: list[tuple[str, Path]], scratch: Path) -> int:
+def _report(
+    chosen: list[Any],
+    checkouts: list[tuple[str, Path]],
+    scratch: Path,
+    postgresql: bool,
+) -> int:
+    from backends import postgres_url
+
     header = "| scenario | registrations | " + " | ".join(
         f"{label}: instructions a registration" for label, _ in checkouts
     )
@@ -248,19 +269,27 @@ def _report(chosen: list[Any], checkouts: list[tuple[str, Path]], scratch: Path)
     for number, scenario in enumerate(chosen):
         payload = scratch / f"stream{number}.pickle"
         write_payload(scenario, payload)
-        # two cores: the checkouts replay side by side
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            futures = [
-                pool.submit(
-                    replay_under_callgrind,
-                    where,
-                    f"s{number}c{index}",
-                    payload,
-                    scratch,
-                )
-                for index, (_, where) in enumerate(checkouts)
+        with ExitStack() as databases:
+            urls = [
+                databases.enter_context(postgres_url()) if postgresql else None
+                for _ in checkouts
             ]
-            counts = [future.result() for future in futures]
+            # two cores: the checkouts replay side by side
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                futures = [
+                    pool.submit(
+                        replay_under_callgrind,
+                        where,
+                        f"s{number}c{index}",
+                        payload,
+                        scratch,
+                        url,
+                    )
+                    for index, ((_, where), url) in enumerate(
+                        zip(checkouts, urls, strict=True)
+                    )
+                ]
+                counts = [future.result() for future in futures]
         if len({count.workflow_snapshots for count in counts}) > 1:
             found = {
                 label: c.workflow_snapshots

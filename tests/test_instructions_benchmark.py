@@ -26,6 +26,14 @@ from instructions import (  # noqa: E402
 from run import scenarios  # noqa: E402
 
 
+def _needs_valgrind() -> None:
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        message = "needs valgrind (apt-get install valgrind)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (CI installs it)")
+        pytest.skip(message)
+
+
 def test_the_count_is_read_from_callgrind_s_log_and_a_zero_count_refused() -> None:
     log = "==7== Events    : Ir\n==7== Collected : 2746605188\n==7==\n"
     assert collected_instructions(log) == 2_746_605_188
@@ -39,11 +47,7 @@ def test_the_count_is_read_from_callgrind_s_log_and_a_zero_count_refused() -> No
 def test_two_replays_count_the_same_and_leave_out_imports_and_opening(
     tmp_path: Path,
 ) -> None:
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
-        message = "needs valgrind (apt-get install valgrind)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message + " (CI installs it)")
-        pytest.skip(message)
+    _needs_valgrind()
     (scenario,) = [s for s in scenarios(True) if s.name == "macro_micro n=1"]
     payload = tmp_path / "stream.pickle"
     write_payload(scenario, payload)
@@ -60,3 +64,18 @@ def test_two_replays_count_the_same_and_leave_out_imports_and_opening(
     # a registration is about a million instructions; starting Python and
     # importing snapreg, SQLAlchemy and MUSCLE3 are some ten billion
     assert 100_000 < first.per_registration < 5_000_000
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_replay_on_postgresql_counts_the_registering_process(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    _needs_valgrind()
+    (scenario,) = [s for s in scenarios(True) if s.name == "macro_micro n=1"]
+    payload = tmp_path / "stream.pickle"
+    write_payload(scenario, payload)
+    count = replay_under_callgrind(ROOT, "pg", payload, tmp_path, postgres_url)
+    assert count.registrations == 80
+    assert count.workflow_snapshots > 0
+    assert 100_000 < count.per_registration < 5_000_000
