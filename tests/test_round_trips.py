@@ -235,14 +235,10 @@ def _statements_sent_with_a_result(register: Callable[[], None]) -> list[str]:
     full: list[str] = []
 
     def record(
-        connection: Any,
-        cursor: Any,
-        statement: str,
-        parameters: Any,
-        context: Any,
-        executemany: bool,
+        _conn: Any, _cur: Any, statement: str, _: Any, context: Any, *__: Any
     ) -> None:
-        # the lease's heartbeat (every few seconds, not per registration) may
+        # the lease's heartbeat (every few seconds, not per registration) may go
+        # the full way
         if context is not None and not statement.startswith("UPDATE run "):
             full.append(statement)
 
