@@ -21,8 +21,8 @@ def send(connection: Connection, sql: str, parameters: Any) -> None:
     """Run one statement of the driver's SQL that returns no rows.
 
     ``exec_driver_sql`` builds an execution context and a result object around
-    every statement. On the registration path that was about 70,000 machine
-    instructions a statement, more than SQLite takes to run it: a sixth of a
+    every statement. On the registration path that was about 74,000 machine
+    instructions a statement, more than SQLite takes to run it: 16 % of a
     SQLite registration (counted with callgrind, see docs/performance.md). The
     statement goes instead through ``Connection._cursor_execute``, the method
     SQLAlchemy's dialects run their own statements with (sequences, defaults):
