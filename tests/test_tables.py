@@ -18,7 +18,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from snapreg import SnapshotRegistry
 from snapreg.rules.metadata import SnapshotMetadata
@@ -320,3 +320,31 @@ def test_statements_sent_without_a_result_are_seen_and_fail_as_sqlalchemy_s(
     assert after == 3
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert ("INSERT INTO scratch" in logged) is echo
+
+
+def test_a_statement_on_a_broken_driver_connection_fails_as_sqlalchemy_s(
+    persistent_database_url: str,
+) -> None:
+    # the cursor cannot even be made: SQLAlchemy wraps that error as any other
+    engine = writer(create_database_engine(persistent_database_url))
+    mark = "?" if engine.dialect.name == "sqlite" else "%s"
+    raised: list[type[BaseException]] = []
+    try:
+        for run in (
+            lambda connection: connection.exec_driver_sql(f"SELECT {mark}", (1,)),
+            lambda connection: sending.fetch(connection, f"SELECT {mark}", (1,)),
+            lambda connection: sending.send(connection, f"SELECT {mark}", (1,)),
+            lambda connection: sending.send_many(
+                connection, f"SELECT {mark}", [(1,), (2,)]
+            ),
+        ):
+            with engine.connect() as connection:
+                driver = connection.connection.driver_connection
+                assert driver is not None
+                driver.close()
+                with pytest.raises(DBAPIError) as failed:
+                    run(connection)
+                raised.append(type(failed.value))
+    finally:
+        engine.dispose()
+    assert len(set(raised)) == 1, raised

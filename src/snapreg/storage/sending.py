@@ -53,7 +53,10 @@ def _run(
     if connection._echo:
         result = connection.exec_driver_sql(sql, parameters if many else [parameters])
         return result.all() if rows else None
-    cursor = connection.connection.cursor()
+    try:
+        cursor = connection.connection.cursor()
+    except BaseException as err:  # as SQLAlchemy treats a cursor it cannot make
+        connection._handle_dbapi_exception(err, sql, parameters, None, None)
     if many:
         _execute_many(connection, cursor, sql, parameters)
     else:
