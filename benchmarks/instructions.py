@@ -91,9 +91,11 @@ def replay_under_callgrind(
     """
     log = scratch / f"{label}.valgrind.log"
     result = scratch / f"{label}.json"
-    environment = {**os.environ, "PYTHONPATH": str(checkout / "src")}
-    environment.pop("PYTHONHASHSEED", None)
-    environment["PYTHONHASHSEED"] = "0"  # the same dictionaries in every run
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(checkout / "src"),
+        "PYTHONHASHSEED": "0",  # the same dictionaries in every run
+    }
     command = [
         "valgrind",
         "--tool=callgrind",

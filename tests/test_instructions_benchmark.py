@@ -12,6 +12,7 @@ import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,12 +27,19 @@ from instructions import (  # noqa: E402
 from run import scenarios  # noqa: E402
 
 
-def _needs_valgrind() -> None:
+@pytest.fixture
+def small_stream(tmp_path: Path) -> tuple[Any, Path]:
+    """run.py's smallest scenario and its stream as the benchmark's children read
+    it; skips without valgrind (fails under CI, which installs it)."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         message = "needs valgrind (apt-get install valgrind)"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message + " (CI installs it)")
         pytest.skip(message)
+    (scenario,) = [s for s in scenarios(True) if s.name == "macro_micro n=1"]
+    payload = tmp_path / "stream.pickle"
+    write_payload(scenario, payload)
+    return scenario, payload
 
 
 def test_the_count_is_read_from_callgrind_s_log_and_a_zero_count_refused() -> None:
@@ -45,12 +53,9 @@ def test_the_count_is_read_from_callgrind_s_log_and_a_zero_count_refused() -> No
 
 @pytest.mark.slow
 def test_two_replays_count_the_same_and_leave_out_imports_and_opening(
-    tmp_path: Path,
+    tmp_path: Path, small_stream: tuple[Any, Path]
 ) -> None:
-    _needs_valgrind()
-    (scenario,) = [s for s in scenarios(True) if s.name == "macro_micro n=1"]
-    payload = tmp_path / "stream.pickle"
-    write_payload(scenario, payload)
+    scenario, payload = small_stream
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = [
             pool.submit(replay_under_callgrind, ROOT, label, payload, tmp_path)
@@ -69,13 +74,10 @@ def test_two_replays_count_the_same_and_leave_out_imports_and_opening(
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_a_replay_on_postgresql_counts_the_registering_process(
-    tmp_path: Path, postgres_url: str
+    tmp_path: Path, postgres_url: str, small_stream: tuple[Any, Path]
 ) -> None:
-    _needs_valgrind()
-    (scenario,) = [s for s in scenarios(True) if s.name == "macro_micro n=1"]
-    payload = tmp_path / "stream.pickle"
-    write_payload(scenario, payload)
+    scenario, payload = small_stream
     count = replay_under_callgrind(ROOT, "pg", payload, tmp_path, postgres_url)
-    assert count.registrations == 80
+    assert count.registrations == len(scenario.stream.registrations) == 80
     assert count.workflow_snapshots > 0
     assert 100_000 < count.per_registration < 5_000_000

@@ -35,9 +35,6 @@ _logger = logging.getLogger(__name__)
 
 Durability = Literal["normal", "full"]
 
-#: Execution option that marks the engines :func:`writer` returns.
-_WRITE_OPTION = "snapreg_write"
-
 #: How long a SQLite connection waits for another connection's lock before the
 #: statement fails with "database is locked" (and is retried, see
 #: :func:`snapreg.storage.transactions.run_transaction`).
@@ -225,11 +222,16 @@ def create_database_engine(
 
 
 def writer(engine: Engine) -> Engine:
-    """The same engine (same pool), marked so its transactions take the write lock."""
-    marked = engine.execution_options(**{_WRITE_OPTION: True})
-    if engine.dialect.name == "sqlite":
-        # a listener of this engine's only: the registry's own engine has none
-        event.listen(marked, "begin", begin_writing)
+    """The same engine (same pool), whose transactions take the write lock.
+
+    On SQLite a copy of the engine (:meth:`Engine.execution_options`) with a
+    ``begin`` listener of its own, which the engine itself does not see; on
+    PostgreSQL the engine as it is, its writers holding a lock of their own.
+    """
+    if engine.dialect.name != "sqlite":
+        return engine
+    marked = engine.execution_options()
+    event.listen(marked, "begin", begin_writing)
     return marked
 
 
@@ -250,8 +252,7 @@ def begin_writing(connection: Connection) -> None:
         return
     driver = connection.connection.driver_connection
     assert isinstance(driver, sqlite3.Connection)
-    if not driver.in_transaction:
-        driver.execute("BEGIN IMMEDIATE")
+    driver.execute("BEGIN IMMEDIATE")
 
 
 def _begin(dbapi_connection: Any) -> None:
